@@ -1,0 +1,83 @@
+"""Messages -> prompt text with the model's own chat template.
+
+The seed API allows message orders the Llama-2 template refuses (a system message anywhere,
+`tool` turns, consecutive user turns). For templates without native tool support we rewrite the
+conversation onto what the template can express, always the same documented way:
+
+1. every system message is merged, in order, into one leading system message;
+2. an assistant message with `tool_calls` becomes assistant text holding the calls as JSON;
+3. a `tool` message becomes a user turn: `[tool result for call <tool_call_id>]\n<content>`;
+4. consecutive turns of the same role are joined with a blank line;
+5. a conversation that starts with an assistant turn gets an empty user turn before it.
+
+Templates that know tools (Llama-3.x) get the messages as they are. Any template error is a 400.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import jinja2
+
+from frontend.errors import bad_request
+from llama_triton.tokenization import Tokenizer
+
+
+def text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def template_knows_tools(template: Optional[str]) -> bool:
+    return bool(template) and ("tool_calls" in template or "ipython" in template)
+
+
+def rewrite_for_plain_template(messages: list[dict]) -> list[dict]:
+    system = [text_of(m.get("content")) for m in messages if m["role"] == "system"]
+    turns: list[dict] = []
+    for m in messages:
+        role = m["role"]
+        if role == "system":
+            continue
+        if role == "tool":
+            role, content = "user", f"[tool result for call {m.get('tool_call_id', '')}]\n{text_of(m.get('content'))}"
+        elif role == "assistant" and m.get("tool_calls"):
+            calls = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"] or "{}")
+                      if _is_json(c["function"]["arguments"]) else c["function"]["arguments"]}
+                     for c in m["tool_calls"]]
+            prefix = text_of(m.get("content"))
+            content = (prefix + "\n" if prefix else "") + json.dumps(calls[0] if len(calls) == 1 else calls)
+        else:
+            content = text_of(m.get("content"))
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += "\n\n" + content
+        else:
+            turns.append({"role": role, "content": content})
+    if turns and turns[0]["role"] == "assistant":
+        turns.insert(0, {"role": "user", "content": ""})
+    if system:
+        turns.insert(0, {"role": "system", "content": "\n\n".join(system)})
+    return turns
+
+
+def _is_json(s: Any) -> bool:
+    try:
+        json.loads(s)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def render_prompt(tokenizer: Tokenizer, messages: list[dict], *, tools: Optional[list[dict]] = None,
+                  template_kwargs: Optional[dict] = None) -> str:
+    knows_tools = template_knows_tools(tokenizer.chat_template)
+    msgs = messages if knows_tools else rewrite_for_plain_template(messages)
+    kwargs = dict(template_kwargs or {})
+    try:
+        return tokenizer.apply_chat_template(msgs, tools=tools if knows_tools else None,
+                                             add_generation_prompt=True, **kwargs)
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as e:
+        raise bad_request(f"The chat template cannot render these messages: {e}", "messages") from None

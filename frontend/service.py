@@ -1,0 +1,180 @@
+"""OpenAI semantics over the decoder: prompt building, limits, field mapping, response assembly.
+
+HTTP concerns (auth, body limits, SSE writing) stay in app.py; Triton concerns in triton_client.py.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator, Optional, Union
+
+import orjson
+
+from frontend import errors
+from frontend.chat_prompt import render_prompt
+from frontend.generation import ChoiceEvent, Generation
+from frontend.protocol import ChatCompletionRequest, CompletionRequest
+from frontend.settings import Settings
+from frontend.triton_client import DecoderBusy, DecoderError, DecoderUnavailable, TritonDecoder
+from llama_triton.request_mapping import DecodeSettings, UnsupportedField, decoder_arrays
+from llama_triton.tokenization import Tokenizer
+
+log = logging.getLogger("frontend.service")
+
+
+@dataclass
+class Prepared:
+    request_id: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    arrays: dict
+
+
+class CompletionService:
+    def __init__(self, settings: Settings, tokenizer: Tokenizer, decoder: TritonDecoder):
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.decoder = decoder
+        self.created = int(time.time())
+
+    # ---- limits -----------------------------------------------------------------------------
+    async def context_limit(self) -> int:
+        if self.settings.max_context:
+            return self.settings.max_context
+        caps = await self.decoder.capabilities()
+        seq = caps.parameters.get("max_seq_len")
+        if seq and seq.isdigit():
+            return int(seq)
+        return int(self.tokenizer.model_max_length or 4096)
+
+    def check_model(self, name: str) -> None:
+        if name != self.settings.served_model_name:
+            raise errors.not_found_model(name)
+
+    async def prepare(self, req: Union[ChatCompletionRequest, CompletionRequest], prompt_ids: list[int],
+                      prefix: str, *, guide: tuple[Optional[str], Optional[str]] = (None, None),
+                      logprobs: bool = False, top_logprobs: int = 0) -> Prepared:
+        limit = await self.context_limit()
+        if len(prompt_ids) >= limit:
+            raise errors.context_length_exceeded(len(prompt_ids), limit,
+                                                 "messages" if isinstance(req, ChatCompletionRequest) else "prompt")
+        room = limit - len(prompt_ids)
+        asked = req.max_new_tokens
+        max_new = min(room, self.settings.max_tokens_cap) if asked is None else min(asked, room)
+        caps = await self.decoder.capabilities()
+        settings = DecodeSettings(
+            prompt_ids=prompt_ids, max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p,
+            top_k=req.top_k, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
+            presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty, seed=req.seed,
+            n=req.n, end_id=self.tokenizer.eos_id, stop_token_ids=list(req.stop_token_ids or []),
+            min_tokens=min(req.min_tokens, max_new), logprobs=logprobs, top_logprobs=top_logprobs,
+            logit_bias=req.logit_bias, vocab_size=self.tokenizer.vocab_size,
+            guide_type=guide[0], guide=guide[1])
+        if settings.logit_bias:
+            bad = [t for t in settings.logit_bias if t >= self.tokenizer.vocab_size]
+            if bad:
+                raise errors.bad_request(f"logit_bias token id {bad[0]} is outside the vocabulary "
+                                         f"(size {self.tokenizer.vocab_size}).", "logit_bias")
+        try:
+            arrays = decoder_arrays(settings, caps.inputs)
+        except UnsupportedField as e:
+            raise errors.unsupported(e.field, str(e)) from None
+        return Prepared(f"{prefix}-{uuid.uuid4().hex}", prompt_ids, max_new, arrays)
+
+    # ---- decoding ---------------------------------------------------------------------------
+    async def events(self, prep: Prepared, gen: Generation) -> AsyncIterator[ChoiceEvent]:
+        if prep.max_new_tokens == 0:
+            for c in gen.choices:
+                c.finish_reason = "length"
+                yield ChoiceEvent(c.index, finish_reason="length")
+            return
+        try:
+            async for ev in gen.events(self.decoder.generate(prep.request_id, prep.arrays)):
+                yield ev
+        except DecoderBusy as e:
+            raise errors.APIError(429, f"The server is busy: {e}", errors.RATE_LIMIT, None, "queue_full",
+                                  {"Retry-After": "1"}) from None
+        except DecoderUnavailable as e:
+            raise errors.APIError(503, f"The model is not available right now: {e}", errors.SERVER, None,
+                                  "model_not_ready", {"Retry-After": "2"}) from None
+        except DecoderError as e:
+            raise errors.bad_request(f"The decoder refused the request: {e}", None, "decoder_error") from None
+
+    # ---- chat -------------------------------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest):
+        self.check_model(req.model)
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        kwargs = dict(req.chat_template_kwargs or {})
+        effort = req.reasoning_effort or (req.reasoning.effort if req.reasoning else None)
+        if effort is not None:
+            kwargs.setdefault("reasoning_effort", effort)
+        enabled = (req.reasoning.enabled if req.reasoning and req.reasoning.enabled is not None
+                   else (effort != "none" if effort is not None else None))
+        if enabled is not None:
+            kwargs.setdefault("enable_thinking", enabled)
+        prompt = render_prompt(self.tokenizer, messages, template_kwargs=kwargs)
+        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        prep = await self.prepare(req, prompt_ids, "chatcmpl", logprobs=bool(req.logprobs),
+                                  top_logprobs=req.top_logprobs or 0)
+        gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
+                         bool(req.logprobs), req.top_logprobs or 0)
+        if req.stream:
+            return self._chat_stream(req, prep, gen)
+        return await self._chat_full(req, prep, gen)
+
+    def usage(self, prep: Prepared, gen: Generation) -> dict:
+        completion = gen.completion_tokens
+        return {"prompt_tokens": len(prep.prompt_ids), "completion_tokens": completion,
+                "total_tokens": len(prep.prompt_ids) + completion,
+                "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}
+
+    async def _chat_full(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation) -> dict:
+        texts = [[] for _ in gen.choices]
+        lps: list[Optional[list]] = [[] if req.logprobs else None for _ in gen.choices]
+        async for ev in self.events(prep, gen):
+            texts[ev.index].append(ev.text)
+            if ev.logprobs is not None and lps[ev.index] is not None:
+                lps[ev.index].extend(ev.logprobs)
+        choices = []
+        for c in gen.choices:
+            choices.append({"index": c.index,
+                            "message": {"role": "assistant", "content": "".join(texts[c.index])},
+                            "logprobs": {"content": lps[c.index]} if lps[c.index] is not None else None,
+                            "finish_reason": c.finish_reason})
+        return {"id": prep.request_id, "object": "chat.completion", "created": int(time.time()),
+                "model": self.settings.served_model_name, "choices": choices, "usage": self.usage(prep, gen)}
+
+    async def _chat_stream(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation) -> AsyncIterator[bytes]:
+        created = int(time.time())
+        head = {"id": prep.request_id, "object": "chat.completion.chunk", "created": created,
+                "model": self.settings.served_model_name}
+        explicit = req.stream_options is not None
+        include_usage = req.stream_options.include_usage if explicit else True
+        continuous = bool(explicit and req.stream_options.continuous_usage_stats)
+
+        def chunk(choices: list, usage: Optional[dict] = None) -> bytes:
+            body = dict(head, choices=choices)
+            if continuous or usage is not None:
+                body["usage"] = usage if usage is not None else self.usage(prep, gen)
+            return b"data: " + orjson.dumps(body) + b"\n\n"
+
+        for c in gen.choices:
+            yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""},
+                          "logprobs": None, "finish_reason": None}])
+        remaining = len(gen.choices)
+        async for ev in self.events(prep, gen):
+            if ev.text or ev.logprobs:
+                yield chunk([{"index": ev.index, "delta": {"content": ev.text},
+                              "logprobs": {"content": ev.logprobs} if ev.logprobs is not None else None,
+                              "finish_reason": None}])
+            if ev.finish_reason is not None:
+                remaining -= 1
+                last = remaining == 0
+                yield chunk([{"index": ev.index, "delta": {}, "logprobs": None,
+                              "finish_reason": ev.finish_reason}],
+                            self.usage(prep, gen) if last and include_usage else None)
+        if explicit and include_usage:
+            yield b"data: " + orjson.dumps(dict(head, choices=[], usage=self.usage(prep, gen))) + b"\n\n"
+        yield b"data: [DONE]\n\n"

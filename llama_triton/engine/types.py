@@ -1,0 +1,69 @@
+"""The engine's request and output types: the only things that cross the engine boundary.
+
+The Triton `tensorrt_llm` model (model_repository/tensorrt_llm/1/model.py) turns TensorRT-LLM
+tensors into a `GenerationRequest` and each `SequenceOutput` back into response tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")
+
+
+class RequestError(ValueError):
+    """A request that cannot be served as asked; fails that request alone."""
+
+
+class QueueFull(RuntimeError):
+    """The engine's bounded queue is full; the caller should retry later (HTTP 429)."""
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0          # 0 means greedy
+    top_k: int = 0                    # 0 means off
+    top_p: float = 1.0                # <= 0 or >= 1 means off (TensorRT-LLM treats <= 0 as unset)
+    min_p: float = 0.0                # 0 means off
+    repetition_penalty: float = 1.0   # multiplicative (CTRL / Hugging Face)
+    presence_penalty: float = 0.0     # additive, OpenAI semantics
+    frequency_penalty: float = 0.0    # additive, OpenAI semantics
+    seed: int = 0                     # uint64; each sequence index derives its own stream
+    end_id: Optional[int] = None      # None: never stop on a token
+    stop_words: list[list[int]] = field(default_factory=list)
+    bad_words: list[list[int]] = field(default_factory=list)
+    min_tokens: int = 0
+    num_return_sequences: int = 1
+    return_log_probs: bool = False
+    top_logprobs: int = 0             # number of alternatives per token (extra, CPU decoder only)
+    embedding_bias: Optional[np.ndarray] = None  # [vocab] float32, added to the logits
+    guide_type: Optional[str] = None  # one of GUIDE_TYPES
+    guide: Optional[str] = None
+
+
+@dataclass
+class GenerationRequest:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    streaming: bool = True
+
+
+@dataclass
+class SequenceOutput:
+    """What one engine step produced for one sequence of a request."""
+    request_id: str
+    sequence_index: int
+    token_ids: list[int]                       # new tokens of this step
+    log_probs: Optional[list[float]] = None    # one per new token when asked
+    top_logprobs: Optional[list[list[tuple[int, float]]]] = None  # per new token, best first
+    finished: bool = False
+    finish_reason: Optional[str] = None        # "stop" | "length" | "cancelled" | "error"
+    num_reused_tokens: int = 0                 # prompt tokens served from the prefix cache
+    error: Optional[str] = None
+
+
+OutputCallback = Callable[[SequenceOutput], None]

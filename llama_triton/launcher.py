@@ -1,0 +1,233 @@
+"""`llama-triton serve`: renders the model repository, starts tritonserver, then the frontend.
+
+The launcher owns both processes: it waits until Triton's models are ready before starting the
+frontend, restarts a crashed tritonserver with backoff (the frontend keeps running and answers
+503 meanwhile), and on SIGINT/SIGTERM drains the frontend first, then stops Triton.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from llama_triton.repository import RepositorySettings, TemplateError, render_repository
+from llama_triton.tritonserver import TritonNotFound, find_tritonserver, server_command
+
+DEFAULT_MODEL_DIR = "var/models/llama2-tiny"
+MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[llama-triton] {msg}", file=sys.stderr, flush=True)
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llama-triton", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the OpenAI API on a model (CPU reference decoder by default)")
+    s.add_argument("--model-dir", default=os.environ.get("LLAMA_TRITON_MODEL_DIR", DEFAULT_MODEL_DIR),
+                   help="Hugging Face Llama checkpoint directory (weights, tokenizer, chat template)")
+    s.add_argument("--served-model-name", default=None, help="name in /v1/models (default: the directory name)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    s.add_argument("--triton-grpc-port", type=int, default=8001)
+    s.add_argument("--triton-http-port", type=int, default=8000)
+    s.add_argument("--triton-metrics-port", type=int, default=8002)
+    s.add_argument("--expose-triton", action="store_true",
+                   help="bind Triton's ports on all interfaces (default: loopback only)")
+    s.add_argument("--tritonserver", default=None, help="path of the tritonserver binary")
+    s.add_argument("--work-dir", default="var/run", help="where the rendered repository and server copy go")
+    s.add_argument("--repository", default=None,
+                   help="serve an already rendered model repository (e.g. from `make engine`)")
+    s.add_argument("--decoder-io", choices=("cpu", "gpu"), default="cpu",
+                   help="tensor list the CPU decoder declares (gpu: refuse what TensorRT-LLM cannot do)")
+    s.add_argument("--decoder-kind", choices=("llama", "zero_cost"), default="llama")
+    s.add_argument("--max-batch-size", type=int, default=64)
+    s.add_argument("--max-num-tokens", type=int, default=65536, help="KV cache capacity in tokens")
+    s.add_argument("--max-seq-len", type=int, default=4096)
+    s.add_argument("--max-queue-size", type=int, default=256)
+    s.add_argument("--max-tokens-cap", type=int, default=16384, help="largest max_tokens the API grants")
+    s.add_argument("--ready-timeout", type=float, default=300.0)
+    s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
+    return p
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.stopping = False
+        self.triton: subprocess.Popen | None = None
+        self.frontend: subprocess.Popen | None = None
+        self.env = dict(os.environ)
+        # The Python backend stub runs the first python3 on PATH: make it ours.
+        self.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", "")])
+
+    def prepare(self) -> list[str]:
+        a = self.args
+        model_dir = Path(a.model_dir)
+        if a.repository is None and not (model_dir / "config.json").is_file():
+            raise LaunchError(f"model directory {model_dir} not found (or has no config.json); "
+                              "run `make model` or pass --model-dir")
+        bind = "0.0.0.0" if a.expose_triton else "127.0.0.1"
+        for name, host, port in (("--port", a.host, a.port), ("--triton-grpc-port", bind, a.triton_grpc_port),
+                                 ("--triton-http-port", bind, a.triton_http_port),
+                                 ("--triton-metrics-port", bind, a.triton_metrics_port)):
+            if not port_free(host, port):
+                raise LaunchError(f"port {port} ({name}) is already in use on {host}")
+        work = Path(a.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        install = find_tritonserver(a.tritonserver, work)
+        self.env.update(install.env)
+        if a.repository:
+            repo = Path(a.repository).resolve()
+            if not repo.is_dir():
+                raise LaunchError(f"model repository {repo} not found")
+        else:
+            repo = render_repository(RepositorySettings(
+                model_dir=str(model_dir.resolve()), decoder_io=a.decoder_io, decoder_kind=a.decoder_kind,
+                max_batch_size=a.max_batch_size, max_num_tokens=a.max_num_tokens, max_seq_len=a.max_seq_len,
+                max_queue_size=a.max_queue_size), work / "model_repository").resolve()
+        log(f"tritonserver from {install.source}: {install.binary}")
+        log(f"model repository: {repo}")
+        return server_command(install, repo, grpc_port=a.triton_grpc_port, http_port=a.triton_http_port,
+                              metrics_port=a.triton_metrics_port, bind_address=bind)
+
+    def start_triton(self, cmd: list[str]) -> None:
+        self.triton = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+
+    def wait_triton_ready(self, timeout: float) -> None:
+        url = f"http://127.0.0.1:{self.args.triton_http_port}/v2/health/ready"
+        deadline = time.monotonic() + timeout
+        last_note = 0.0
+        while time.monotonic() < deadline and not self.stopping:
+            if self.triton.poll() is not None:
+                raise LaunchError(f"tritonserver exited with code {self.triton.returncode} while loading models")
+            if http_ok(url):
+                return
+            if time.monotonic() - last_note > 10:
+                log("waiting for Triton models to load ...")
+                last_note = time.monotonic()
+            time.sleep(0.25)
+        if not self.stopping:
+            raise LaunchError(f"Triton models not ready after {timeout:.0f} s")
+
+    def start_frontend(self) -> None:
+        a = self.args
+        cmd = [sys.executable, "-m", "frontend", "--host", a.host, "--port", str(a.port),
+               "--triton-grpc", f"127.0.0.1:{a.triton_grpc_port}",
+               "--triton-http", f"127.0.0.1:{a.triton_http_port}",
+               "--max-tokens-cap", str(a.max_tokens_cap)]
+        if a.repository is None:
+            cmd += ["--model-dir", str(Path(a.model_dir).resolve())]
+        if a.served_model_name:
+            cmd += ["--served-model-name", a.served_model_name]
+        extra = [x for x in a.frontend_args if x != "--"]
+        self.frontend = subprocess.Popen(cmd + extra, env=self.env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.frontend.poll() is not None:
+                raise LaunchError(f"frontend exited with code {self.frontend.returncode}")
+            if http_ok(f"http://{a.host}:{a.port}/health"):
+                return
+            time.sleep(0.2)
+        raise LaunchError("frontend did not become healthy within 120 s")
+
+    def stop(self, *_):
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        # Frontend first: it stops accepting, lets in-flight requests finish, then exits.
+        for proc, grace in ((self.frontend, 30), (self.triton, 30)):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGTERM, self.stop)
+        try:
+            cmd = self.prepare()
+            log("starting tritonserver (the first start copies the server and loads the model) ...")
+            self.start_triton(cmd)
+            self.wait_triton_ready(self.args.ready_timeout)
+            if self.stopping:
+                return 0
+            log("Triton models ready; starting the frontend")
+            self.start_frontend()
+            log(f"serving the OpenAI API at http://{self.args.host}:{self.args.port}/v1")
+            backoff = 1.0
+            while not self.stopping:
+                time.sleep(0.2)
+                if self.frontend.poll() is not None:
+                    raise LaunchError(f"frontend exited with code {self.frontend.returncode}")
+                if self.triton.poll() is not None:
+                    log(f"tritonserver exited with code {self.triton.returncode}; restarting in {backoff:.0f} s")
+                    deadline = time.monotonic() + backoff
+                    while time.monotonic() < deadline and not self.stopping:
+                        time.sleep(0.1)
+                    if self.stopping:
+                        break
+                    self.start_triton(cmd)
+                    try:
+                        self.wait_triton_ready(self.args.ready_timeout)
+                        log("tritonserver is back")
+                        backoff = 1.0
+                    except LaunchError as e:
+                        log(str(e))
+                        backoff = min(backoff * 2, 30.0)
+            return 0
+        except (LaunchError, TritonNotFound, TemplateError) as e:
+            log(f"error: {e}")
+            return 1
+        finally:
+            self.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return Supervisor(args).run()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

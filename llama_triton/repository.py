@@ -1,0 +1,165 @@
+"""Renders the Triton model repository from `model_repository/*/config.pbtxt.tmpl`.
+
+Substitution is strict: a `${key}` with no value, a value no template uses, or any `${...}`
+left after rendering is an error. TensorRT-LLM's own fill_template.py leaves unknown keys as
+literal `${...}`, which its backend then silently reads as "unset" (reference notes section 2).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llama_triton.tensor_contract import Tensor, decoder_io
+
+TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+DECODER_TEMPLATES = {"cpu": "tensorrt_llm", "gpu": "tensorrt_llm_gpu"}
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def render_text(template: str, values: dict[str, object], *, source: str = "template") -> str:
+    wanted = set(PLACEHOLDER.findall(template))
+    missing = sorted(wanted - values.keys())
+    if missing:
+        raise TemplateError(f"{source}: no value for {', '.join(missing)}")
+    text = string.Template(template).substitute({k: str(v) for k, v in values.items()})
+    left = PLACEHOLDER.findall(text)
+    if left or "${" in text:
+        raise TemplateError(f"{source}: unfilled placeholder left after rendering: {left or '${'}")
+    return text
+
+
+def _dims(t: Tensor) -> str:
+    return ", ".join(str(d) for d in t.dims)
+
+
+def _tensor_block(tensors: tuple[Tensor, ...], *, inputs: bool) -> str:
+    lines = []
+    for t in tensors:
+        extra = ""
+        if inputs and t.optional:
+            extra += " optional: true"
+        if inputs and t.reshape_scalar:
+            extra += " reshape: { shape: [ ] }"
+        lines.append(f'  {{ name: "{t.name}" data_type: {t.dtype} dims: [ {_dims(t)} ]{extra} }}')
+    return ",\n".join(lines)
+
+
+def ensemble_blocks(inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> dict[str, str]:
+    """The ensemble's extra inputs/outputs and the decoder step's maps, from the decoder's lists."""
+    ens_inputs, in_map, ens_outputs, out_map, post_map = [], [], [], [], []
+    for t in inputs:
+        if t.from_preprocessing:
+            in_map.append(f'      input_map {{ key: "{t.name}" value: "_{t.from_preprocessing}" }}')
+        elif t.ensemble_name:
+            ens_inputs.append(f'  {{ name: "{t.ensemble_name}" data_type: {t.dtype} '
+                              f'dims: [ {_dims(t)} ] optional: true }}')
+            in_map.append(f'      input_map {{ key: "{t.name}" value: "{t.ensemble_name}" }}')
+    for t in outputs:
+        if t.ensemble_name:
+            ens_outputs.append(f'  {{ name: "{t.ensemble_name}" data_type: {t.dtype} dims: [ {_dims(t)} ] }}')
+        if t.ensemble_name or t.to_postprocessing:
+            value = t.ensemble_name or f"_{t.name}"
+            out_map.append(f'      output_map {{ key: "{t.name}" value: "{value}" }}')
+            if t.to_postprocessing:
+                post_map.append(f'      input_map {{ key: "{t.to_postprocessing}" value: "{value}" }}')
+    return {"ensemble_inputs": ",\n".join(ens_inputs), "ensemble_outputs": ",\n".join(ens_outputs),
+            "decoder_input_map": "\n".join(in_map), "decoder_output_map": "\n".join(out_map),
+            "postprocessing_input_map": "\n".join(post_map)}
+
+
+@dataclass
+class RepositorySettings:
+    model_dir: str                       # HF checkpoint dir (tokenizer; CPU decoder weights)
+    decoder: str = "cpu"                 # which `tensorrt_llm` template: cpu | gpu
+    decoder_io: str | None = None        # which tensor list it declares (default: same as decoder)
+    decoder_kind: str = "llama"          # CPU decoder variant: llama | zero_cost
+    triton_max_batch_size: int = 64
+    max_batch_size: int = 64             # running sequences in the decoder
+    max_num_tokens: int = 65536          # KV cache capacity in tokens
+    max_seq_len: int = 4096
+    max_queue_size: int = 256
+    prefill_chunk_size: int = 512
+    enable_kv_cache_reuse: bool = True
+    exclude_input_in_output: bool = True
+    preprocessing_instance_count: int = 1
+    stream_state_idle_seconds: int = 600
+    add_special_tokens: bool = True
+    # GPU only
+    engine_dir: str = ""
+    xgrammar_tokenizer_info_path: str = ""
+    batch_scheduler_policy: str = "guaranteed_no_evict"
+    kv_cache_free_gpu_mem_fraction: float = 0.9
+    enable_chunked_context: bool = True
+    max_queue_delay_microseconds: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def values(self) -> dict[str, object]:
+        io_name = self.decoder_io or self.decoder
+        inputs, outputs = decoder_io(io_name)
+        v: dict[str, object] = {
+            "tokenizer_dir": self.model_dir, "model_dir": self.model_dir,
+            "triton_max_batch_size": self.triton_max_batch_size,
+            "max_batch_size": self.max_batch_size, "max_num_tokens": self.max_num_tokens,
+            "max_seq_len": self.max_seq_len, "max_queue_size": self.max_queue_size,
+            "prefill_chunk_size": self.prefill_chunk_size,
+            "enable_kv_cache_reuse": str(self.enable_kv_cache_reuse).lower(),
+            "exclude_input_in_output": str(self.exclude_input_in_output).lower(),
+            "preprocessing_instance_count": self.preprocessing_instance_count,
+            "stream_state_idle_seconds": self.stream_state_idle_seconds,
+            "add_special_tokens": str(self.add_special_tokens).lower(),
+            "decoder_kind": self.decoder_kind,
+            "decoder_inputs": _tensor_block(inputs, inputs=True),
+            "decoder_outputs": _tensor_block(outputs, inputs=False),
+            "engine_dir": self.engine_dir,
+            "xgrammar_tokenizer_info_path": self.xgrammar_tokenizer_info_path,
+            "batch_scheduler_policy": self.batch_scheduler_policy,
+            "kv_cache_free_gpu_mem_fraction": self.kv_cache_free_gpu_mem_fraction,
+            "enable_chunked_context": str(self.enable_chunked_context).lower(),
+            "max_queue_delay_microseconds": self.max_queue_delay_microseconds,
+        }
+        v.update(ensemble_blocks(inputs, outputs))
+        v.update(self.extra)
+        return v
+
+
+MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
+
+
+def render_repository(settings: RepositorySettings, out_dir: Path, *,
+                      template_root: Path = TEMPLATE_ROOT) -> Path:
+    """Writes a complete model repository to `out_dir` (replacing what was there)."""
+    if settings.decoder not in DECODER_TEMPLATES:
+        raise TemplateError(f"unknown decoder {settings.decoder!r}; choose from {sorted(DECODER_TEMPLATES)}")
+    values = settings.values()
+    used: set[str] = set()
+    rendered: dict[str, str] = {}
+    for model in MODELS:
+        src = DECODER_TEMPLATES[settings.decoder] if model == "tensorrt_llm" else model
+        tmpl_path = template_root / src / "config.pbtxt.tmpl"
+        template = tmpl_path.read_text()
+        keys = set(PLACEHOLDER.findall(template))
+        used |= keys
+        rendered[model] = render_text(template, {k: values[k] for k in keys if k in values},
+                                      source=str(tmpl_path.relative_to(template_root.parent)))
+    unknown = sorted(set(settings.extra) - used)
+    if unknown:
+        raise TemplateError(f"values no template uses: {', '.join(unknown)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    for model, text in rendered.items():
+        src = DECODER_TEMPLATES[settings.decoder] if model == "tensorrt_llm" else model
+        version_dir = out_dir / model / "1"
+        version_dir.mkdir(parents=True)
+        (out_dir / model / "config.pbtxt").write_text(text)
+        src_model_py = template_root / src / "1" / "model.py"
+        if src_model_py.exists():
+            shutil.copy2(src_model_py, version_dir / "model.py")
+    return out_dir

@@ -1,0 +1,116 @@
+"""OpenAI sampling fields -> TensorRT-LLM decoder tensors, with the deployment's capability check.
+
+The frontend never drops a field that would change the output: a field whose tensor the
+deployed decoder does not declare, set to a non-default value, is refused with the field's name.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from llama_triton.word_lists import to_word_list
+
+UINT64 = 1 << 64
+
+
+class UnsupportedField(ValueError):
+    def __init__(self, field_name: str, tensor: str):
+        super().__init__(f"{field_name} is not supported by this deployment "
+                         f"(its decoder declares no '{tensor}' input)")
+        self.field = field_name
+
+
+@dataclass
+class DecodeSettings:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: Optional[int] = None
+    n: int = 1
+    end_id: Optional[int] = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    min_tokens: int = 0
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logit_bias: Optional[dict[int, float]] = None
+    vocab_size: int = 0
+    guide_type: Optional[str] = None
+    guide: Optional[str] = None
+
+
+def normalize_seed(seed: Optional[int]) -> int:
+    """No seed: a fresh random one. Negative seeds wrap into the decoder's UINT64 range."""
+    if seed is None:
+        return random.SystemRandom().getrandbits(64)
+    return seed % UINT64
+
+
+def _scalar(value, dtype) -> np.ndarray:
+    return np.asarray([[value]], dtype=dtype)
+
+
+def decoder_arrays(s: DecodeSettings, declared: frozenset[str]) -> dict[str, np.ndarray]:
+    def need(field_name: str, tensor: str, is_default: bool) -> bool:
+        if tensor in declared:
+            return True
+        if is_default:
+            return False
+        raise UnsupportedField(field_name, tensor)
+
+    a: dict[str, np.ndarray] = {
+        "input_ids": np.asarray([s.prompt_ids], dtype=np.int32),
+        "input_lengths": _scalar(len(s.prompt_ids), np.int32),
+        "request_output_len": _scalar(s.max_new_tokens, np.int32),
+        "streaming": _scalar(True, bool),
+        "exclude_input_in_output": _scalar(True, bool),
+        "seed": _scalar(normalize_seed(s.seed), np.uint64),
+    }
+    if s.temperature == 0:
+        # Greedy as TensorRT-LLM spells it (top_k 1), which the CPU decoder reads the same way.
+        a["runtime_top_k"] = _scalar(1, np.int32)
+        a["temperature"] = _scalar(1.0, np.float32)
+    else:
+        a["temperature"] = _scalar(s.temperature, np.float32)
+        if s.top_k:
+            a["runtime_top_k"] = _scalar(s.top_k, np.int32)
+        if s.top_p < 1.0:
+            a["runtime_top_p"] = _scalar(s.top_p, np.float32)
+        if need("min_p", "min_p", s.min_p == 0.0):
+            a["min_p"] = _scalar(s.min_p, np.float32)
+    if s.repetition_penalty != 1.0:
+        a["repetition_penalty"] = _scalar(s.repetition_penalty, np.float32)
+    if s.presence_penalty:
+        a["presence_penalty"] = _scalar(s.presence_penalty, np.float32)
+    if s.frequency_penalty:
+        a["frequency_penalty"] = _scalar(s.frequency_penalty, np.float32)
+    if s.n != 1 and need("n", "num_return_sequences", False):
+        a["num_return_sequences"] = _scalar(s.n, np.int32)
+    if s.end_id is not None:
+        a["end_id"] = _scalar(s.end_id, np.int32)
+        a["pad_id"] = _scalar(s.end_id, np.int32)
+    if s.stop_token_ids:
+        a["stop_words_list"] = to_word_list([[t] for t in s.stop_token_ids])[None]
+    if s.min_tokens and need("min_tokens", "min_tokens", False):
+        a["min_tokens"] = _scalar(s.min_tokens, np.int32)
+    if s.logprobs:
+        a["return_log_probs"] = _scalar(True, bool)
+    if s.top_logprobs and need("top_logprobs", "num_top_log_probs", False):
+        a["num_top_log_probs"] = _scalar(s.top_logprobs, np.int32)
+    if s.logit_bias and need("logit_bias", "embedding_bias", False):
+        bias = np.zeros((1, s.vocab_size), dtype=np.float32)
+        for tid, value in s.logit_bias.items():
+            bias[0, tid] = value
+        a["embedding_bias"] = bias
+    if s.guide_type is not None and need("response_format", "guided_decoding_guide_type", False):
+        a["guided_decoding_guide_type"] = np.asarray([[s.guide_type.encode()]], dtype=object)
+        a["guided_decoding_guide"] = np.asarray([[(s.guide or "").encode()]], dtype=object)
+    return a

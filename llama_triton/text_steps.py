@@ -1,0 +1,95 @@
+"""The ensemble's text steps: prompt/word-list tokenization and stateful stream detokenization."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Optional
+
+import numpy as np
+
+from llama_triton.detokenize import IncrementalDetokenizer, decode
+from llama_triton.tokenization import Tokenizer
+from llama_triton.word_lists import to_word_list
+
+
+def _strings(arr: Optional[np.ndarray]) -> list[str]:
+    if arr is None:
+        return []
+    out = []
+    for v in np.asarray(arr, dtype=object).reshape(-1):
+        s = v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else str(v)
+        if s:
+            out.append(s)
+    return out
+
+
+class Preprocessor:
+    def __init__(self, tokenizer: Tokenizer, add_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.add_special_tokens = add_special_tokens
+
+    def words(self, arr: Optional[np.ndarray]) -> np.ndarray:
+        # Each word is encoded on its own, without BOS (TensorRT-LLM v0.5 prepended BOS to stop
+        # words, so they never matched).
+        return to_word_list([self.tokenizer.encode(w, add_special_tokens=False) for w in _strings(arr)])
+
+    def bias(self, words: Optional[np.ndarray], weights: Optional[np.ndarray]) -> np.ndarray:
+        names = _strings(words)
+        if not names:
+            return np.zeros((0,), dtype=np.float32)
+        w = np.asarray(weights, dtype=np.float32).reshape(-1) if weights is not None else np.zeros(0)
+        if len(w) != len(names):
+            raise ValueError(f"embedding_bias_weights has {len(w)} values for {len(names)} words")
+        bias = np.zeros((self.tokenizer.vocab_size,), dtype=np.float32)
+        for name, weight in zip(names, w):
+            for tid in self.tokenizer.encode(name, add_special_tokens=False):
+                bias[tid] += weight
+        return bias
+
+    def prompt(self, query: str) -> np.ndarray:
+        return np.asarray(self.tokenizer.encode(query, add_special_tokens=self.add_special_tokens), dtype=np.int32)
+
+
+class StreamDetokenizers:
+    """One incremental detokenizer per (request id, sequence index) of streamed ensemble requests.
+
+    State is dropped on a sequence's final response (`is_final`) or after `idle_seconds`
+    without a response (decoders that cannot say which response is the last).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, idle_seconds: float = 600.0, max_streams: int = 65536):
+        self.tokenizer = tokenizer
+        self.idle_seconds = idle_seconds
+        self.max_streams = max_streams
+        self._streams: OrderedDict[tuple[str, int], tuple[IncrementalDetokenizer, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def text(self, request_id: str, sequence_index: int, ids: list[int], *, streaming: bool,
+             is_final: Optional[bool]) -> str:
+        if not streaming or not request_id:
+            # Non-streamed responses hold the whole sequence. Without a request id there is no
+            # key to keep state under: each response is decoded alone (documented limitation).
+            return decode(self.tokenizer, ids)
+        key = (request_id, sequence_index)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._streams.pop(key, None)
+            self._evict(now)
+        detok = entry[0] if entry else IncrementalDetokenizer(self.tokenizer)
+        text = detok.add(ids)
+        if is_final:
+            return text + detok.finish()
+        with self._lock:
+            self._streams[key] = (detok, now)
+        return text
+
+    def _evict(self, now: float) -> None:
+        while self._streams:
+            key, (_, last) = next(iter(self._streams.items()))
+            if now - last < self.idle_seconds and len(self._streams) < self.max_streams:
+                break
+            del self._streams[key]

@@ -1,0 +1,49 @@
+"""Builds the CPU decoder's engine from the Triton model parameters and exports its counters.
+
+Used by model_repository/tensorrt_llm/1/model.py. The counters become Triton custom metrics
+(`llama_triton_engine_*` at Triton's /metrics), which is how tests and operators see batching,
+queueing and cancellation at work.
+"""
+from __future__ import annotations
+
+from llama_triton.engine.config import EngineConfig
+
+
+def build_engine(params: dict[str, str]):
+    kind = params.get("decoder_kind", "llama")
+    config = EngineConfig(
+        max_batch_size=int(params.get("max_batch_size", "64")),
+        max_num_tokens=int(params.get("max_num_tokens", "65536")),
+        max_seq_len=int(params.get("max_seq_len", "4096")),
+        max_queue_size=int(params.get("max_queue_size", "256")),
+        prefill_chunk_size=int(params.get("prefill_chunk_size", "512")),
+        enable_prefix_reuse=params.get("enable_kv_cache_reuse", "true") == "true",
+    )
+    if kind == "zero_cost":
+        from llama_triton.engine.zero_cost import ZeroCostEngine
+        return ZeroCostEngine(params["model_dir"], config)
+    from llama_triton.engine.engine import Engine
+    return Engine(params["model_dir"], config)
+
+
+COUNTERS = ("num_steps", "num_forward_passes", "num_decode_passes", "num_prefill_tokens",
+            "num_generated_tokens", "num_reused_tokens", "num_cancelled")
+GAUGES = ("num_running", "num_waiting", "num_free_blocks", "last_cancel_latency_steps")
+
+
+class EngineMetrics:
+    """Mirrors engine counters into Triton custom metrics (gauges hold the running totals)."""
+
+    def __init__(self, pb_utils, engine):
+        self.engine = engine
+        family = pb_utils.MetricFamily(name="llama_triton_engine", description="CPU decoder engine state",
+                                       kind=pb_utils.MetricFamily.GAUGE)
+        self.metrics = {name: family.Metric(labels={"stat": name})
+                        for name in COUNTERS + GAUGES if hasattr(engine, name)}
+        self._family = family
+
+    def update(self) -> None:
+        for name, metric in self.metrics.items():
+            value = getattr(self.engine, name, None)
+            if value is not None:
+                metric.set(float(value))

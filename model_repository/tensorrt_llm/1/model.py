@@ -1,0 +1,106 @@
+"""CPU reference decoder: TensorRT-LLM's `tensorrt_llm` tensors over llama_triton's engine.
+
+Thin shell: tensor parsing lives in llama_triton.decoder_requests, batching in the engine.
+A request with `stop=true` cancels the in-flight request with the same id (TensorRT-LLM's way);
+Triton's own cancellation is honoured too, checked before every engine step.
+"""
+import json
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from llama_triton.decoder_requests import StopRequest, output_arrays, parse_request
+from llama_triton.engine.types import QueueFull, RequestError
+from llama_triton.triton_decoder import build_engine, EngineMetrics
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.declared_inputs = frozenset(i["name"] for i in config["input"])
+        self.declared_outputs = frozenset(o["name"] for o in config["output"])
+        self.exclude_input_default = params.get("exclude_input_in_output", "true") == "true"
+        self.engine = build_engine(params)
+        self.metrics = EngineMetrics(pb_utils, self.engine)
+        self.lock = threading.Lock()
+        self.live = {}  # request id -> (triton request, response sender); Triton-cancel polling
+        self.engine.add_step_listener(self._before_step)
+        self.engine.start()
+
+    def _before_step(self):
+        with self.lock:
+            cancelled = [rid for rid, (req, _) in self.live.items() if req.is_cancelled()]
+        for rid in cancelled:
+            self.engine.cancel(rid)
+        self.metrics.update()
+
+    def execute(self, requests):
+        for request in requests:
+            self._admit(request)
+        return None
+
+    def _admit(self, request):
+        sender = request.get_response_sender()
+        rid = request.request_id()
+
+        def get(name):
+            if name not in self.declared_inputs:
+                return None
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
+
+        try:
+            parsed, exclude_input = parse_request(get, rid, exclude_input_default=self.exclude_input_default)
+        except RequestError as e:
+            return self._fail(sender, str(e))
+        if isinstance(parsed, StopRequest):
+            self.engine.cancel(parsed.request_id)
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        params = parsed.params
+        prompt = None if exclude_input else parsed.prompt_ids
+        remaining = {"n": params.num_return_sequences}
+        if rid:
+            with self.lock:
+                self.live[rid] = (request, sender)
+
+        def on_output(out):
+            if out.error is not None:
+                self._forget(rid, request)
+                return self._fail(sender, out.error)
+            # Streaming responses carry only the new tokens, as TensorRT-LLM's do.
+            arrays = output_arrays(out, prompt_ids=None if parsed.streaming else prompt,
+                                   with_log_probs=params.return_log_probs, num_top=params.top_logprobs,
+                                   declared=self.declared_outputs)
+            tensors = [pb_utils.Tensor(k, v) for k, v in arrays.items()]
+            last = False
+            if out.finished:
+                remaining["n"] -= 1
+                last = remaining["n"] == 0
+            if last:
+                self._forget(rid, request)
+            sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
+
+        try:
+            self.engine.submit(parsed, on_output)
+        except (RequestError, QueueFull) as e:
+            self._forget(rid, request)
+            self._fail(sender, str(e) if isinstance(e, RequestError) else f"queue full: {e}")
+
+    def _forget(self, rid, request):
+        if rid:
+            with self.lock:
+                entry = self.live.get(rid)
+                if entry is not None and entry[0] is request:
+                    del self.live[rid]
+
+    @staticmethod
+    def _fail(sender, message):
+        sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def finalize(self):
+        self.engine.shutdown()
