@@ -11,8 +11,8 @@ import orjson
 from aiohttp import web
 
 from frontend import errors
-from frontend.protocol import ChatCompletionRequest, parse_request
-from frontend.service import CompletionService
+from frontend.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
 from frontend.triton_client import TritonDecoder
 from llama_triton.tokenization import Tokenizer
@@ -92,6 +92,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await stream_sse(request, result)
 
 
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await read_body(request, request.app[SETTINGS].max_body_bytes)
+    req = parse_request(CompletionRequest, body)
+    result = await LegacyCompletions(request.app[SERVICE]).complete(req)
+    if isinstance(result, dict):
+        return json_response(result)
+    return await stream_sse(request, result)
+
+
 async def stream_sse(request: web.Request, chunks) -> web.StreamResponse:
     # Pull the first chunk before committing to a 200: errors found up to then (queue full,
     # decoder down) still get their own status code.
@@ -159,6 +168,7 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None) -> web.Ap
     app[SERVICE] = CompletionService(settings, tokenizer, decoder)
     for prefix in ("/v1", "/v1/openai"):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
+        app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_get(f"{prefix}/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", openapi)

@@ -4,10 +4,12 @@ HTTP concerns (auth, body limits, SSE writing) stay in app.py; Triton concerns i
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator, Optional, Union
 
 import orjson
@@ -24,6 +26,14 @@ from llama_triton.tokenization import Tokenizer
 log = logging.getLogger("frontend.service")
 
 
+def _model_context(model_dir: str) -> int:
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        return int(config.get("max_position_embeddings") or 4096)
+    except (OSError, ValueError):
+        return 4096
+
+
 @dataclass
 class Prepared:
     request_id: str
@@ -38,6 +48,7 @@ class CompletionService:
         self.tokenizer = tokenizer
         self.decoder = decoder
         self.created = int(time.time())
+        self.model_context = _model_context(settings.model_dir)
 
     # ---- limits -----------------------------------------------------------------------------
     async def context_limit(self) -> int:
@@ -47,7 +58,7 @@ class CompletionService:
         seq = caps.parameters.get("max_seq_len")
         if seq and seq.isdigit():
             return int(seq)
-        return int(self.tokenizer.model_max_length or 4096)
+        return self.model_context
 
     def check_model(self, name: str) -> None:
         if name != self.settings.served_model_name:
@@ -178,3 +189,82 @@ class CompletionService:
         if explicit and include_usage:
             yield b"data: " + orjson.dumps(dict(head, choices=[], usage=self.usage(prep, gen))) + b"\n\n"
         yield b"data: [DONE]\n\n"
+
+
+class LegacyCompletions:
+    """`POST /v1/completions` on the same machinery: prompt text or ids, echo, integer logprobs."""
+
+    def __init__(self, service: CompletionService):
+        self.s = service
+
+    async def complete(self, req: CompletionRequest):
+        s = self.s
+        s.check_model(req.model)
+        if isinstance(req.prompt, str):
+            prompt_text = req.prompt
+            prompt_ids = s.tokenizer.encode(req.prompt, add_special_tokens=True)
+        else:
+            prompt_ids = list(req.prompt)
+            bad = [t for t in prompt_ids if t >= s.tokenizer.vocab_size]
+            if bad:
+                raise errors.bad_request(f"prompt token id {bad[0]} is outside the vocabulary.", "prompt")
+            from llama_triton.detokenize import decode
+            prompt_text = decode(s.tokenizer, prompt_ids)
+        top = req.logprobs or 0
+        prep = await s.prepare(req, prompt_ids, "cmpl", logprobs=req.logprobs is not None, top_logprobs=top)
+        gen = Generation(s.tokenizer, req.n, req.stop_strings, prep.max_new_tokens, req.logprobs is not None, top)
+        echo = prompt_text if req.echo else ""
+        if req.stream:
+            return self._stream(req, prep, gen, echo)
+        texts = [[echo] for _ in gen.choices]
+        lps: list[list] = [[] for _ in gen.choices]
+        async for ev in s.events(prep, gen):
+            texts[ev.index].append(ev.text)
+            if ev.logprobs:
+                lps[ev.index].extend(ev.logprobs)
+        choices = [{"index": c.index, "text": "".join(texts[c.index]),
+                    "logprobs": _legacy_logprobs(lps[c.index]) if req.logprobs is not None else None,
+                    "finish_reason": c.finish_reason} for c in gen.choices]
+        return {"id": prep.request_id, "object": "text_completion", "created": int(time.time()),
+                "model": s.settings.served_model_name, "choices": choices, "usage": s.usage(prep, gen)}
+
+    async def _stream(self, req: CompletionRequest, prep: Prepared, gen: Generation, echo: str):
+        s = self.s
+        head = {"id": prep.request_id, "object": "text_completion", "created": int(time.time()),
+                "model": s.settings.served_model_name}
+        explicit = req.stream_options is not None
+        include_usage = req.stream_options.include_usage if explicit else True
+
+        def chunk(choices, usage=None) -> bytes:
+            body = dict(head, choices=choices)
+            if usage is not None:
+                body["usage"] = usage
+            return b"data: " + orjson.dumps(body) + b"\n\n"
+
+        if echo:
+            for c in gen.choices:
+                yield chunk([{"index": c.index, "text": echo, "logprobs": None, "finish_reason": None}])
+        remaining = len(gen.choices)
+        async for ev in s.events(prep, gen):
+            if ev.text or ev.logprobs:
+                yield chunk([{"index": ev.index, "text": ev.text,
+                              "logprobs": _legacy_logprobs(ev.logprobs) if req.logprobs is not None else None,
+                              "finish_reason": None}])
+            if ev.finish_reason is not None:
+                remaining -= 1
+                yield chunk([{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}],
+                            s.usage(prep, gen) if remaining == 0 and include_usage else None)
+        if explicit and include_usage:
+            yield b"data: " + orjson.dumps(dict(head, choices=[], usage=s.usage(prep, gen))) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+def _legacy_logprobs(entries: Optional[list[dict]]) -> dict:
+    entries = entries or []
+    offsets, pos = [], 0
+    for e in entries:
+        offsets.append(pos)
+        pos += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}

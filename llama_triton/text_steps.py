@@ -55,7 +55,9 @@ class StreamDetokenizers:
     """One incremental detokenizer per (request id, sequence index) of streamed ensemble requests.
 
     State is dropped on a sequence's final response (`is_final`) or after `idle_seconds`
-    without a response (decoders that cannot say which response is the last).
+    without a response (decoders that cannot say which response is the last). Triton refuses an
+    ensemble whose post-decoupled step also reads an ensemble input, so postprocessing cannot see
+    the request's `stream` flag; a non-streamed response is simply a sequence's only response.
     """
 
     def __init__(self, tokenizer: Tokenizer, idle_seconds: float = 600.0, max_streams: int = 65536):
@@ -68,17 +70,23 @@ class StreamDetokenizers:
     def __len__(self) -> int:
         return len(self._streams)
 
-    def text(self, request_id: str, sequence_index: int, ids: list[int], *, streaming: bool,
-             is_final: Optional[bool]) -> str:
-        if not streaming or not request_id:
-            # Non-streamed responses hold the whole sequence. Without a request id there is no
-            # key to keep state under: each response is decoded alone (documented limitation).
+    def text(self, request_id: str, sequence_index: int, ids: list[int], *, is_final: Optional[bool]) -> str:
+        """Text for one decoder response.
+
+        `is_final` is the CPU decoder's flag for a sequence's last response; None where the
+        decoder has no such output (TensorRT-LLM), in which case state lives until idle eviction
+        and a trailing incomplete UTF-8 sequence of the last response is not flushed.
+        """
+        if not request_id:
+            # No key to keep state under: each response is decoded alone (documented limitation).
             return decode(self.tokenizer, ids)
         key = (request_id, sequence_index)
         now = time.monotonic()
         with self._lock:
             entry = self._streams.pop(key, None)
             self._evict(now)
+        if entry is None and is_final:
+            return decode(self.tokenizer, ids)     # the whole sequence in one response
         detok = entry[0] if entry else IncrementalDetokenizer(self.tokenizer)
         text = detok.add(ids)
         if is_final:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,11 @@ def _pytriton_install(work_dir: Path) -> TritonInstall | None:
         shutil.copytree(wheel_server, target, ignore=shutil.ignore_patterns("python_backend_stubs"))
         shutil.copy2(stub, target / "backends" / "python" / "triton_python_backend_stub")
         marker.write_text(str(wheel_server))
-    ld = os.pathsep.join(p for p in (str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    # The stub links `libpython3.X.so.1.0`; it must load the running interpreter's copy, not an
+    # older system one, or extension modules of this Python fail with undefined symbols.
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    pylib = libdir if libdir and (Path(libdir) / f"libpython{version}.so.1.0").exists() else ""
+    ld = os.pathsep.join(p for p in (pylib, str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p)
     return TritonInstall(binary=target / "bin" / "tritonserver", backend_dir=target / "backends",
                          env={"LD_LIBRARY_PATH": ld}, source="nvidia-pytriton wheel")
 

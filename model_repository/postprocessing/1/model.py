@@ -28,15 +28,13 @@ class TritonPythonModel:
 
         tokens = get("TOKENS_BATCH")          # [1, beams, len]
         lengths = get("SEQUENCE_LENGTH")      # [1, beams]
-        stream = get("STREAM")
         seq_index = get("SEQUENCE_INDEX")
         is_final = get("IS_FINAL")
-        streaming = bool(stream.reshape(-1)[0]) if stream is not None else False
         index = int(seq_index.reshape(-1)[0]) if seq_index is not None else 0
         final = bool(is_final.reshape(-1)[0]) if is_final is not None else None
         texts = []
         for beam, length in zip(tokens[0], lengths[0]):
             ids = beam[: int(length)].tolist()
-            texts.append(self.streams.text(request.request_id(), index, ids, streaming=streaming, is_final=final))
+            texts.append(self.streams.text(request.request_id(), index, ids, is_final=final))
         out = np.asarray([[t.encode("utf-8") for t in texts]], dtype=object)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", out)])

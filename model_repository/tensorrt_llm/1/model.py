@@ -26,7 +26,8 @@ class TritonPythonModel:
         self.metrics = EngineMetrics(pb_utils, self.engine)
         self.lock = threading.Lock()
         self.live = {}  # request id -> (triton request, response sender); Triton-cancel polling
-        self.engine.add_step_listener(self._before_step)
+        if hasattr(self.engine, "add_step_listener"):
+            self.engine.add_step_listener(self._before_step)
         self.engine.start()
 
     def _before_step(self):
