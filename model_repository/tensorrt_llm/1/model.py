@@ -6,6 +6,7 @@ Triton's own cancellation is honoured too, checked before every engine step.
 """
 import json
 import threading
+import uuid
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -26,8 +27,7 @@ class TritonPythonModel:
         self.metrics = EngineMetrics(pb_utils, self.engine)
         self.lock = threading.Lock()
         self.live = {}  # request id -> (triton request, response sender); Triton-cancel polling
-        if hasattr(self.engine, "add_step_listener"):
-            self.engine.add_step_listener(self._before_step)
+        self.engine.add_step_listener(self._before_step)
         self.engine.start()
 
     def _before_step(self):
@@ -45,6 +45,9 @@ class TritonPythonModel:
     def _admit(self, request):
         sender = request.get_response_sender()
         rid = request.request_id()
+        # Requests without an id (allowed by Triton) still need a unique engine key; they just
+        # cannot be cancelled by a later stop request.
+        engine_id = rid or f"anonymous-{uuid.uuid4().hex}"
 
         def get(name):
             if name not in self.declared_inputs:
@@ -53,7 +56,7 @@ class TritonPythonModel:
             return None if t is None else t.as_numpy()
 
         try:
-            parsed, exclude_input = parse_request(get, rid, exclude_input_default=self.exclude_input_default)
+            parsed, exclude_input = parse_request(get, engine_id, exclude_input_default=self.exclude_input_default)
         except RequestError as e:
             return self._fail(sender, str(e))
         if isinstance(parsed, StopRequest):

@@ -1,0 +1,38 @@
+"""Engine limits: the CPU counterparts of TensorRT-LLM's build and executor limits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch_size: int = 16           # running sequences (batch slots)
+    max_num_tokens: int = 16384        # KV cache capacity in tokens; num_blocks = max_num_tokens // block_size
+    block_size: int = 16               # tokens per KV block
+    max_seq_len: Optional[int] = None  # prompt + output; None: the model's max_position_embeddings
+    max_queue_size: int = 256          # requests waiting for admission before QueueFull
+    prefill_chunk_size: int = 512      # prompt tokens prefilled per step, across sequences
+    enable_prefix_reuse: bool = True   # reuse cached KV blocks of shared prompt prefixes
+    dtype: str = "float32"             # model and KV cache dtype
+    num_threads: Optional[int] = None  # torch intra-op threads, process-wide; None leaves torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_num_tokens", "block_size", "max_queue_size", "prefill_chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"EngineConfig.{name} must be a positive int, got {value!r}")
+        if self.max_seq_len is not None and (not isinstance(self.max_seq_len, int) or self.max_seq_len < 2):
+            raise ValueError(f"EngineConfig.max_seq_len must be an int >= 2 or None, got {self.max_seq_len!r}")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise ValueError(f"EngineConfig.num_threads must be a positive int or None, got {self.num_threads!r}")
+        if self.max_num_tokens < self.block_size:
+            raise ValueError("EngineConfig.max_num_tokens must hold at least one block")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"EngineConfig.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.max_num_tokens // self.block_size
