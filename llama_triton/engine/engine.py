@@ -159,6 +159,10 @@ class Engine:
     def submit(self, request: GenerationRequest, callback: OutputCallback) -> None:
         """Queues a request. Raises RequestError for a request that cannot be served, QueueFull when full."""
         max_new_tokens = self._validate(request)
+        # Compile the guide (cached) on the caller's thread, so a slow grammar never stalls a step.
+        validate = getattr(self.sampler, "validate", None)
+        if validate is not None:
+            validate(request.params, request.prompt_ids)
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the engine is shut down")
