@@ -133,6 +133,7 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._cancel_step: dict[str, int] = {}                                       # guarded by _lock
         self._step_listeners: list[Callable[[], None]] = []
+        self._step_end_listeners: list[Callable[[], None]] = []
         self.num_cancelled = 0              # requests retired by cancel()
         self.last_cancel_latency_steps = 0  # steps from cancel() to the step that freed the slots
         self._num_running = 0   # scheduler counts as of the end of the last step, safe to read anywhere
@@ -182,9 +183,18 @@ class Engine:
                 self._cancel_step.setdefault(request_id, self.num_steps)
                 self._wakeup.notify()
 
-    def add_step_listener(self, listener: Callable[[], None]) -> None:
-        """Called on the engine thread at the start of every step (e.g. to poll Triton's cancellation)."""
-        self._step_listeners.append(listener)
+    def add_step_listener(self, listener: Callable[[], None], *, at_end: bool = False) -> None:
+        """Called on the engine thread at the start of every step (e.g. to poll Triton's
+        cancellation), or at its end with `at_end` (e.g. to publish counters)."""
+        (self._step_end_listeners if at_end else self._step_listeners).append(listener)
+
+    @staticmethod
+    def _notify(listeners: list[Callable[[], None]]) -> None:
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:
+                logger.exception("step listener failed")
 
     def start(self) -> None:
         if self._thread is not None:
@@ -225,11 +235,7 @@ class Engine:
 
     def step(self) -> None:
         self.num_steps += 1
-        for listener in self._step_listeners:
-            try:
-                listener()
-            except Exception:
-                logger.exception("step listener failed")
+        self._notify(self._step_listeners)
         try:
             self._take_inbox()
             batch = self.scheduler.schedule()
@@ -240,6 +246,7 @@ class Engine:
         finally:
             self._num_running = self.scheduler.num_running
             self._num_waiting = self.scheduler.num_waiting
+            self._notify(self._step_end_listeners)
 
     def _run_batch_or_fail(self, batch: ScheduledBatch) -> None:
         try:

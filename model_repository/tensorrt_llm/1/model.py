@@ -28,6 +28,7 @@ class TritonPythonModel:
         self.lock = threading.Lock()
         self.live = {}  # request id -> (triton request, response sender); Triton-cancel polling
         self.engine.add_step_listener(self._before_step)
+        self.engine.add_step_listener(self.metrics.update, at_end=True)
         self.engine.start()
 
     def _before_step(self):
@@ -35,7 +36,6 @@ class TritonPythonModel:
             cancelled = [rid for rid, (req, _) in self.live.items() if req.is_cancelled()]
         for rid in cancelled:
             self.engine.cancel(rid)
-        self.metrics.update()
 
     def execute(self, requests):
         for request in requests:
