@@ -6,11 +6,13 @@ import hmac
 import logging
 import signal
 import sys
+import time
 
 import orjson
 from aiohttp import web
 
 from frontend import errors
+from frontend.metrics import FrontendMetrics
 from frontend.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
@@ -20,6 +22,7 @@ from llama_triton.tokenization import Tokenizer
 log = logging.getLogger("frontend")
 SERVICE = web.AppKey("service", CompletionService)
 SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", FrontendMetrics)
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
 
 
@@ -52,6 +55,27 @@ async def error_middleware(request: web.Request, handler):
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(errors.APIError(500, "Internal server error.", errors.SERVER, None, "internal_error"))
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler):
+    metrics = request.app[METRICS]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    metrics.in_flight.inc()
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except asyncio.CancelledError:
+        status = 499   # the client went away
+        metrics.cancellations.labels("client_disconnect").inc()
+        raise
+    finally:
+        metrics.in_flight.dec()
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.request_seconds.labels(route).observe(time.perf_counter() - t0)
 
 
 @web.middleware
@@ -112,9 +136,19 @@ async def stream_sse(request: web.Request, chunks) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
                                                    "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await resp.prepare(request)
+    metrics = request.app[METRICS]
+    metrics.active_streams.inc()
+    t0 = time.perf_counter()
+    last = None
     try:
         await resp.write(first)
         async for data in iterator:
+            now = time.perf_counter()
+            if last is None:
+                metrics.ttft.observe(now - t0)   # the first chunk after the role-only one
+            else:
+                metrics.itl.observe(now - last)
+            last = now
             await resp.write(data)
     except errors.APIError as e:
         await resp.write(errors.sse_error_event(e))
@@ -128,6 +162,7 @@ async def stream_sse(request: web.Request, chunks) -> web.StreamResponse:
                                                                 None, "internal_error")))
         await resp.write(b"data: [DONE]\n\n")
     finally:
+        metrics.active_streams.dec()
         await iterator.aclose()
     await resp.write_eof()
     return resp
@@ -154,23 +189,30 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"status": "not ready"}, status=503)
 
 
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+
+
 async def openapi(request: web.Request) -> web.Response:
     from frontend.openapi import build_openapi
     return json_response(build_openapi())
 
 
 def create_app(settings: Settings, tokenizer: Tokenizer | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware],
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware],
                           client_max_size=settings.max_body_bytes)
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
     decoder = TritonDecoder(settings.triton_grpc)
     app[SETTINGS] = settings
+    app[METRICS] = FrontendMetrics()
     app[SERVICE] = CompletionService(settings, tokenizer, decoder)
     for prefix in ("/v1", "/v1/openai"):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_get(f"{prefix}/models", list_models)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
 
     async def close_decoder(_app):

@@ -1,0 +1,1 @@
+"""aiohttp frontend: the OpenAI-compatible HTTP API in front of Triton (protocol, errors, OpenAPI, routes)."""
