@@ -39,3 +39,27 @@ integration: venv model
 
 clean:
 	rm -rf var/run var/test_repo*
+
+# ---- GPU: sizing plan and TensorRT-LLM engine build (docs/GPU.md) ----------------------------
+# `make plan` and `make engine DRY_RUN=1` run anywhere; a real `make engine` runs inside the NGC
+# TensorRT-LLM image, where there is no .venv: pass PY=python3 there.
+GPU_PY_DEPS := $(if $(filter $(VENV)/bin/python,$(PY)),venv)
+GPU ?=
+TP ?= 1
+PP ?= 1
+QUANT ?= none
+KV_DTYPE ?=
+MAX_SEQ_LEN ?=
+OUT ?=
+DRY_RUN ?=
+ENGINE_ARGS ?=
+GPU_SIZE_ARGS = --tp $(TP) --pp $(PP) --quant $(QUANT) $(if $(KV_DTYPE),--kv-dtype $(KV_DTYPE)) \
+	$(if $(MAX_SEQ_LEN),--max-seq-len $(MAX_SEQ_LEN))
+
+plan: $(GPU_PY_DEPS)
+	@$(PY) build/plan.py --model $(or $(MODEL),llama-2-70b) --gpu $(or $(GPU),h100-80g) $(GPU_SIZE_ARGS)
+
+engine: $(GPU_PY_DEPS)
+	@test -n "$(MODEL)" || { echo "usage: make engine MODEL=<hf dir> TP=<n> PP=<n> QUANT=<none|fp8|int4_awq> OUT=<dir> [DRY_RUN=1]"; exit 2; }
+	$(PY) build/engine.py --model $(MODEL) $(GPU_SIZE_ARGS) $(if $(GPU),--gpu $(GPU)) $(if $(OUT),--out $(OUT)) \
+		$(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run) $(ENGINE_ARGS)

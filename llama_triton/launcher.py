@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from llama_triton import multigpu
 from llama_triton.repository import RepositorySettings, TemplateError, render_repository
 from llama_triton.tritonserver import TritonNotFound, find_tritonserver, server_command
 
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue-size", type=int, default=256)
     s.add_argument("--max-tokens-cap", type=int, default=16384, help="largest max_tokens the API grants")
     s.add_argument("--ready-timeout", type=float, default=300.0)
+    multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/multigpu.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
     return p
 
@@ -123,8 +127,33 @@ class Supervisor:
                 max_queue_size=a.max_queue_size), work / "model_repository").resolve()
         log(f"tritonserver from {install.source}: {install.binary}")
         log(f"model repository: {repo}")
+        # Multi-GPU (llama_triton/multigpu.py): one tritonserver per rank under mpirun; rank 0 serves.
+        try:
+            world_size = multigpu.resolve_world_size(getattr(a, "world_size", None), repo if a.repository else None)
+        except multigpu.MultiGpuError as e:
+            raise LaunchError(str(e)) from None
+        if world_size > 1:
+            mpirun = getattr(a, "mpirun", "mpirun")
+            if shutil.which(mpirun) is None:
+                raise LaunchError(f"--world-size {world_size} needs mpirun, and {mpirun!r} was not found "
+                                  "(the NGC TensorRT-LLM image has OpenMPI's mpirun on PATH)")
+            log(f"{world_size} ranks under {mpirun}: rank 0 serves, the others run the engine's other GPUs")
+            return multigpu.mpirun_command(install, repo, world_size, a.triton_grpc_port, a.triton_http_port,
+                                           a.triton_metrics_port, bind_address=bind, mpirun=mpirun)
         return server_command(install, repo, grpc_port=a.triton_grpc_port, http_port=a.triton_http_port,
                               metrics_port=a.triton_metrics_port, bind_address=bind)
+
+    def tokenizer_dir(self) -> Path:
+        """The frontend's tokenizer and chat template: --model-dir, or what a rendered repository names."""
+        a = self.args
+        model_dir = Path(a.model_dir)
+        if (model_dir / "config.json").is_file() or not a.repository:
+            return model_dir.resolve()
+        pre = Path(a.repository) / "preprocessing" / "config.pbtxt"
+        m = re.search(r'key: "tokenizer_dir" value: \{ string_value: "([^"]+)"', pre.read_text()) if pre.exists() else None
+        if not m:
+            raise LaunchError(f"pass --model-dir: {pre} names no tokenizer_dir")
+        return Path(m.group(1))
 
     def start_triton(self, cmd: list[str]) -> None:
         self.triton = subprocess.Popen(cmd, env=self.env, start_new_session=True)
@@ -151,8 +180,7 @@ class Supervisor:
                "--triton-grpc", f"127.0.0.1:{a.triton_grpc_port}",
                "--triton-http", f"127.0.0.1:{a.triton_http_port}",
                "--max-tokens-cap", str(a.max_tokens_cap)]
-        if a.repository is None:
-            cmd += ["--model-dir", str(Path(a.model_dir).resolve())]
+        cmd += ["--model-dir", str(self.tokenizer_dir())]
         if a.served_model_name:
             cmd += ["--served-model-name", a.served_model_name]
         extra = [x for x in a.frontend_args if x != "--"]
