@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import signal
 import sys
@@ -13,16 +14,18 @@ from aiohttp import web
 
 from frontend import errors
 from frontend.metrics import FrontendMetrics
+from frontend.openapi import build_openapi
 from frontend.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
-from frontend.triton_client import TritonDecoder
+from frontend.triton_client import DecoderBusy, DecoderUnavailable, TritonDecoder
 from llama_triton.tokenization import Tokenizer
 
 log = logging.getLogger("frontend")
 SERVICE = web.AppKey("service", CompletionService)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", FrontendMetrics)
+OPENAPI = web.AppKey("openapi", bytes)
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
 
 
@@ -41,6 +44,12 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except errors.APIError as e:
         return error_response(e)
+    except DecoderUnavailable as e:
+        return error_response(errors.APIError(503, f"The model is not available right now: {e}", errors.SERVER,
+                                              None, "model_not_ready", {"Retry-After": "2"}))
+    except DecoderBusy as e:
+        return error_response(errors.APIError(429, f"The server is busy: {e}", errors.RATE_LIMIT, None,
+                                              "queue_full", {"Retry-After": "1"}))
     except web.HTTPRequestEntityTooLarge as e:
         return error_response(errors.APIError(413, f"Request body too large (limit {e.max_size} bytes).",
                                               errors.INVALID_REQUEST, None, "payload_too_large"))
@@ -195,8 +204,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from frontend.openapi import build_openapi
-    return json_response(build_openapi())
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 def create_app(settings: Settings, tokenizer: Tokenizer | None = None) -> web.Application:
@@ -206,6 +214,8 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None) -> web.Ap
     decoder = TritonDecoder(settings.triton_grpc)
     app[SETTINGS] = settings
     app[METRICS] = FrontendMetrics()
+    # Built once; stdlib json because the seed's uint64 bounds exceed what orjson encodes.
+    app[OPENAPI] = json.dumps(build_openapi(auth=bool(settings.api_keys))).encode()
     app[SERVICE] = CompletionService(settings, tokenizer, decoder)
     for prefix in ("/v1", "/v1/openai"):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)

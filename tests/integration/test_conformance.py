@@ -1,0 +1,255 @@
+"""Every range of the seed contract through raw HTTP and the official client: the edge is accepted,
+just past it is a 400 naming the field, with one error envelope for every failure."""
+import json
+import urllib.request
+
+import openai
+import pytest
+
+from tests.integration.frontends import extra_frontend
+
+USER = [{"role": "user", "content": "Hi"}]
+
+
+def post(base, path, body, headers=None, raw: bytes | None = None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{base}{path}", data=data,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read() or b"null"), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null"), dict(e.headers)
+
+
+def assert_envelope(body, param=None):
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert isinstance(err["message"], str) and err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+
+
+BOUNDARIES = [
+    # field, accepted edge values, rejected values just past the edge
+    ("temperature", [0, 2], [-0.001, 2.001]),
+    ("top_p", [1e-6, 1], [0, 1.001]),
+    ("min_p", [0, 1], [-0.001, 1.001]),
+    ("top_k", [0, 999], [-1, 1000]),
+    ("n", [1, 4], [0, 5]),
+    ("presence_penalty", [-2, 2], [-2.001, 2.001]),
+    ("frequency_penalty", [-2, 2], [-2.001, 2.001]),
+    ("repetition_penalty", [0.01, 5], [0.0099, 5.001]),
+    ("seed", [-(2 ** 63), 2 ** 64 - 1], [-(2 ** 63) - 1, 2 ** 64]),
+    ("max_tokens", [0, 1_000_000], [-1, 1_000_001]),
+    ("max_completion_tokens", [0, 1_000_000], [-1, 1_000_001]),
+]
+
+
+@pytest.mark.parametrize("field,good,bad", BOUNDARIES, ids=[b[0] for b in BOUNDARIES])
+def test_range_edges(stack, field, good, bad):
+    for value in good:
+        body = {"model": stack.model_name, "messages": USER, "max_tokens": 2, field: value}
+        status, resp, _ = post(stack.base_url, "/v1/chat/completions", body)
+        assert status == 200, (field, value, resp)
+        assert len(resp["choices"]) == (value if field == "n" else 1)
+        if field in ("max_tokens", "max_completion_tokens") and value:
+            # Within the seed's range, then clamped to what the context allows: finish_reason length.
+            usage = resp["usage"]
+            assert usage["prompt_tokens"] + usage["completion_tokens"] == 1024
+            assert resp["choices"][0]["finish_reason"] == "length"
+    for value in bad:
+        status, resp, _ = post(stack.base_url, "/v1/chat/completions",
+                               {"model": stack.model_name, "messages": USER, "max_tokens": 2, field: value})
+        assert status == 400, (field, value, resp)
+        assert_envelope(resp, field)
+
+
+def test_top_logprobs_edges(stack):
+    ok = post(stack.base_url, "/v1/chat/completions", {"model": stack.model_name, "messages": USER, "max_tokens": 2,
+                                                      "logprobs": True, "top_logprobs": 20})
+    assert ok[0] == 200
+    content = ok[1]["choices"][0]["logprobs"]["content"]
+    assert len(content) == 2 and all(len(t["top_logprobs"]) == 20 for t in content)
+    for t in content:
+        assert set(t) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert t["top_logprobs"][0]["logprob"] >= t["top_logprobs"][-1]["logprob"]
+    status, body, _ = post(stack.base_url, "/v1/chat/completions", {"model": stack.model_name, "messages": USER,
+                                                                   "logprobs": True, "top_logprobs": 21})
+    assert status == 400
+    assert_envelope(body, "top_logprobs")
+
+
+def test_stop_count_edges(stack):
+    ok = post(stack.base_url, "/v1/chat/completions",
+              {"model": stack.model_name, "messages": USER, "max_tokens": 2, "stop": [f"s{i}" for i in range(16)]})
+    assert ok[0] == 200
+    status, body, _ = post(stack.base_url, "/v1/chat/completions",
+                           {"model": stack.model_name, "messages": USER, "stop": [f"s{i}" for i in range(17)]})
+    assert status == 400
+    assert_envelope(body, "stop")
+
+
+def test_max_tokens_zero_returns_empty_completion_with_usage(stack, openai_client):
+    r = openai_client.chat.completions.create(model=stack.model_name, messages=USER, max_tokens=0)
+    assert r.choices[0].message.content == ""
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens > 0
+
+
+def test_max_completion_tokens_wins(stack, openai_client):
+    r = openai_client.chat.completions.create(model=stack.model_name, messages=USER, max_tokens=9,
+                                              max_completion_tokens=3, seed=1)
+    assert r.usage.completion_tokens == 3
+
+
+def test_null_max_tokens_uses_the_server_cap(stack):
+    status, body, _ = post(stack.base_url, "/v1/chat/completions",
+                           {"model": stack.model_name, "messages": USER, "max_tokens": None, "seed": 4})
+    assert status == 200 and body["usage"]["completion_tokens"] == 48   # the test server's cap
+
+
+def test_prompt_longer_than_context_is_400(stack):
+    status, body, _ = post(stack.base_url, "/v1/chat/completions",
+                           {"model": stack.model_name, "messages": [{"role": "user", "content": "word " * 1200}]})
+    assert status == 400
+    assert_envelope(body, "messages")
+    assert body["error"]["code"] == "context_length_exceeded"
+
+
+def test_n_choices_are_indexed_and_usage_sums(stack, openai_client):
+    r = openai_client.chat.completions.create(model=stack.model_name, messages=USER, n=3, max_tokens=5, seed=2)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert r.usage.completion_tokens == 15
+    assert len({c.message.content for c in r.choices}) > 1
+    chunks = list(openai_client.chat.completions.create(model=stack.model_name, messages=USER, n=3, max_tokens=5,
+                                                        seed=2, stream=True))
+    for i in range(3):
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+        assert streamed == r.choices[i].message.content
+
+
+def test_stop_strings_are_never_emitted(stack, openai_client):
+    base = openai_client.chat.completions.create(model=stack.model_name, messages=USER, max_tokens=30, seed=5)
+    text = base.choices[0].message.content
+    stop = text[10:13]
+    cut = text.index(stop)
+    for stream in (False, True):
+        kwargs = dict(model=stack.model_name, messages=USER, max_tokens=30, seed=5, stop=[stop])
+        if stream:
+            chunks = list(openai_client.chat.completions.create(stream=True, **kwargs))
+            got = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            reason = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        else:
+            r = openai_client.chat.completions.create(**kwargs)
+            got, reason = r.choices[0].message.content, [r.choices[0].finish_reason]
+        assert got == text[:cut]
+        assert reason == ["stop"]
+
+
+def test_stream_usage_options(stack):
+    def events(stream_options):
+        body = {"model": stack.model_name, "messages": USER, "max_tokens": 3, "stream": True}
+        if stream_options is not None:
+            body["stream_options"] = stream_options
+        req = urllib.request.Request(f"{stack.base_url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            raw = r.read().decode()
+        parts = [p[len("data: "):] for p in raw.split("\n\n") if p]
+        assert parts[-1] == "[DONE]"
+        return [json.loads(p) for p in parts[:-1]]
+
+    default = events(None)
+    assert [("usage" in e) for e in default] == [False] * (len(default) - 1) + [True]
+    assert default[-1]["choices"][0]["finish_reason"] == "length"
+    explicit = events({"include_usage": True})
+    assert explicit[-1]["choices"] == [] and explicit[-1]["usage"]["completion_tokens"] == 3
+    assert "usage" in explicit[-2]
+    none = events({"include_usage": False})
+    assert not any("usage" in e for e in none)
+    continuous = events({"include_usage": False, "continuous_usage_stats": True})
+    assert all("usage" in e for e in continuous)
+
+
+def test_completions_endpoint(stack, openai_client):
+    r = openai_client.completions.create(model=stack.model_name, prompt="Once upon", max_tokens=4, seed=3,
+                                         logprobs=2, echo=True)
+    assert r.choices[0].text.startswith("Once upon")
+    assert len(r.choices[0].logprobs.tokens) == 4
+    ids = openai_client.completions.create(model=stack.model_name, prompt=[1, 9038, 2501], max_tokens=3, seed=3)
+    assert ids.usage.prompt_tokens == 3
+    for alias in ("/v1/openai/completions", "/v1/openai/chat/completions"):
+        body = {"model": stack.model_name, "max_tokens": 1}
+        body.update({"prompt": "x"} if alias.endswith("/completions") and "chat" not in alias else {"messages": USER})
+        assert post(stack.base_url, alias, body)[0] == 200
+    with urllib.request.urlopen(f"{stack.base_url}/v1/openai/models") as r:
+        assert json.loads(r.read())["data"][0]["id"] == stack.model_name
+
+
+@pytest.mark.parametrize("raw,param", [
+    (b"{not json", None),
+    (b"[]", None),
+    (b'{"model": "llama2-tiny"}', "messages"),
+    (b'{"model": "llama2-tiny", "messages": "hi"}', "messages"),
+    (b'{"model": "llama2-tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}',
+     "messages[0].content[0]"),
+    (b'{"model": "llama2-tiny", "messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}',
+     "functions"),
+])
+def test_bad_bodies_get_400_envelopes(stack, raw, param):
+    status, body, _ = post(stack.base_url, "/v1/chat/completions", None, raw=raw)
+    assert status == 400
+    assert_envelope(body, param)
+
+
+def test_unknown_fields_are_ignored_not_422(stack):
+    status, body, _ = post(stack.base_url, "/v1/chat/completions",
+                           {"model": stack.model_name, "messages": USER, "max_tokens": 1, "store": False,
+                            "some_future_field": {"x": 1}, "metadata": {"a": "b"}})
+    assert status == 200
+
+
+def test_unknown_route_and_method(stack):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{stack.base_url}/v1/nothing")
+    assert e.value.code == 404
+    assert_envelope(json.loads(e.value.read()))
+
+
+def test_openapi_document(stack):
+    with urllib.request.urlopen(f"{stack.base_url}/openapi.json") as r:
+        doc = json.loads(r.read())
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(doc["paths"])
+
+
+def test_auth_and_limits(stack, default_model_dir):
+    with extra_frontend(str(default_model_dir), stack.grpc_url, "--max-body-bytes", "4096",
+                        "--served-model-name", stack.model_name, env={"API_KEYS": "k1,k2"}) as (base, _):
+        body = {"model": stack.model_name, "messages": USER, "max_tokens": 1}
+        status, resp, headers = post(base, "/v1/chat/completions", body)
+        assert status == 401 and headers.get("WWW-Authenticate") == "Bearer"
+        assert_envelope(resp)
+        assert post(base, "/v1/chat/completions", body, {"Authorization": "Bearer wrong"})[0] == 401
+        assert post(base, "/v1/chat/completions", body, {"Authorization": "Bearer k2"})[0] == 200
+        with urllib.request.urlopen(f"{base}/health") as r:       # /health stays open
+            assert r.status == 200
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="k1", max_retries=0)
+        assert client.chat.completions.create(model=stack.model_name, messages=USER, max_tokens=1).choices
+        status, resp, _ = post(base, "/v1/chat/completions",
+                               {"model": stack.model_name, "messages": [{"role": "user", "content": "x" * 10000}]},
+                               {"Authorization": "Bearer k1"})
+        assert status == 413
+        assert_envelope(resp)
+
+
+def test_decoder_down_is_503(stack, default_model_dir):
+    from llama_triton.launcher import free_port
+    with extra_frontend(str(default_model_dir), f"127.0.0.1:{free_port()}", "--served-model-name",
+                        stack.model_name, expect_healthy=False) as (base, _):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}/health")
+        assert e.value.code == 503
+        status, resp, _ = post(base, "/v1/chat/completions", {"model": stack.model_name, "messages": USER})
+        assert status == 503
+        assert_envelope(resp)
