@@ -1,0 +1,49 @@
+"""The CPU decoder rendered with TensorRT-LLM's input list refuses exactly what a GPU deployment
+cannot honour: a 400 naming the field, never a silently dropped parameter."""
+import json
+import urllib.request
+
+import pytest
+
+from tests.integration.stack import start_stack
+
+USER = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def gpu_io_stack(default_model_dir, tmp_path_factory):
+    s = start_stack(str(default_model_dir), tmp_path_factory.mktemp("gpu-io"), "--decoder-io", "gpu",
+                    "--max-tokens-cap", "16", "--max-seq-len", "512", "--max-num-tokens", "8192")
+    yield s
+    s.stop()
+
+
+def post(base, body):
+    req = urllib.request.Request(f"{base}/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"min_p": 0.1}, "min_p"),
+    ({"logprobs": True, "top_logprobs": 3}, "top_logprobs"),
+])
+def test_fields_the_gpu_decoder_lacks_are_400(gpu_io_stack, extra, param):
+    status, body = post(gpu_io_stack.base_url, {"model": gpu_io_stack.model_name, "messages": USER,
+                                                "max_tokens": 2, **extra})
+    assert status == 400
+    assert body["error"]["param"] == param
+    assert body["error"]["code"] == "unsupported_parameter"
+
+
+def test_everything_else_still_works(gpu_io_stack):
+    status, body = post(gpu_io_stack.base_url, {"model": gpu_io_stack.model_name, "messages": USER, "max_tokens": 3,
+                                                "min_p": 0, "logprobs": True, "top_k": 5, "top_p": 0.9,
+                                                "repetition_penalty": 1.2, "seed": 3})
+    assert status == 200, body
+    assert len(body["choices"][0]["logprobs"]["content"]) == 3
+    assert body["choices"][0]["logprobs"]["content"][0]["top_logprobs"] == []
