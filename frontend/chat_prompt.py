@@ -10,11 +10,21 @@ conversation onto what the template can express, always the same documented way:
 4. consecutive turns of the same role are joined with a blank line;
 5. a conversation that starts with an assistant turn gets an empty user turn before it.
 
-Templates that know tools (Llama-3.x) get the messages as they are. Any template error is a 400.
+Templates that know tool calls (Llama-3.x, DeepSeek-R1) get the messages as they are, except that
+text-part arrays become plain text, an assistant message with `tool_calls` always has `content`
+(null when it had none), and, for templates that render the tool list themselves (Llama-3.1: they
+read `tools`), each call's `arguments` is handed over as an object (the template writes it with
+`tojson`) and a message with several calls becomes one assistant message per call (the template
+takes one call per message).
+
+Tool instructions. Templates that render the tool list get `tools` (OpenAI's shape). For the
+others `frontend.tools` writes the instructions as text (`tool_prompt`), appended to the system
+prompt (a new system message when there is none). Any template error is a 400.
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Optional
 
 import jinja2
@@ -33,6 +43,46 @@ def text_of(content: Any) -> str:
 
 def template_knows_tools(template: Optional[str]) -> bool:
     return bool(template) and ("tool_calls" in template or "ipython" in template)
+
+
+def template_renders_tools(template: Optional[str]) -> bool:
+    """Does the template render the request's tool list (it reads the `tools` variable)?"""
+    return bool(template) and re.search(r"\btools\b", template) is not None
+
+
+def _arguments_object(arguments: Any) -> Any:
+    if isinstance(arguments, str) and _is_json(arguments):
+        return json.loads(arguments)
+    return arguments
+
+
+def normalize_for_tool_template(messages: list[dict], renders_tools: bool) -> list[dict]:
+    out: list[dict] = []
+    for m in messages:
+        m = dict(m)
+        if "content" in m or m["role"] == "assistant":
+            m["content"] = text_of(m.get("content")) if m.get("content") is not None else None
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            calls = m["tool_calls"]
+            if renders_tools:
+                calls = [dict(c, function=dict(c["function"], arguments=_arguments_object(c["function"]["arguments"])))
+                         for c in calls]
+                for i, call in enumerate(calls):
+                    out.append(dict(m, content=m["content"] if i == 0 else None, tool_calls=[call]))
+                continue
+            m["tool_calls"] = calls
+        out.append(m)
+    return out
+
+
+def with_system_text(messages: list[dict], text: str) -> list[dict]:
+    """`text` appended to the last system message, or a new leading system message."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i]["role"] == "system":
+            current = text_of(messages[i].get("content"))
+            merged = dict(messages[i], content=(current + "\n\n" + text) if current else text)
+            return messages[:i] + [merged] + messages[i + 1:]
+    return [{"role": "system", "content": text}, *messages]
 
 
 def rewrite_for_plain_template(messages: list[dict]) -> list[dict]:
@@ -72,12 +122,17 @@ def _is_json(s: Any) -> bool:
 
 
 def render_prompt(tokenizer: Tokenizer, messages: list[dict], *, tools: Optional[list[dict]] = None,
-                  template_kwargs: Optional[dict] = None) -> str:
-    knows_tools = template_knows_tools(tokenizer.chat_template)
-    msgs = messages if knows_tools else rewrite_for_plain_template(messages)
+                  tool_prompt: Optional[str] = None, template_kwargs: Optional[dict] = None) -> str:
+    """`tools` reach templates that render them; `tool_prompt` is added to the system prompt."""
+    template = tokenizer.chat_template
+    knows_tools = template_knows_tools(template)
+    renders_tools = template_renders_tools(template)
+    if tool_prompt:
+        messages = with_system_text(messages, tool_prompt)
+    msgs = normalize_for_tool_template(messages, renders_tools) if knows_tools else rewrite_for_plain_template(messages)
     kwargs = dict(template_kwargs or {})
     try:
-        return tokenizer.apply_chat_template(msgs, tools=tools if knows_tools else None,
+        return tokenizer.apply_chat_template(msgs, tools=tools if renders_tools else None,
                                              add_generation_prompt=True, **kwargs)
     except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as e:
         raise bad_request(f"The chat template cannot render these messages: {e}", "messages") from None

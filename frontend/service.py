@@ -15,10 +15,14 @@ from typing import AsyncIterator, Optional, Union
 import orjson
 
 from frontend import errors
-from frontend.chat_prompt import render_prompt
+from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
 from frontend.protocol import ChatCompletionRequest, CompletionRequest
+from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
+                                prompt_opens_reasoning, thinking_disabled)
 from frontend.settings import Settings
+from frontend.structured import StructuredOutputs, response_format_guide
+from frontend.tools import ToolCallParser, ToolPlan, check_combination
 from frontend.triton_client import DecoderBusy, DecoderError, DecoderUnavailable, TritonDecoder
 from llama_triton.request_mapping import DecodeSettings, UnsupportedField, decoder_arrays
 from llama_triton.tokenization import Tokenizer
@@ -49,6 +53,9 @@ class CompletionService:
         self.decoder = decoder
         self.created = int(time.time())
         self.model_context = _model_context(settings.model_dir)
+        self.structured = StructuredOutputs(tokenizer.hf, tokenizer.vocab_size)
+        self.renders_tools = template_renders_tools(tokenizer.chat_template)
+        self.reasoning_model = is_reasoning_model(tokenizer.chat_template, tokenizer.hf.get_vocab())
 
     # ---- limits -----------------------------------------------------------------------------
     async def context_limit(self) -> int:
@@ -118,6 +125,9 @@ class CompletionService:
     # ---- chat -------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest):
         self.check_model(req.model)
+        plan = ToolPlan.from_request(req, self.renders_tools)
+        format_guide = response_format_guide(req.response_format)
+        check_combination(req, plan, format_guide is not None)
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         kwargs = dict(req.chat_template_kwargs or {})
         effort = req.reasoning_effort or (req.reasoning.effort if req.reasoning else None)
@@ -127,15 +137,29 @@ class CompletionService:
                    else (effort != "none" if effort is not None else None))
         if enabled is not None:
             kwargs.setdefault("enable_thinking", enabled)
-        prompt = render_prompt(self.tokenizer, messages, template_kwargs=kwargs)
+        prompt = render_prompt(self.tokenizer, messages, tools=plan.template_tools(), tool_prompt=plan.system_prompt(),
+                               template_kwargs=kwargs)
+        reasoning = None            # where a reasoning model's reply starts: "inside" or "optional"
+        if self.reasoning_model:
+            if prompt_opens_reasoning(prompt) and thinking_disabled(kwargs):
+                prompt = close_reasoning(prompt)
+            if prompt_opens_reasoning(prompt):
+                reasoning = "inside"
+            elif not prompt.rstrip().endswith(THINK_END):
+                reasoning = "optional"
+        spec = plan.guide() if plan.active else format_guide
+        if spec is not None and reasoning is not None:
+            spec = spec.after_reasoning(reasoning)
+        guide = await self.structured.resolve(spec)
         prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        prep = await self.prepare(req, prompt_ids, "chatcmpl", logprobs=bool(req.logprobs),
+        prep = await self.prepare(req, prompt_ids, "chatcmpl", guide=guide, logprobs=bool(req.logprobs),
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
                          bool(req.logprobs), req.top_logprobs or 0)
+        outputs = [ChatOutput(plan, reasoning) for _ in gen.choices]
         if req.stream:
-            return self._chat_stream(req, prep, gen)
-        return await self._chat_full(req, prep, gen)
+            return self._chat_stream(req, prep, gen, outputs)
+        return await self._chat_full(req, prep, gen, outputs)
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
         completion = gen.completion_tokens
@@ -143,23 +167,27 @@ class CompletionService:
                 "total_tokens": len(prep.prompt_ids) + completion,
                 "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}
 
-    async def _chat_full(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation) -> dict:
-        texts = [[] for _ in gen.choices]
+    async def _chat_full(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation,
+                         outputs: list["ChatOutput"]) -> dict:
         lps: list[Optional[list]] = [[] if req.logprobs else None for _ in gen.choices]
         async for ev in self.events(prep, gen):
-            texts[ev.index].append(ev.text)
+            out = outputs[ev.index]
+            out.collect(out.feed(ev.text))
+            if ev.finish_reason is not None:
+                out.collect(out.finish())
             if ev.logprobs is not None and lps[ev.index] is not None:
                 lps[ev.index].extend(ev.logprobs)
         choices = []
         for c in gen.choices:
-            choices.append({"index": c.index,
-                            "message": {"role": "assistant", "content": "".join(texts[c.index])},
+            out = outputs[c.index]
+            choices.append({"index": c.index, "message": out.message(),
                             "logprobs": {"content": lps[c.index]} if lps[c.index] is not None else None,
-                            "finish_reason": c.finish_reason})
+                            "finish_reason": out.finish_reason(c.finish_reason)})
         return {"id": prep.request_id, "object": "chat.completion", "created": int(time.time()),
                 "model": self.settings.served_model_name, "choices": choices, "usage": self.usage(prep, gen)}
 
-    async def _chat_stream(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation) -> AsyncIterator[bytes]:
+    async def _chat_stream(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation,
+                           outputs: list["ChatOutput"]) -> AsyncIterator[bytes]:
         created = int(time.time())
         head = {"id": prep.request_id, "object": "chat.completion.chunk", "created": created,
                 "model": self.settings.served_model_name}
@@ -178,19 +206,104 @@ class CompletionService:
                           "logprobs": None, "finish_reason": None}])
         remaining = len(gen.choices)
         async for ev in self.events(prep, gen):
-            if ev.text or ev.logprobs:
-                yield chunk([{"index": ev.index, "delta": {"content": ev.text},
-                              "logprobs": {"content": ev.logprobs} if ev.logprobs is not None else None,
+            out = outputs[ev.index]
+            if out.plain:
+                deltas = [{"content": ev.text}] if ev.text or ev.logprobs else []
+            else:
+                items = out.feed(ev.text)
+                if ev.finish_reason is not None:
+                    items += out.finish()
+                deltas = out.deltas(items)
+                if not deltas and ev.logprobs:
+                    deltas = [{}]
+            for i, delta in enumerate(deltas):
+                lp = ev.logprobs if i == 0 else None
+                yield chunk([{"index": ev.index, "delta": delta,
+                              "logprobs": {"content": lp} if lp is not None else None,
                               "finish_reason": None}])
             if ev.finish_reason is not None:
                 remaining -= 1
                 last = remaining == 0
                 yield chunk([{"index": ev.index, "delta": {}, "logprobs": None,
-                              "finish_reason": ev.finish_reason}],
+                              "finish_reason": out.finish_reason(ev.finish_reason)}],
                             self.usage(prep, gen) if last and include_usage else None)
         if explicit and include_usage:
             yield b"data: " + orjson.dumps(dict(head, choices=[], usage=self.usage(prep, gen))) + b"\n\n"
         yield b"data: [DONE]\n\n"
+
+
+class ChatOutput:
+    """One chat choice's text -> reasoning, content and tool calls (the same for stream and non-stream).
+
+    `feed`/`finish` return items `("reasoning_content", str)`, `("content", str)` and
+    `("tool_calls", [delta])`; `deltas` turns them into SSE deltas, `collect` + `message` into the
+    non-streamed message. Without tools and reasoning (`plain`) text passes straight through.
+    """
+
+    def __init__(self, plan: ToolPlan, reasoning: Optional[str]):
+        self.plan = plan
+        self.splitter = ReasoningSplitter(reasoning == "inside") if reasoning is not None else None
+        self.parser: Optional[ToolCallParser] = plan.parser() if plan.active else None
+        self.plain = self.splitter is None and self.parser is None
+        self._reasoning: list[str] = []
+        self._content: list[str] = []
+
+    def _answer(self, text: str) -> list:
+        if not text:
+            return []
+        return self.parser.feed(text) if self.parser is not None else [("content", text)]
+
+    def feed(self, text: str) -> list:
+        if self.splitter is None:
+            return self._answer(text)
+        reasoning, answer = self.splitter.feed(text)
+        items = [("reasoning_content", reasoning)] if reasoning else []
+        return items + self._answer(answer)
+
+    def finish(self) -> list:
+        items = []
+        if self.splitter is not None:
+            reasoning, answer = self.splitter.finish()
+            if reasoning:
+                items.append(("reasoning_content", reasoning))
+            items += self._answer(answer)
+        if self.parser is not None:
+            items += self.parser.finish()
+        return items
+
+    @staticmethod
+    def deltas(items: list) -> list[dict]:
+        out: list[dict] = []
+        for kind, value in items:
+            if kind != "tool_calls" and out and list(out[-1]) == [kind]:
+                out[-1][kind] += value
+            else:
+                out.append({kind: value})
+        return out
+
+    def collect(self, items: list) -> None:
+        for kind, value in items:
+            if kind == "reasoning_content":
+                self._reasoning.append(value)
+            elif kind == "content":
+                self._content.append(value)
+
+    def message(self) -> dict:
+        calls = self.parser.message_calls() if self.parser is not None else []
+        content: Optional[str] = "".join(self._content)
+        saw_reasoning = self.splitter is not None and self.splitter.saw_reasoning
+        if not content and (calls or saw_reasoning):
+            content = None
+        msg: dict = {"role": "assistant", "content": content}
+        if saw_reasoning:
+            msg["reasoning_content"] = "".join(self._reasoning)
+        if calls:
+            msg["tool_calls"] = calls
+        return msg
+
+    def finish_reason(self, reason: Optional[str]) -> Optional[str]:
+        produced = self.parser is not None and self.parser.produced_calls
+        return self.plan.finish_reason(reason, produced)
 
 
 class LegacyCompletions:

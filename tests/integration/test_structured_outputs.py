@@ -1,0 +1,159 @@
+"""response_format against the real stack (Llama-2 tiny model, random weights, max_tokens cap 48).
+
+Schemas are bounded (enums, small integer ranges, maxLength, additionalProperties false) so that
+a random model finishes inside the cap; whenever finish_reason is "stop" the output must parse
+and validate.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+
+import jsonschema
+import openai
+import pytest
+
+MESSAGES = [{"role": "user", "content": "Describe a colour as JSON."}]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "color": {"type": "string", "enum": ["red", "green", "blue"]},
+        "n": {"type": "integer", "minimum": 0, "maximum": 9},
+        "ok": {"type": "boolean"},
+        "tag": {"type": "string", "maxLength": 3},
+    },
+    "required": ["color", "n", "ok", "tag"],
+    "additionalProperties": False,
+}
+JSON_SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "colour", "strict": True, "schema": SCHEMA}}
+# Converting this schema to a grammar takes xgrammar far longer than the frontend's 5 s limit.
+PATHOLOGICAL = {"type": "object", "properties": {"s": {"type": "string", "pattern": "[a-z]{12000}"}},
+                "required": ["s"]}
+
+
+def post(stack, body):
+    req = urllib.request.Request(f"{stack.base_url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def stream_texts(chunks) -> tuple[dict[int, str], dict[int, str]]:
+    texts: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    for chunk in chunks:
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+            assert not c.delta.tool_calls
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    return texts, finish
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_json_schema_validates_streamed_and_not(stack, openai_client, seed):
+    kwargs = dict(model=stack.model_name, messages=MESSAGES, response_format=JSON_SCHEMA_FORMAT, seed=seed, n=2)
+    full = openai_client.chat.completions.create(**kwargs)
+    assert len(full.choices) == 2
+    for choice in full.choices:
+        assert choice.finish_reason == "stop", choice
+        jsonschema.validate(json.loads(choice.message.content), SCHEMA)
+        assert choice.message.tool_calls is None
+    texts, finish = stream_texts(openai_client.chat.completions.create(stream=True, **kwargs))
+    assert texts == {c.index: c.message.content for c in full.choices}
+    assert finish == {0: "stop", 1: "stop"}
+
+
+def test_json_object(stack, openai_client):
+    stopped = 0
+    for seed in range(4):
+        r = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, seed=seed,
+                                                  response_format={"type": "json_object"})
+        choice = r.choices[0]
+        assert choice.message.content.startswith("{")
+        assert choice.message.content[:2] in ('{"', "{}")     # no free whitespace
+        if choice.finish_reason == "stop":
+            stopped += 1
+            assert isinstance(json.loads(choice.message.content), dict)
+        else:
+            assert choice.finish_reason == "length" and r.usage.completion_tokens == 48
+
+
+def test_regex(stack, openai_client):
+    pattern = r"(yes|no), [0-9]{1,3} (cats|dogs)"
+    kwargs = dict(model=stack.model_name, messages=MESSAGES, response_format={"type": "regex", "regex": pattern},
+                  seed=5, n=2)
+    full = openai_client.chat.completions.create(**kwargs)
+    for choice in full.choices:
+        assert choice.finish_reason == "stop"
+        assert re.fullmatch(pattern, choice.message.content), choice.message.content
+    texts, _ = stream_texts(openai_client.chat.completions.create(stream=True, **kwargs))
+    assert texts == {c.index: c.message.content for c in full.choices}
+
+
+def test_text_format_is_unconstrained(stack, openai_client):
+    r = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, seed=1, max_tokens=8,
+                                              response_format={"type": "text"})
+    assert r.choices[0].finish_reason == "length"
+
+
+def test_pathological_schema_is_a_quick_400(stack, openai_client):
+    t0 = time.monotonic()
+    status, body = post(stack, {"model": stack.model_name, "messages": MESSAGES,
+                                "response_format": {"type": "json_schema",
+                                                    "json_schema": {"name": "p", "schema": PATHOLOGICAL}}})
+    took = time.monotonic() - t0
+    assert status == 400, body
+    assert body["error"]["param"] == "response_format"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert took < 20, took          # the 5 s compile limit plus overhead, not a stalled decoder
+    # the stack still serves (the abandoned compilation runs in the frontend, not the decoder)
+    t0 = time.monotonic()
+    r = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, seed=1, max_tokens=4)
+    assert r.choices[0].finish_reason == "length" and time.monotonic() - t0 < 30
+    # refused at once the second time (cached)
+    t0 = time.monotonic()
+    status, body = post(stack, {"model": stack.model_name, "messages": MESSAGES,
+                                "response_format": {"type": "json_schema",
+                                                    "json_schema": {"name": "p", "schema": PATHOLOGICAL}}})
+    assert status == 400 and time.monotonic() - t0 < 2
+
+
+def test_pathological_tool_parameters_are_a_400_naming_the_tool(stack):
+    tools = [{"type": "function", "function": {"name": "ok", "parameters": {"type": "object", "properties": {}}}},
+             {"type": "function", "function": {"name": "slow", "parameters": PATHOLOGICAL}}]
+    t0 = time.monotonic()
+    status, body = post(stack, {"model": stack.model_name, "messages": MESSAGES, "tools": tools,
+                                "tool_choice": "required"})
+    assert status == 400, body
+    assert body["error"]["param"] == "tools[1].function.parameters"
+    assert time.monotonic() - t0 < 20
+
+
+@pytest.mark.parametrize("response_format,fragment", [
+    ({"type": "regex", "regex": "(unclosed"}, "regex"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
+        "a": {"$ref": "#/$defs/missing"}}}}}, "schema"),
+])
+def test_invalid_guides_are_400(stack, response_format, fragment):
+    status, body = post(stack, {"model": stack.model_name, "messages": MESSAGES, "response_format": response_format})
+    assert status == 400, body
+    assert body["error"]["param"] == "response_format"
+    assert fragment in body["error"]["message"].lower()
+
+
+def test_response_format_with_auto_tools_is_refused(stack, openai_client):
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, tools=tools,
+                                              response_format={"type": "json_object"})
+    assert e.value.body["param"] == "response_format"
+    # with tool_choice none the format applies
+    r = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, tools=tools, seed=1,
+                                              tool_choice="none", response_format=JSON_SCHEMA_FORMAT)
+    jsonschema.validate(json.loads(r.choices[0].message.content), SCHEMA)
