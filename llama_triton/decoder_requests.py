@@ -129,7 +129,8 @@ def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool =
 
 
 def output_arrays(out: SequenceOutput, *, prompt_ids: Optional[list[int]], with_log_probs: bool,
-                  num_top: int, declared: frozenset[str]) -> dict[str, np.ndarray]:
+                  num_top: int, declared: frozenset[str], cum_log_prob: Optional[float] = None
+                  ) -> dict[str, np.ndarray]:
     """One response's tensors, shaped as TensorRT-LLM sends them (batch 1, beam 1)."""
     tokens = list(out.token_ids)
     if prompt_ids:
@@ -142,7 +143,8 @@ def output_arrays(out: SequenceOutput, *, prompt_ids: Optional[list[int]], with_
     if with_log_probs:
         lps = out.log_probs or []
         arrays["output_log_probs"] = np.asarray(lps, dtype=np.float32).reshape(1, 1, -1)
-        arrays["cum_log_probs"] = np.asarray([[float(sum(lps))]], dtype=np.float32)
+        total = float(sum(lps)) if cum_log_prob is None else cum_log_prob
+        arrays["cum_log_probs"] = np.asarray([[total]], dtype=np.float32)
     if num_top > 0 and out.top_logprobs is not None:
         n = len(out.top_logprobs)
         ids = np.zeros((1, 1, n, num_top), dtype=np.int32)

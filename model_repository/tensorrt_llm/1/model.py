@@ -6,6 +6,7 @@ Triton's own cancellation is honoured too, checked before every engine step.
 """
 import json
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -27,11 +28,18 @@ class TritonPythonModel:
         self.metrics = EngineMetrics(pb_utils, self.engine)
         self.lock = threading.Lock()
         self.live = {}  # request id -> (triton request, response sender); Triton-cancel polling
+        self.last_cancel_poll = 0.0
         self.engine.add_step_listener(self._before_step)
         self.engine.add_step_listener(self.metrics.update, at_end=True)
         self.engine.start()
 
     def _before_step(self):
+        # is_cancelled() is a round trip to the Triton process per request: poll at most every
+        # 100 ms, as TensorRT-LLM's backend does (cancellation_check_period_ms).
+        now = time.monotonic()
+        if now - self.last_cancel_poll < 0.1:
+            return
+        self.last_cancel_poll = now
         with self.lock:
             cancelled = [rid for rid, (req, _) in self.live.items() if req.is_cancelled()]
         for rid in cancelled:
@@ -66,6 +74,7 @@ class TritonPythonModel:
         params = parsed.params
         prompt = None if exclude_input else parsed.prompt_ids
         remaining = {"n": params.num_return_sequences}
+        cum_log_probs = [0.0] * params.num_return_sequences   # running totals, as TensorRT-LLM reports
         if rid:
             with self.lock:
                 self.live[rid] = (request, sender)
@@ -75,7 +84,11 @@ class TritonPythonModel:
                 self._forget(rid, request)
                 return self._fail(sender, out.error)
             # Streaming responses carry only the new tokens, as TensorRT-LLM's do.
+            if out.log_probs and 0 <= out.sequence_index < len(cum_log_probs):
+                cum_log_probs[out.sequence_index] += float(sum(out.log_probs))
             arrays = output_arrays(out, prompt_ids=None if parsed.streaming else prompt,
+                                   cum_log_prob=cum_log_probs[out.sequence_index]
+                                   if 0 <= out.sequence_index < len(cum_log_probs) else 0.0,
                                    with_log_probs=params.return_log_probs, num_top=params.top_logprobs,
                                    declared=self.declared_outputs)
             tensors = [pb_utils.Tensor(k, v) for k, v in arrays.items()]
@@ -108,3 +121,6 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.shutdown()
+        # Drop the metric objects while the stub can still write them back; destroying them
+        # during interpreter shutdown crashed the stub now and then.
+        self.metrics = None
