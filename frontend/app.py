@@ -1,4 +1,22 @@
-"""The aiohttp application: routes, auth, the error envelope and SSE writing."""
+"""The aiohttp application: routes, auth, the error envelope and SSE writing.
+
+Middlewares, outermost first:
+
+* `context_middleware`: one `RequestContext` per request (logging_setup.py), the per-request
+  timeout (`--request-timeout`: the handler task is cancelled, which cancels the Triton request and
+  sends `stop=true`; the client gets a 504, or an error event and `data: [DONE]` on a stream),
+  CORS for configured origins (`--cors-origin`), 503 while draining, the access log line, the
+  per-request metrics that need the whole request (tokens, users, cancellations).
+* `metrics_middleware`: requests by route and status, latency.
+* `error_middleware`: every failure becomes the error envelope.
+* `auth_middleware`: bearer keys.
+
+`X-Request-Id` on every response is the service's completion id (`chatcmpl-...`/`cmpl-...`), which
+is also the request id sent to Triton; requests refused before they get one carry `req-...`.
+
+SIGTERM: stop accepting, let in-flight requests finish for `--shutdown-grace` seconds, then cancel
+the rest (streams get an error event and `data: [DONE]`), then exit.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -6,27 +24,41 @@ import hmac
 import json
 import logging
 import signal
-import sys
 import time
+from typing import Optional
 
 import orjson
 from aiohttp import web
 
-from frontend import errors
+from frontend import errors, logging_setup
+from frontend.logging_setup import RequestContext, current_request, hash_user
 from frontend.metrics import FrontendMetrics
 from frontend.openapi import build_openapi
-from frontend.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from frontend.protocol import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ModelMetadata,
+                               parse_request)
 from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
 from frontend.triton_client import DecoderBusy, DecoderUnavailable, TritonDecoder
 from llama_triton.tokenization import Tokenizer
 
 log = logging.getLogger("frontend")
+access_log = logging.getLogger("frontend.access")
 SERVICE = web.AppKey("service", CompletionService)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", FrontendMetrics)
 OPENAPI = web.AppKey("openapi", bytes)
+INFLIGHT = web.AppKey("inflight", set)
+STATE = web.AppKey("state", dict)
+CTX = "llama_triton.request_context"          # key of the RequestContext in the aiohttp request
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
+QUIET_PATHS = frozenset({"/health", "/metrics"})   # logged at DEBUG when they succeed
+CANCEL_OUTCOMES = frozenset({"timeout", "shutdown", "slow_client", "client_disconnect"})
+EXPOSED_HEADERS = "X-Request-Id, Retry-After"
+ERROR_EVENT_WRITE_TIMEOUT_S = 1.0
+
+
+class SlowClient(Exception):
+    """A streamed write waited longer than --write-timeout on a client that does not read."""
 
 
 def json_response(body, status: int = 200, headers=None) -> web.Response:
@@ -38,10 +70,36 @@ def error_response(err: errors.APIError) -> web.Response:
     return web.Response(body=err.to_json(), status=err.status, headers=err.headers, content_type="application/json")
 
 
+def cancelled_error(reason: str, settings: Settings) -> errors.APIError:
+    if reason == "timeout":
+        return errors.APIError(504, f"The request did not finish within the server's time limit of "
+                                    f"{settings.request_timeout:g} s and was cancelled.", errors.SERVER, None,
+                               "request_timeout")
+    return errors.APIError(503, "The server is shutting down; retry on another instance or later.", errors.SERVER,
+                           None, "shutting_down", {"Retry-After": "5"})
+
+
+def take_own_cancellation(ctx: Optional[RequestContext]) -> Optional[str]:
+    """The reason when the frontend itself cancelled this task (timeout, shutdown) and nothing else
+    did: the cancellation is then consumed and the handler answers. None: propagate it."""
+    if ctx is None or ctx.cancel_reason is None:
+        return None
+    task = asyncio.current_task()
+    if task is None or task.uncancel() > 0:
+        return None        # cancelled by someone else too (the client went away)
+    ctx.outcome = ctx.cancel_reason
+    return ctx.cancel_reason
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
+    except asyncio.CancelledError:
+        reason = take_own_cancellation(request.get(CTX))
+        if reason is None:
+            raise
+        return error_response(cancelled_error(reason, request.app[SETTINGS]))
     except errors.APIError as e:
         return error_response(e)
     except DecoderUnavailable as e:
@@ -50,20 +108,105 @@ async def error_middleware(request: web.Request, handler):
     except DecoderBusy as e:
         return error_response(errors.APIError(429, f"The server is busy: {e}", errors.RATE_LIMIT, None,
                                               "queue_full", {"Retry-After": "1"}))
-    except web.HTTPRequestEntityTooLarge as e:
-        return error_response(errors.APIError(413, f"Request body too large (limit {e.max_size} bytes).",
-                                              errors.INVALID_REQUEST, None, "payload_too_large"))
+    except web.HTTPRequestEntityTooLarge:
+        # A body without Content-Length (chunked) that grew past the limit while being read.
+        return error_response(errors.payload_too_large(request.app[SETTINGS].max_body_bytes))
     except web.HTTPNotFound:
         return error_response(errors.not_found(request.path))
     except web.HTTPMethodNotAllowed:
         return error_response(errors.method_not_allowed(request.method, request.path))
     except web.HTTPException as e:
         return error_response(errors.APIError(e.status, e.reason or "error", errors.INVALID_REQUEST))
-    except (asyncio.CancelledError, ConnectionResetError):
+    except ConnectionResetError:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(errors.APIError(500, "Internal server error.", errors.SERVER, None, "internal_error"))
+
+
+def cors_origin(request: web.Request) -> Optional[str]:
+    """The Access-Control-Allow-Origin value for this request, or None (CORS off or origin not allowed)."""
+    allowed = request.app[SETTINGS].cors_origins
+    origin = request.headers.get("Origin")
+    if not allowed or not origin:
+        return None
+    if "*" in allowed:
+        return "*"
+    return origin if origin in allowed else None
+
+
+def cors_preflight(request: web.Request) -> web.Response:
+    origin = cors_origin(request)
+    if origin is None:
+        return error_response(errors.APIError(403, "CORS: this origin is not allowed.", errors.INVALID_REQUEST,
+                                              None, "cors_origin_not_allowed"))
+    headers = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS", "Access-Control-Max-Age": "600"}
+    asked = request.headers.get("Access-Control-Request-Headers")
+    headers["Access-Control-Allow-Headers"] = asked if asked else "Authorization, Content-Type"
+    return web.Response(status=204, headers=headers)
+
+
+async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    ctx = request.get(CTX)
+    if ctx is not None:
+        response.headers["X-Request-Id"] = ctx.id
+    origin = cors_origin(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        if origin != "*":
+            response.headers.add("Vary", "Origin")
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler):
+    app = request.app
+    settings = app[SETTINGS]
+    resource = request.match_info.route.resource
+    ctx = RequestContext(request.method, request.path, route=resource.canonical if resource else "unmatched")
+    ctx.task = asyncio.current_task()
+    request[CTX] = ctx
+    token = current_request.set(ctx)
+    inflight = app[INFLIGHT]
+    inflight.add(ctx)
+    timer = asyncio.get_running_loop().call_later(settings.request_timeout, ctx.cancel, "timeout")
+    try:
+        if (request.method == "OPTIONS" and settings.cors_origins
+                and "Access-Control-Request-Method" in request.headers):
+            resp = cors_preflight(request)
+        elif app[STATE]["draining"] and request.path not in QUIET_PATHS:
+            resp = error_response(cancelled_error("shutdown", settings))
+            resp.force_close()
+        else:
+            resp = await handler(request)
+        ctx.status = resp.status
+        if ctx.outcome == "ok" and resp.status >= 400:
+            ctx.outcome = "error"
+        return resp
+    except asyncio.CancelledError:
+        ctx.status = 499
+        if ctx.outcome == "ok" or ctx.outcome == "error":
+            ctx.outcome = "client_disconnect"
+        raise
+    finally:
+        ctx.done = True
+        timer.cancel()
+        inflight.discard(ctx)
+        current_request.reset(token)
+        finish_request(app[METRICS], ctx)
+
+
+def finish_request(metrics: FrontendMetrics, ctx: RequestContext) -> None:
+    if ctx.prompt_tokens:
+        metrics.prompt_tokens.inc(ctx.prompt_tokens)
+    if ctx.completion_tokens:
+        metrics.completion_tokens.inc(ctx.completion_tokens)
+    metrics.count_user(ctx.user_hash)
+    if ctx.outcome in CANCEL_OUTCOMES:
+        metrics.cancellations.labels(ctx.outcome).inc()
+    quiet = ctx.path in QUIET_PATHS and ctx.status == 200
+    access_log.log(logging.DEBUG if quiet else logging.INFO, "%s %s %s", ctx.method, ctx.path, ctx.status,
+                   extra={"fields": ctx.access_fields(), "request_id": ctx.id})
 
 
 @web.middleware
@@ -79,7 +222,6 @@ async def metrics_middleware(request: web.Request, handler):
         return resp
     except asyncio.CancelledError:
         status = 499   # the client went away
-        metrics.cancellations.labels("client_disconnect").inc()
         raise
     finally:
         metrics.in_flight.dec()
@@ -115,61 +257,147 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
+def note_request(request: web.Request, req) -> None:
+    ctx = request.get(CTX)
+    if ctx is not None:
+        ctx.user_hash = hash_user(getattr(req, "user", None))
+        ctx.stream = bool(getattr(req, "stream", False))
+
+
+def json_result(request: web.Request, result: dict) -> web.Response:
+    ctx = request.get(CTX)
+    if ctx is not None and isinstance(result.get("id"), str):
+        ctx.request_id = result["id"]
+    return json_response(result)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
     req = parse_request(ChatCompletionRequest, body)
+    note_request(request, req)
     result = await service.chat(req)
     if isinstance(result, dict):
-        return json_response(result)
+        return json_result(request, result)
     return await stream_sse(request, result)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
     req = parse_request(CompletionRequest, body)
+    note_request(request, req)
     result = await LegacyCompletions(request.app[SERVICE]).complete(req)
     if isinstance(result, dict):
-        return json_response(result)
+        return json_result(request, result)
     return await stream_sse(request, result)
 
 
-async def stream_sse(request: web.Request, chunks) -> web.StreamResponse:
-    # Pull the first chunk before committing to a 200: errors found up to then (queue full,
-    # decoder down) still get their own status code.
-    iterator = chunks.__aiter__()
+def _chunk_id(chunk: bytes) -> Optional[str]:
+    """The `id` of an SSE chunk `data: {...}` (the service's completion id), if it has one."""
+    if not chunk.startswith(b"data: {"):
+        return None
     try:
-        first = await iterator.__anext__()
+        value = orjson.loads(chunk[6:]).get("id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _is_preamble(chunk: bytes) -> bool:
+    """A chunk written before the decoder said anything: the role-only chunk of each chat choice."""
+    if not chunk.startswith(b"data: {") or len(chunk) > 1024:
+        return False
+    try:
+        body = orjson.loads(chunk[6:])
+    except orjson.JSONDecodeError:
+        return False
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not choices or body.get("usage") is not None:
+        return False
+    return all(isinstance(c, dict) and c.get("finish_reason") is None and c.get("logprobs") is None
+               and c.get("delta") in ({"role": "assistant", "content": ""}, {"role": "assistant"})
+               for c in choices)
+
+
+async def stream_sse(request: web.Request, chunks) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    ctx: Optional[RequestContext] = request.get(CTX)
+    metrics = request.app[METRICS]
+    # Hold the status line back until the decoder has answered (the role-only chunks a chat stream
+    # starts with come before it): errors found up to then (queue full, decoder down, a refused
+    # request) still get their own status code, 429 with Retry-After included.
+    iterator = chunks.__aiter__()
+    pending: list[bytes] = []
+    try:
+        while True:
+            chunk = await iterator.__anext__()
+            pending.append(chunk)
+            if not _is_preamble(chunk):
+                break
     except StopAsyncIteration:
-        first = b"data: [DONE]\n\n"
+        pending.append(b"data: [DONE]\n\n")
+    first_content = time.perf_counter()
+    if ctx is not None:
+        ctx.stream = True
+        ctx.request_id = _chunk_id(pending[0]) or ctx.request_id
+        ctx.ttft = first_content - ctx.started
+        metrics.ttft.observe(ctx.ttft)
     resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
                                                    "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    metrics = request.app[METRICS]
-    metrics.active_streams.inc()
-    t0 = time.perf_counter()
-    last = None
     try:
-        await resp.write(first)
+        await resp.prepare(request)
+    except BaseException:
+        await iterator.aclose()
+        raise
+    metrics.active_streams.inc()
+    write_timeout = settings.write_timeout
+
+    async def write(data: bytes) -> None:
+        # aiohttp's write() waits in drain() once 64 KiB are buffered: a client that stops reading
+        # holds the handler here, not more memory. Past --write-timeout it is given up on.
+        try:
+            async with asyncio.timeout(write_timeout):
+                await resp.write(data)
+        except TimeoutError:
+            raise SlowClient() from None
+
+    last = first_content
+    try:
+        await write(b"".join(pending))
         async for data in iterator:
             now = time.perf_counter()
-            if last is None:
-                metrics.ttft.observe(now - t0)   # the first chunk after the role-only one
-            else:
-                metrics.itl.observe(now - last)
+            metrics.itl.observe(now - last)
             last = now
-            await resp.write(data)
+            await write(data)
     except errors.APIError as e:
-        await resp.write(errors.sse_error_event(e))
-        await resp.write(b"data: [DONE]\n\n")
-    except (asyncio.CancelledError, ConnectionResetError):
+        if ctx is not None:
+            ctx.outcome, ctx.error_code = "error", e.code
+        await _write_error(resp, e)
+    except asyncio.CancelledError:
+        await iterator.aclose()          # cancels the decoder request (stream cancel + stop=true)
+        reason = take_own_cancellation(ctx)
+        if reason is None:
+            raise                        # the client went away
+        err = cancelled_error(reason, settings)
+        ctx.error_code = err.code
+        await _write_error(resp, err)
+    except SlowClient:
+        await iterator.aclose()
+        if ctx is not None:
+            ctx.outcome = "slow_client"
+        log.warning("client stopped reading for %.0f s; cancelled the request and closed the connection",
+                    write_timeout)
+        if request.transport is not None:
+            request.transport.abort()    # drop what is buffered for it
+        return resp
+    except ConnectionResetError:
         await iterator.aclose()
         raise
     except Exception:
         log.exception("stream failed")
-        await resp.write(errors.sse_error_event(errors.APIError(500, "Internal server error.", errors.SERVER,
-                                                                None, "internal_error")))
-        await resp.write(b"data: [DONE]\n\n")
+        if ctx is not None:
+            ctx.outcome, ctx.error_code = "error", "internal_error"
+        await _write_error(resp, errors.internal())
     finally:
         metrics.active_streams.dec()
         await iterator.aclose()
@@ -177,11 +405,23 @@ async def stream_sse(request: web.Request, chunks) -> web.StreamResponse:
     return resp
 
 
+async def _write_error(resp: web.StreamResponse, err: errors.APIError) -> None:
+    """The error event and `data: [DONE]`, given at most a second (the client may not be reading)."""
+    try:
+        async with asyncio.timeout(ERROR_EVENT_WRITE_TIMEOUT_S):
+            await resp.write(errors.sse_error_event(err) + b"data: [DONE]\n\n")
+    except (TimeoutError, ConnectionError):
+        pass
+
+
 async def list_models(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    return json_response({"object": "list", "data": [
-        {"id": service.settings.served_model_name, "object": "model", "created": service.created,
-         "owned_by": "llama-triton", "context_length": await _context_or_none(service)}]})
+    name = service.settings.served_model_name
+    context = await _context_or_none(service)
+    metadata = None if context is None else ModelMetadata(
+        context_length=context, max_tokens=min(context, service.settings.max_tokens_cap))
+    card = ModelCard(id=name, created=service.created, owned_by="llama-triton", root=name, metadata=metadata)
+    return json_response(ModelList(data=[card]).model_dump(mode="json"))
 
 
 async def _context_or_none(service: CompletionService):
@@ -192,6 +432,8 @@ async def _context_or_none(service: CompletionService):
 
 
 async def health(request: web.Request) -> web.Response:
+    if request.app[STATE]["draining"]:
+        return json_response({"status": "shutting down"}, status=503)
     ready = await request.app[SERVICE].decoder.is_ready()
     if ready:
         return json_response({"status": "ok"})
@@ -208,12 +450,16 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, tokenizer: Tokenizer | None = None) -> web.Application:
-    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware],
+    app = web.Application(middlewares=[context_middleware, metrics_middleware, error_middleware, auth_middleware],
                           client_max_size=settings.max_body_bytes)
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
-    decoder = TritonDecoder(settings.triton_grpc)
+    metrics = FrontendMetrics()
+    decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
     app[SETTINGS] = settings
-    app[METRICS] = FrontendMetrics()
+    app[METRICS] = metrics
+    app[INFLIGHT] = set()
+    app[STATE] = {"draining": False}
+    app.on_response_prepare.append(on_response_prepare)
     # Built once; stdlib json because the seed's uint64 bounds exceed what orjson encodes.
     app[OPENAPI] = json.dumps(build_openapi(auth=bool(settings.api_keys))).encode()
     app[SERVICE] = CompletionService(settings, tokenizer, decoder)
@@ -238,9 +484,11 @@ async def serve(settings: Settings) -> None:
                     "(set API_KEYS or --api-keys-file)", settings.host, settings.port)
     else:
         log.info("API key auth on (%d key(s))", len(settings.api_keys))
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    if settings.cors_origins:
+        log.info("CORS on for %s", ", ".join(settings.cors_origins))
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=settings.shutdown_grace)
+    site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     log.info("frontend listening on http://%s:%d (Triton gRPC %s)", settings.host, settings.port, settings.triton_grpc)
     stop = asyncio.Event()
@@ -248,14 +496,33 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining in-flight requests (up to %.0f s)", settings.shutdown_grace)
+    await drain(app, runner, settings.shutdown_grace)
     await runner.cleanup()
+    log.info("frontend stopped")
+
+
+async def drain(app: web.Application, runner: web.AppRunner, grace: float) -> None:
+    """Stop accepting, give in-flight requests `grace` seconds, then cancel the rest."""
+    app[STATE]["draining"] = True
+    for site in list(runner.sites):
+        await site.stop()               # closes the listening socket: new connections are refused
+    inflight: set = app[INFLIGHT]
+    log.info("shutting down: %d request(s) in flight get up to %g s to finish", len(inflight), grace)
+    deadline = time.monotonic() + grace
+    while inflight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if inflight:
+        log.warning("grace period over: cancelling %d request(s)", len(inflight))
+        for ctx in list(inflight):
+            ctx.cancel("shutdown")
+        deadline = time.monotonic() + 5.0
+        while inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_args(argv)
+    logging_setup.configure(settings.log_format, secrets=settings.api_keys)
     try:
         import uvloop
         uvloop.install()

@@ -121,6 +121,14 @@ def _is_json(s: Any) -> bool:
         return False
 
 
+# apply_chat_template's own parameters: passed through chat_template_kwargs they would let a
+# request swap the configured template (and run its Jinja here) or change what we get back.
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "chat_template", "tokenize", "return_dict", "continue_final_message", "add_generation_prompt", "tools",
+    "documents", "padding", "truncation", "max_length", "return_tensors", "tokenizer_kwargs",
+    "return_assistant_tokens_mask", "conversation", "messages"})
+
+
 def render_prompt(tokenizer: Tokenizer, messages: list[dict], *, tools: Optional[list[dict]] = None,
                   tool_prompt: Optional[str] = None, template_kwargs: Optional[dict] = None) -> str:
     """`tools` reach templates that render them; `tool_prompt` is added to the system prompt."""
@@ -131,6 +139,10 @@ def render_prompt(tokenizer: Tokenizer, messages: list[dict], *, tools: Optional
         messages = with_system_text(messages, tool_prompt)
     msgs = normalize_for_tool_template(messages, renders_tools) if knows_tools else rewrite_for_plain_template(messages)
     kwargs = dict(template_kwargs or {})
+    for key in kwargs:
+        if key in RESERVED_TEMPLATE_KWARGS:
+            raise bad_request(f"chat_template_kwargs may not set '{key}': the chat template and how it is "
+                              f"applied come from the server's configuration.", f"chat_template_kwargs.{key}")
     try:
         return tokenizer.apply_chat_template(msgs, tools=tools if renders_tools else None,
                                              add_generation_prompt=True, **kwargs)

@@ -1,11 +1,14 @@
 """Prometheus metrics of the frontend, in a registry owned by the application (no globals)."""
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+MAX_USER_LABELS = 1000      # distinct hashed users with their own series; the rest count as "other"
 
 
 class FrontendMetrics:
@@ -21,12 +24,36 @@ class FrontendMetrics:
                               buckets=LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("llama_triton_inter_token_latency_seconds", "Time between streamed chunks",
                              buckets=ITL_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("llama_triton_prompt_tokens", "Prompt tokens", registry=r)
-        self.completion_tokens = Counter("llama_triton_completion_tokens", "Generated tokens", registry=r)
+        self.prompt_tokens = Counter("llama_triton_prompt_tokens", "Prompt tokens sent to the decoder", registry=r)
+        self.completion_tokens = Counter("llama_triton_completion_tokens", "Tokens the decoder generated",
+                                         registry=r)
         self.active_streams = Gauge("llama_triton_active_streams", "Open SSE streams", registry=r)
         self.in_flight = Gauge("llama_triton_requests_in_flight", "Requests being served", registry=r)
-        self.cancellations = Counter("llama_triton_cancellations", "Requests cancelled (client gone, timeout)",
+        self.cancellations = Counter("llama_triton_cancellations",
+                                     "Requests cancelled (client_disconnect, timeout, slow_client, shutdown)",
                                      ["reason"], registry=r)
+        self.decoder_queued = Gauge("llama_triton_decoder_queued",
+                                    "Decoder requests sent to Triton that have no response yet (queue depth "
+                                    "seen from the frontend)", registry=r)
+        self.decoder_streams = Gauge("llama_triton_decoder_streams", "Open gRPC streams to the decoder",
+                                     registry=r)
+        self.decoder_errors = Counter("llama_triton_decoder_errors", "Decoder failures by kind (busy, "
+                                      "unavailable, error)", ["kind"], registry=r)
+        self.user_requests = Counter("llama_triton_user_requests",
+                                     "Requests by user (sha256 prefix of the request's `user`; 'other' past "
+                                     f"{MAX_USER_LABELS} distinct users)", ["user"], registry=r)
+        self._users: set[str] = set()
+        self._lock = threading.Lock()
+
+    def count_user(self, user_hash: str | None) -> None:
+        if user_hash is None:
+            return
+        with self._lock:
+            if user_hash not in self._users and len(self._users) >= MAX_USER_LABELS:
+                user_hash = "other"
+            else:
+                self._users.add(user_hash)
+        self.user_requests.labels(user_hash).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,6 +23,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     request_timeout: float = 600.0          # seconds; the Triton request is cancelled after it
     shutdown_grace: float = 30.0            # seconds in-flight requests get on SIGTERM
+    write_timeout: float = 30.0             # seconds one SSE write may wait on a client that does not read
+    log_format: str = "json"                # json (one object per line) or text
 
 
 def load_api_keys(env_value: Optional[str], keys_file: Optional[str]) -> frozenset[str]:
@@ -49,12 +51,23 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p.add_argument("--api-keys-file", default=os.environ.get("API_KEYS_FILE"),
                    help="file with one API key per line (also: API_KEYS env, comma-separated)")
     p.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable)")
-    p.add_argument("--request-timeout", type=float, default=600.0)
-    p.add_argument("--shutdown-grace", type=float, default=30.0)
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds a request may take in all; then its Triton request is cancelled (504)")
+    p.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on SIGTERM before they are cancelled")
+    p.add_argument("--write-timeout", type=float, default=30.0,
+                   help="seconds a streamed write may wait on a client that stopped reading; then the "
+                        "request is cancelled and the connection closed")
+    p.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("LOG_FORMAT", "json"))
     a = p.parse_args(argv)
+    for name in ("request_timeout", "write_timeout"):
+        if getattr(a, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if a.shutdown_grace < 0:
+        p.error("--shutdown-grace must be >= 0")
     return Settings(model_dir=a.model_dir, served_model_name=a.served_model_name or Path(a.model_dir).name,
                     triton_grpc=a.triton_grpc, triton_http=a.triton_http, host=a.host, port=a.port,
                     max_tokens_cap=a.max_tokens_cap, max_context=a.max_context, max_body_bytes=a.max_body_bytes,
                     api_keys=load_api_keys(os.environ.get("API_KEYS"), a.api_keys_file),
                     cors_origins=tuple(a.cors_origin), request_timeout=a.request_timeout,
-                    shutdown_grace=a.shutdown_grace)
+                    shutdown_grace=a.shutdown_grace, write_timeout=a.write_timeout, log_format=a.log_format)

@@ -3,6 +3,12 @@
 Reads which tensors the deployed decoder declares (its capabilities), streams one request's
 responses as plain Python values, and cancels the way TensorRT-LLM expects (`stop=true` with
 the same request id) besides closing the stream.
+
+Triton going away (killed, restarted by the launcher) ends every open stream with
+`DecoderUnavailable` at once (gRPC sees the connection drop), and drops the cached capabilities so
+they are read again from the restarted server. The channel itself reconnects on its own; its
+reconnect backoff is capped at about a second (gRPC's default grows to two minutes), so the
+frontend serves again within a second of Triton's models being ready, without a restart.
 """
 from __future__ import annotations
 
@@ -11,13 +17,31 @@ import logging
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from frontend.logging_setup import current_request
 
 log = logging.getLogger("frontend.triton")
 
 DECODER_MODEL = "tensorrt_llm"
+# The aio client has no `enable_empty_final_response` argument (the sync one sets this parameter):
+# without it a request that ends with no response of its own (a stop request, a final flag sent
+# alone) never tells the client it is over.
+EMPTY_FINAL_RESPONSE = {"triton_enable_empty_final_response": True}
+HEALTH_TIMEOUT_S = 2.0      # a health probe that takes longer says "not ready"
+STOP_TIMEOUT_S = 5.0
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    # Reconnect quickly after Triton restarts: gRPC's default backoff grows to 120 s.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 class DecoderUnavailable(RuntimeError):
@@ -51,6 +75,10 @@ class DecoderResponse:
 
 
 def _classify(err: Exception) -> Exception:
+    if isinstance(err, grpc.aio.AioRpcError) and err.code() in (
+            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        return DecoderUnavailable(f"lost the decoder stream: {err.code().name}: {err.details()}")
     msg = str(err)
     low = msg.lower()
     if "queue full" in low or "exceeds maximum queue size" in low:
@@ -62,17 +90,29 @@ def _classify(err: Exception) -> Exception:
 
 
 class TritonDecoder:
-    def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL):
+    def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None):
         self.grpc_url = grpc_url
         self.model_name = model_name
+        self.metrics = metrics      # FrontendMetrics or None: queue depth, open streams, errors
         self._client: Optional[grpcclient.InferenceServerClient] = None
         self._caps: Optional[DecoderCapabilities] = None
+        self._active = 0                        # decoder requests this frontend has open
+        self._capacity: Optional[int] = None    # max_batch_size + max_queue_size, when declared
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
         if self._client is None:
-            self._client = grpcclient.InferenceServerClient(self.grpc_url)
+            self._client = grpcclient.InferenceServerClient(self.grpc_url, channel_args=CHANNEL_ARGS)
         return self._client
+
+    def _lost(self, err: Exception) -> Exception:
+        """Bookkeeping for a failure: Triton may come back with another configuration."""
+        if isinstance(err, DecoderUnavailable):
+            self._caps = None
+        if self.metrics is not None:
+            kind = {DecoderBusy: "busy", DecoderUnavailable: "unavailable"}.get(type(err), "error")
+            self.metrics.decoder_errors.labels(kind).inc()
+        return err
 
     async def close(self) -> None:
         if self._client is not None:
@@ -81,19 +121,25 @@ class TritonDecoder:
 
     async def is_ready(self) -> bool:
         try:
-            return bool(await self.client.is_model_ready(self.model_name))
+            ready = bool(await self.client.is_model_ready(self.model_name, client_timeout=HEALTH_TIMEOUT_S))
         except Exception:
-            return False
+            ready = False
+        if not ready:
+            self._caps = None
+        return ready
 
     async def capabilities(self) -> DecoderCapabilities:
         if self._caps is None:
             try:
-                cfg = (await self.client.get_model_config(self.model_name, as_json=True))["config"]
+                cfg = (await self.client.get_model_config(self.model_name, as_json=True,
+                                                          client_timeout=HEALTH_TIMEOUT_S))["config"]
             except InferenceServerException as e:
                 raise DecoderUnavailable(str(e)) from None
             params = {k: v.get("string_value") for k, v in cfg.get("parameters", {}).items()}
             self._caps = DecoderCapabilities(frozenset(i["name"] for i in cfg.get("input", [])),
                                              frozenset(o["name"] for o in cfg.get("output", [])), params)
+            batch, queue = params.get("max_batch_size") or "", params.get("max_queue_size") or ""
+            self._capacity = int(batch) + int(queue) if batch.isdigit() and queue.isdigit() else None
         return self._caps
 
     @staticmethod
@@ -106,22 +152,47 @@ class TritonDecoder:
         return out
 
     async def generate(self, request_id: str, arrays: dict[str, np.ndarray]) -> AsyncIterator[DecoderResponse]:
-        """Yields responses until the decoder's final one. Closing the generator cancels."""
+        """Yields responses until the decoder's final one. Closing the generator cancels.
+
+        With more requests open than the decoder can hold (its batch slots plus its queue, from the
+        model config), a new one is refused here with DecoderBusy (a 429) instead of costing a
+        round trip to a decoder that would refuse it anyway: under overload this answer is what
+        most clients get, and it must stay cheap.
+        """
+        if self._capacity is not None and self._active >= self._capacity:
+            raise self._lost(DecoderBusy(f"queue full: {self._active} requests in flight "
+                                         f"(decoder capacity {self._capacity})"))
         done = asyncio.Event()
         inputs = self._inputs(arrays)
+        ctx = current_request.get()
+        if ctx is not None:
+            ctx.triton_request_id = request_id
+            lengths = arrays.get("input_lengths")
+            if lengths is not None:
+                ctx.prompt_tokens += int(np.asarray(lengths).sum())
+        metrics = self.metrics
 
         async def requests():
             yield {"model_name": self.model_name, "inputs": inputs, "request_id": request_id,
-                   "enable_empty_final_response": True}
+                   "parameters": EMPTY_FINAL_RESPONSE}
             await done.wait()   # keep the stream open until the final response arrives
 
-        stream = self.client.stream_infer(requests())
+        queued = metrics is not None
+        if metrics is not None:
+            metrics.decoder_streams.inc()
+            metrics.decoder_queued.inc()
+        self._active += 1
+        stream = None
         finished = False
         try:
+            stream = self.client.stream_infer(requests())
             async for result, error in stream:
+                if queued:
+                    metrics.decoder_queued.dec()
+                    queued = False
                 if error is not None:
                     finished = True
-                    raise _classify(error)
+                    raise self._lost(_classify(error))
                 resp = result.get_response()
                 final = resp.parameters["triton_final_response"].bool_param \
                     if "triton_final_response" in resp.parameters else False
@@ -132,20 +203,34 @@ class TritonDecoder:
                         yield DecoderResponse(0, [], None, None, None, None, True)
                         break
                     continue
-                yield self._parse(result, final)
+                parsed = self._parse(result, final)
+                if ctx is not None:
+                    ctx.completion_tokens += len(parsed.token_ids)
+                yield parsed
                 if final:
                     break
+            else:
+                finished = True   # the stream ended without a final response: Triton went away
+                raise self._lost(DecoderUnavailable("the decoder stream ended early"))
         except InferenceServerException as e:
             finished = True
-            raise _classify(e) from None
+            raise self._lost(_classify(e)) from None
         except Exception as e:   # grpc errors when Triton dies mid-stream
             if isinstance(e, (DecoderBusy, DecoderUnavailable, DecoderError, GeneratorExit, asyncio.CancelledError)):
                 raise
             finished = True
-            raise DecoderUnavailable(f"lost the decoder stream: {e}") from None
+            err = _classify(e)
+            if not isinstance(err, (DecoderUnavailable, DecoderBusy)):
+                err = DecoderUnavailable(f"lost the decoder stream: {e}")
+            raise self._lost(err) from None
         finally:
             done.set()
-            if not finished:
+            self._active -= 1
+            if metrics is not None:
+                metrics.decoder_streams.dec()
+                if queued:
+                    metrics.decoder_queued.dec()
+            if not finished and stream is not None:
                 stream.cancel()
                 await self.stop(request_id)
 
@@ -187,11 +272,11 @@ class TritonDecoder:
 
         async def requests():
             yield {"model_name": self.model_name, "inputs": inputs, "request_id": request_id,
-                   "enable_empty_final_response": True}
+                   "parameters": EMPTY_FINAL_RESPONSE}
             await done.wait()
 
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(STOP_TIMEOUT_S):
                 async for _result, _error in self.client.stream_infer(requests()):
                     break
         except Exception as e:

@@ -2,13 +2,20 @@
 
 The launcher owns both processes: it waits until Triton's models are ready before starting the
 frontend, restarts a crashed tritonserver with backoff (the frontend keeps running and answers
-503 meanwhile), and on SIGINT/SIGTERM drains the frontend first, then stops Triton.
+503 meanwhile, and serves again as soon as the models are back), and on SIGINT/SIGTERM drains the
+frontend first (it stops accepting, in-flight requests get `--shutdown-grace` seconds, then the
+rest are cancelled), then stops Triton.
+
+Triton's ports bind to 127.0.0.1 unless `--expose-triton`, which binds them on all interfaces and
+puts Triton's administrative protocols (model loading, shared memory, trace, logging, statistics)
+behind a key: $LLAMA_TRITON_ADMIN_KEY, or one generated and printed once at start-up.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -20,10 +27,13 @@ from pathlib import Path
 
 from llama_triton import multigpu
 from llama_triton.repository import RepositorySettings, TemplateError, render_repository
-from llama_triton.tritonserver import TritonNotFound, find_tritonserver, server_command
+from llama_triton.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC_ADMIN_METADATA, TritonNotFound,
+                                       find_tritonserver, restricted_args, server_command)
 
 DEFAULT_MODEL_DIR = "var/models/llama2-tiny"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
+ADMIN_KEY_ENV = "LLAMA_TRITON_ADMIN_KEY"
+MAX_RESTART_BACKOFF_S = 30.0
 
 
 class LaunchError(RuntimeError):
@@ -71,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-http-port", type=int, default=8000)
     s.add_argument("--triton-metrics-port", type=int, default=8002)
     s.add_argument("--expose-triton", action="store_true",
-                   help="bind Triton's ports on all interfaces (default: loopback only)")
+                   help="bind Triton's ports on all interfaces (default: loopback only); Triton's admin "
+                        f"protocols then need the header '{ADMIN_HEADER}' with ${ADMIN_KEY_ENV} (or a key "
+                        "generated and printed once)")
     s.add_argument("--tritonserver", default=None, help="path of the tritonserver binary")
     s.add_argument("--work-dir", default="var/run", help="where the rendered repository and server copy go")
     s.add_argument("--repository", default=None,
@@ -85,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue-size", type=int, default=256)
     s.add_argument("--max-tokens-cap", type=int, default=16384, help="largest max_tokens the API grants")
     s.add_argument("--ready-timeout", type=float, default=300.0)
+    s.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on SIGTERM/SIGINT before they are cancelled")
     multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/multigpu.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
     return p
@@ -99,6 +113,26 @@ class Supervisor:
         self.env = dict(os.environ)
         # The Python backend stub runs the first python3 on PATH: make it ours.
         self.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", "")])
+        self.restarts = 0
+
+    def triton_security_args(self) -> list[str]:
+        """Loopback: nothing. --expose-triton: admin protocols behind a key (env or generated)."""
+        if not self.args.expose_triton:
+            return []
+        key = os.environ.get(ADMIN_KEY_ENV)
+        where = (f"the HTTP header '{ADMIN_HEADER}' (gRPC metadata '{GRPC_ADMIN_METADATA}')")
+        if key:
+            log(f"--expose-triton: Triton listens on all interfaces; its admin protocols "
+                f"({', '.join(ADMIN_PROTOCOLS)}) need {where} set to ${ADMIN_KEY_ENV}")
+        else:
+            key = secrets.token_urlsafe(24)
+            log(f"--expose-triton: Triton listens on all interfaces; its admin protocols "
+                f"({', '.join(ADMIN_PROTOCOLS)}) need {where} set to {key} "
+                f"(generated for this run; set ${ADMIN_KEY_ENV} to choose it)")
+        try:
+            return restricted_args(key)
+        except ValueError as e:
+            raise LaunchError(f"${ADMIN_KEY_ENV}: {e}") from None
 
     def prepare(self) -> list[str]:
         a = self.args
@@ -139,9 +173,11 @@ class Supervisor:
                                   "(the NGC TensorRT-LLM image has OpenMPI's mpirun on PATH)")
             log(f"{world_size} ranks under {mpirun}: rank 0 serves, the others run the engine's other GPUs")
             return multigpu.mpirun_command(install, repo, world_size, a.triton_grpc_port, a.triton_http_port,
-                                           a.triton_metrics_port, bind_address=bind, mpirun=mpirun)
+                                           a.triton_metrics_port, bind_address=bind, mpirun=mpirun,
+                                           extra_args=self.triton_security_args())
         return server_command(install, repo, grpc_port=a.triton_grpc_port, http_port=a.triton_http_port,
-                              metrics_port=a.triton_metrics_port, bind_address=bind)
+                              metrics_port=a.triton_metrics_port, bind_address=bind,
+                              extra_args=self.triton_security_args())
 
     def tokenizer_dir(self) -> Path:
         """The frontend's tokenizer and chat template: --model-dir, or what a rendered repository names."""
@@ -157,6 +193,15 @@ class Supervisor:
 
     def start_triton(self, cmd: list[str]) -> None:
         self.triton = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+
+    def reap_triton_group(self) -> None:
+        """After tritonserver died: end what is left of its process group (Python backend stubs)."""
+        if self.triton is None:
+            return
+        try:
+            os.killpg(self.triton.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def wait_triton_ready(self, timeout: float) -> None:
         url = f"http://127.0.0.1:{self.args.triton_http_port}/v2/health/ready"
@@ -179,7 +224,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "frontend", "--host", a.host, "--port", str(a.port),
                "--triton-grpc", f"127.0.0.1:{a.triton_grpc_port}",
                "--triton-http", f"127.0.0.1:{a.triton_http_port}",
-               "--max-tokens-cap", str(a.max_tokens_cap)]
+               "--max-tokens-cap", str(a.max_tokens_cap), "--shutdown-grace", f"{a.shutdown_grace:g}"]
         cmd += ["--model-dir", str(self.tokenizer_dir())]
         if a.served_model_name:
             cmd += ["--served-model-name", a.served_model_name]
@@ -198,8 +243,10 @@ class Supervisor:
         self.stopping = True
 
     def shutdown(self) -> None:
-        # Frontend first: it stops accepting, lets in-flight requests finish, then exits.
-        for proc, grace in ((self.frontend, 30), (self.triton, 30)):
+        # Frontend first: it stops accepting, lets in-flight requests finish (--shutdown-grace),
+        # cancels the rest, then exits; Triton after it, so cancelled requests reach the decoder.
+        frontend_wait = self.args.shutdown_grace + 15
+        for proc, grace in ((self.frontend, frontend_wait), (self.triton, 30)):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM)
@@ -208,6 +255,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.triton is not None:
+            self.reap_triton_group()
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self.stop)
@@ -229,19 +278,25 @@ class Supervisor:
                     raise LaunchError(f"frontend exited with code {self.frontend.returncode}")
                 if self.triton.poll() is not None:
                     log(f"tritonserver exited with code {self.triton.returncode}; restarting in {backoff:.0f} s")
+                    self.reap_triton_group()
                     deadline = time.monotonic() + backoff
                     while time.monotonic() < deadline and not self.stopping:
                         time.sleep(0.1)
                     if self.stopping:
                         break
+                    self.restarts += 1
                     self.start_triton(cmd)
                     try:
                         self.wait_triton_ready(self.args.ready_timeout)
-                        log("tritonserver is back")
+                        if not self.stopping:
+                            log(f"tritonserver is back (restart {self.restarts})")
                         backoff = 1.0
                     except LaunchError as e:
                         log(str(e))
-                        backoff = min(backoff * 2, 30.0)
+                        backoff = min(backoff * 2, MAX_RESTART_BACKOFF_S)
+                        if self.triton.poll() is None:   # hung while loading: end it, the loop restarts it
+                            self.triton.kill()
+                            self.triton.wait()
             return 0
         except (LaunchError, TritonNotFound, TemplateError) as e:
             log(f"error: {e}")

@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NGC_BIN = Path("/opt/tritonserver/bin/tritonserver")
+# Triton's administrative protocols: loading models (the Python backend runs any model.py), shared
+# memory registration, and trace/logging settings (which name files to write). With
+# `--expose-triton` they need a key in a header; inference, health, metadata and model config
+# stay open for direct gRPC/HTTP clients, and the frontend uses only those.
+ADMIN_PROTOCOLS = ("model-repository", "shared-memory", "statistics", "trace", "logging")
+ADMIN_HEADER = "admin-key"
+GRPC_ADMIN_METADATA = f"triton-grpc-protocol-{ADMIN_HEADER}"   # Triton prefixes gRPC header names
 
 
 class TritonNotFound(RuntimeError):
@@ -79,6 +86,20 @@ def find_tritonserver(explicit: str | None, work_dir: Path) -> TritonInstall:
             "tritonserver image (/opt/tritonserver/bin), or install the CPU extra "
             "(pip install '.[cpu]', which brings nvidia-pytriton)")
     return install
+
+
+def restricted_args(key: str, header: str = ADMIN_HEADER, protocols: tuple[str, ...] = ADMIN_PROTOCOLS) -> list[str]:
+    """tritonserver 2.51 flags that make `protocols` answer only requests with `header: key`.
+
+    Syntax (`tritonserver --help`): `--grpc-restricted-protocol=<p1>,<p2>,...:<header>=<value>`,
+    and the same for `--http-restricted-api`.
+    """
+    if not key or any(c in key for c in ",:= \t\n"):
+        raise ValueError("the Triton admin key must be non-empty and free of ',', ':', '=' and whitespace")
+    if not header or any(c in header for c in ",:= \t\n") or header != header.lower():
+        raise ValueError("the Triton admin header must be a lower-case name without ',', ':' or '='")
+    spec = f"{','.join(protocols)}:{header}={key}"
+    return [f"--grpc-restricted-protocol={spec}", f"--http-restricted-api={spec}"]
 
 
 def server_command(install: TritonInstall, model_repository: Path, *, grpc_port: int, http_port: int,
