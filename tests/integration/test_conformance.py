@@ -7,19 +7,9 @@ import openai
 import pytest
 
 from tests.integration.frontends import extra_frontend
+from tests.integration.http_helpers import post_json as post
 
 USER = [{"role": "user", "content": "Hi"}]
-
-
-def post(base, path, body, headers=None, raw: bytes | None = None):
-    data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{base}{path}", data=data,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read() or b"null"), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null"), dict(e.headers)
 
 
 def assert_envelope(body, param=None):

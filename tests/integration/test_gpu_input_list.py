@@ -1,10 +1,9 @@
 """The CPU decoder rendered with TensorRT-LLM's input list refuses exactly what a GPU deployment
 cannot honour: a 400 naming the field, never a silently dropped parameter."""
-import json
-import urllib.request
 
 import pytest
 
+from tests.integration.http_helpers import post_chat as post
 from tests.integration.stack import start_stack
 
 USER = [{"role": "user", "content": "Hi"}]
@@ -16,16 +15,6 @@ def gpu_io_stack(default_model_dir, tmp_path_factory):
                     "--max-tokens-cap", "16", "--max-seq-len", "512", "--max-num-tokens", "8192")
     yield s
     s.stop()
-
-
-def post(base, body):
-    req = urllib.request.Request(f"{base}/v1/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 @pytest.mark.parametrize("extra,param", [

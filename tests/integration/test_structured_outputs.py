@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 
 import jsonschema
 import openai
 import pytest
+
+from tests.integration.http_helpers import post_chat
 
 MESSAGES = [{"role": "user", "content": "Describe a colour as JSON."}]
 SCHEMA = {
@@ -31,16 +32,6 @@ JSON_SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "colour", "
 # Converting this schema to a grammar takes xgrammar far longer than the frontend's 5 s limit.
 PATHOLOGICAL = {"type": "object", "properties": {"s": {"type": "string", "pattern": "[a-z]{12000}"}},
                 "required": ["s"]}
-
-
-def post(stack, body):
-    req = urllib.request.Request(f"{stack.base_url}/v1/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def stream_texts(chunks) -> tuple[dict[int, str], dict[int, str]]:
@@ -104,7 +95,7 @@ def test_text_format_is_unconstrained(stack, openai_client):
 
 def test_pathological_schema_is_a_quick_400(stack, openai_client):
     t0 = time.monotonic()
-    status, body = post(stack, {"model": stack.model_name, "messages": MESSAGES,
+    status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES,
                                 "response_format": {"type": "json_schema",
                                                     "json_schema": {"name": "p", "schema": PATHOLOGICAL}}})
     took = time.monotonic() - t0
@@ -118,7 +109,7 @@ def test_pathological_schema_is_a_quick_400(stack, openai_client):
     assert r.choices[0].finish_reason == "length" and time.monotonic() - t0 < 30
     # refused at once the second time (cached)
     t0 = time.monotonic()
-    status, body = post(stack, {"model": stack.model_name, "messages": MESSAGES,
+    status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES,
                                 "response_format": {"type": "json_schema",
                                                     "json_schema": {"name": "p", "schema": PATHOLOGICAL}}})
     assert status == 400 and time.monotonic() - t0 < 2
@@ -128,7 +119,7 @@ def test_pathological_tool_parameters_are_a_400_naming_the_tool(stack):
     tools = [{"type": "function", "function": {"name": "ok", "parameters": {"type": "object", "properties": {}}}},
              {"type": "function", "function": {"name": "slow", "parameters": PATHOLOGICAL}}]
     t0 = time.monotonic()
-    status, body = post(stack, {"model": stack.model_name, "messages": MESSAGES, "tools": tools,
+    status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES, "tools": tools,
                                 "tool_choice": "required"})
     assert status == 400, body
     assert body["error"]["param"] == "tools[1].function.parameters"
@@ -141,7 +132,7 @@ def test_pathological_tool_parameters_are_a_400_naming_the_tool(stack):
         "a": {"$ref": "#/$defs/missing"}}}}}, "schema"),
 ])
 def test_invalid_guides_are_400(stack, response_format, fragment):
-    status, body = post(stack, {"model": stack.model_name, "messages": MESSAGES, "response_format": response_format})
+    status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES, "response_format": response_format})
     assert status == 400, body
     assert body["error"]["param"] == "response_format"
     assert fragment in body["error"]["message"].lower()
