@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from types import ModuleType
@@ -202,7 +201,6 @@ def test_reasoning_checkpoint(reasoning_model_dir: Path, reasoning_tokenizer: To
     assert json.loads((reasoning_model_dir / "generation_config.json").read_text())["eos_token_id"] == 128001
 
 
-@pytest.mark.skipif(not os.environ.get("LLAMA_TRITON_SLOW_TESTS"), reason="set LLAMA_TRITON_SLOW_TESTS=1")
 def test_whole_build_is_deterministic(make_default_model: ModuleType, default_model_dir: Path,
                                       tmp_path: Path) -> None:
     options = built_options(default_model_dir)
