@@ -15,6 +15,18 @@ from llama_triton.launcher import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, what: str = "condition"):
+    """Polls `predicate` until it returns something truthy; fails the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        time.sleep(interval)
+
+
 @dataclass
 class Stack:
     proc: subprocess.Popen

@@ -1,20 +1,11 @@
 """A client that goes away cancels its Triton request, and the decoder slot frees at the next step."""
 import http.client
 import json
-import threading
 import time
 
 import pytest
 
-
-def wait_for(predicate, timeout=30.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met within the deadline")
+from tests.integration.stack import wait_for
 
 
 def idle(stack):

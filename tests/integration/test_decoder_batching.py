@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcaio
 
+from tests.integration.stack import wait_for
 from tests.integration.test_decoder_sampling import (DECODER, ENSEMBLE, Call, decoder_arrays, ensemble_arrays,
                                                      generate, request_id, run_concurrently, stream_request)
 
@@ -27,18 +28,6 @@ pytestmark = [
     pytest.mark.skipif(bool(os.environ.get("LLAMA_TRITON_EXTERNAL_URL")),
                        reason="needs the CPU reference decoder on the default model, not an external stack"),
 ]
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.005):
-    """Polls `predicate` until it returns something truthy; fails the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def idle_stats(stack) -> dict[str, float]:

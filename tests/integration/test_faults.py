@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.integration.frontends import extra_frontend
-from tests.integration.stack import start_stack
+from tests.integration.stack import start_stack, wait_for
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.skipif(
     bool(os.environ.get("LLAMA_TRITON_EXTERNAL_URL")),
@@ -33,17 +33,6 @@ LONG = 3000          # max_tokens no request here reaches before it is cut off (
 
 
 # ----------------------------------------------------------------------------- helpers (also used by test_soak)
-
-
-def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(interval)
 
 
 def launcher_children(stack) -> list[psutil.Process]:
