@@ -10,16 +10,11 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
+from frontend.protocol import floor_logprob
 from frontend.triton_client import DecoderResponse
 from llama_triton.detokenize import IncrementalDetokenizer
 from llama_triton.stop_strings import StopStringMatcher
 from llama_triton.tokenization import Tokenizer
-
-LOGPROB_FLOOR = -9999.0   # JSON has no -inf; vLLM and trtllm-serve use the same floor
-
-
-def _lp(value: float) -> float:
-    return value if value > LOGPROB_FLOOR else LOGPROB_FLOOR
 
 
 @dataclass
@@ -50,14 +45,14 @@ class ChoiceState:
 
     def token_entry(self, tid: int, lp: float, top_ids, top_lps) -> dict:
         raw = self.tokenizer.token_bytes[tid] if 0 <= tid < len(self.tokenizer.token_bytes) else b""
-        entry = {"token": raw.decode("utf-8", "replace"), "logprob": _lp(lp), "bytes": list(raw),
+        entry = {"token": raw.decode("utf-8", "replace"), "logprob": floor_logprob(lp), "bytes": list(raw),
                  "top_logprobs": []}
         if top_ids is not None and self.top_logprobs:
             for alt, alt_lp in zip(top_ids[: self.top_logprobs], top_lps[: self.top_logprobs]):
                 alt = int(alt)
                 alt_raw = self.tokenizer.token_bytes[alt] if 0 <= alt < len(self.tokenizer.token_bytes) else b""
                 entry["top_logprobs"].append({"token": alt_raw.decode("utf-8", "replace"),
-                                              "logprob": _lp(float(alt_lp)), "bytes": list(alt_raw)})
+                                              "logprob": floor_logprob(float(alt_lp)), "bytes": list(alt_raw)})
         return entry
 
     def on_response(self, r: DecoderResponse) -> ChoiceEvent:

@@ -962,16 +962,16 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
-def _floor(logprob: float) -> float:
+def floor_logprob(logprob: float) -> float:
     return logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR  # also maps NaN to the floor
 
 
 def token_logprob(token: str, logprob: float, token_bytes: Optional[bytes] = None,
                   top: Sequence[tuple[str, float, Optional[bytes]]] = ()) -> dict:
     """One entry of chat `logprobs.content`; `token_bytes` defaults to the token's UTF-8 bytes."""
-    return {"token": token, "logprob": _floor(logprob),
+    return {"token": token, "logprob": floor_logprob(logprob),
             "bytes": list(token.encode() if token_bytes is None else token_bytes),
-            "top_logprobs": [{"token": t, "logprob": _floor(lp), "bytes": list(t.encode() if b is None else b)}
+            "top_logprobs": [{"token": t, "logprob": floor_logprob(lp), "bytes": list(t.encode() if b is None else b)}
                              for t, lp, b in top]}
 
 
@@ -1061,7 +1061,7 @@ def completion_logprobs(tokens: Sequence[str], token_logprobs: Sequence[Optional
                         top_logprobs: Sequence[Optional[dict[str, float]]], text_offset: Sequence[int]) -> dict:
     """The legacy completions logprobs object; logprobs below the floor (or -inf) are clamped."""
     return {"tokens": list(tokens),
-            "token_logprobs": [None if lp is None else _floor(lp) for lp in token_logprobs],
-            "top_logprobs": [None if t is None else {k: _floor(v) for k, v in t.items()} for t in top_logprobs],
+            "token_logprobs": [None if lp is None else floor_logprob(lp) for lp in token_logprobs],
+            "top_logprobs": [None if t is None else {k: floor_logprob(v) for k, v in t.items()} for t in top_logprobs],
             "text_offset": list(text_offset)}
 

@@ -17,7 +17,7 @@ import orjson
 from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
-from frontend.protocol import ChatCompletionRequest, CompletionRequest
+from frontend.protocol import ChatCompletionRequest, CompletionRequest, usage_dict
 from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
 from frontend.settings import Settings
@@ -162,10 +162,7 @@ class CompletionService:
         return await self._chat_full(req, prep, gen, outputs)
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
-        completion = gen.completion_tokens
-        return {"prompt_tokens": len(prep.prompt_ids), "completion_tokens": completion,
-                "total_tokens": len(prep.prompt_ids) + completion,
-                "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}
+        return usage_dict(len(prep.prompt_ids), gen.completion_tokens, gen.cached_tokens)
 
     async def _chat_full(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation,
                          outputs: list["ChatOutput"]) -> dict:
