@@ -151,6 +151,18 @@ def plt():
     return pyplot
 
 
+def style_grouped_bars(axes, titles, ylabels, num_groups: int, num_series: int, width: float,
+                       group_labels) -> None:
+    """Titles, labels, centred group ticks, legend and grid for side-by-side grouped bar charts."""
+    for ax, title, ylabel in zip(axes, titles, ylabels):
+        ax.set_xticks([j + width * (num_series - 1) / 2 for j in range(num_groups)])
+        ax.set_xticklabels(group_labels)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+
+
 def save_fig(fig, name: str, filename: str) -> Path:
     path = results_dir(name) / filename
     fig.tight_layout()

@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 import numpy as np
 
 from benchmarks.common import (DEFAULT_MODEL_DIR, ROOT, CpuMeter, log, machine_info, percentiles, plt, save_fig,
-                               self_process, start_stack, write_json)
+                               self_process, start_stack, style_grouped_bars, write_json)
 from benchmarks.workload import Length, RequestSpec, _tokenizer, make_requests
 
 NAME = "layer_cost"
@@ -361,13 +361,8 @@ def plot(name: str, results: list[dict], concurrencies: list[int]) -> None:
         for b, v in zip(bars, tp):
             axes[0].annotate(f"{v:.0f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
         axes[1].bar(xs, [by[l]["itl_ms"]["p50"] or 0 for l in layers], width, label=f"concurrency {c}")
-    for ax, t, y in zip(axes, ("output tokens/s", "inter-token latency p50"), ("tokens/s", "ms")):
-        ax.set_xticks([j + width * (len(concurrencies) - 1) / 2 for j in range(len(layers))])
-        ax.set_xticklabels(["(a) engine", "(b) Triton gRPC", "(c) HTTP frontend"])
-        ax.set_title(t)
-        ax.set_ylabel(y)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, axis="y")
+    style_grouped_bars(axes, ("output tokens/s", "inter-token latency p50"), ("tokens/s", "ms"), len(layers),
+                       len(concurrencies), width, ["(a) engine", "(b) Triton gRPC", "(c) HTTP frontend"])
     save_fig(fig, name, f"{Path(name).name}.png")
 
 

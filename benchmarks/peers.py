@@ -25,7 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import peer_setup
-from benchmarks.common import DEFAULT_MODEL_DIR, log, machine_info, plt, save_fig, start_stack, write_json
+from benchmarks.common import DEFAULT_MODEL_DIR, log, machine_info, plt, save_fig, start_stack, style_grouped_bars, write_json
 from benchmarks.openai_load import LoadConfig, describe, run_load, strip_samples
 from benchmarks.workload import Length, make_requests
 
@@ -145,14 +145,8 @@ def plot(name: str, results: list[dict], concurrencies: list[int]) -> None:
             axes[0].annotate(f"{v:.0f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
         axes[1].bar(xs, [by[c]["ttft_ms"]["p50"] or 0 if c in by else 0 for c in concurrencies], width, label=t)
         axes[2].bar(xs, [by[c]["itl_ms"]["p50"] or 0 if c in by else 0 for c in concurrencies], width, label=t)
-    for ax, title, y in zip(axes, ("output tokens/s", "TTFT p50", "inter-token latency p50"),
-                            ("tokens/s", "ms", "ms")):
-        ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(concurrencies))])
-        ax.set_xticklabels([f"concurrency {c}" for c in concurrencies])
-        ax.set_title(title)
-        ax.set_ylabel(y)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, axis="y")
+    style_grouped_bars(axes, ("output tokens/s", "TTFT p50", "inter-token latency p50"), ("tokens/s", "ms", "ms"),
+                       len(concurrencies), len(targets), width, [f"concurrency {c}" for c in concurrencies])
     save_fig(fig, name, f"{Path(name).name}.png")
 
 
