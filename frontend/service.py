@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Optional, Union
 
-import orjson
 
 from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
-from frontend.protocol import ChatCompletionRequest, CompletionRequest, usage_dict
+from frontend.protocol import ChatChunkEncoder, ChatCompletionRequest, CompletionChunkEncoder, CompletionRequest, usage_dict
 from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
 from frontend.settings import Settings
@@ -185,27 +184,24 @@ class CompletionService:
 
     async def _chat_stream(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation,
                            outputs: list["ChatOutput"]) -> AsyncIterator[bytes]:
-        created = int(time.time())
-        head = {"id": prep.request_id, "object": "chat.completion.chunk", "created": created,
-                "model": self.settings.served_model_name}
+        enc = ChatChunkEncoder(prep.request_id, self.settings.served_model_name, int(time.time()))
         explicit = req.stream_options is not None
         include_usage = req.stream_options.include_usage if explicit else True
         continuous = bool(explicit and req.stream_options.continuous_usage_stats)
 
-        def chunk(choices: list, usage: Optional[dict] = None) -> bytes:
-            body = dict(head, choices=choices)
-            if continuous or usage is not None:
-                body["usage"] = usage if usage is not None else self.usage(prep, gen)
-            return b"data: " + orjson.dumps(body) + b"\n\n"
+        def running_usage() -> Optional[dict]:
+            return self.usage(prep, gen) if continuous else None
 
         for c in gen.choices:
-            yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""},
-                          "logprobs": None, "finish_reason": None}])
+            yield enc.delta({"role": "assistant", "content": ""}, c.index, usage=running_usage())
         remaining = len(gen.choices)
         async for ev in self.events(prep, gen):
             out = outputs[ev.index]
+            lp = {"content": ev.logprobs} if ev.logprobs is not None else None
             if out.plain:
-                deltas = [{"content": ev.text}] if ev.text or ev.logprobs else []
+                # The per-token hot path: one pre-rendered template and one orjson call.
+                if ev.text or ev.logprobs:
+                    yield enc.content(ev.text, ev.index, lp, usage=running_usage())
             else:
                 items = out.feed(ev.text)
                 if ev.finish_reason is not None:
@@ -213,19 +209,15 @@ class CompletionService:
                 deltas = out.deltas(items)
                 if not deltas and ev.logprobs:
                     deltas = [{}]
-            for i, delta in enumerate(deltas):
-                lp = ev.logprobs if i == 0 else None
-                yield chunk([{"index": ev.index, "delta": delta,
-                              "logprobs": {"content": lp} if lp is not None else None,
-                              "finish_reason": None}])
+                for i, delta in enumerate(deltas):
+                    yield enc.delta(delta, ev.index, lp if i == 0 else None, usage=running_usage())
             if ev.finish_reason is not None:
                 remaining -= 1
                 last = remaining == 0
-                yield chunk([{"index": ev.index, "delta": {}, "logprobs": None,
-                              "finish_reason": out.finish_reason(ev.finish_reason)}],
-                            self.usage(prep, gen) if last and include_usage else None)
+                yield enc.finish(out.finish_reason(ev.finish_reason), ev.index,
+                                 self.usage(prep, gen) if (last and include_usage) or continuous else None)
         if explicit and include_usage:
-            yield b"data: " + orjson.dumps(dict(head, choices=[], usage=self.usage(prep, gen))) + b"\n\n"
+            yield enc.usage(self.usage(prep, gen))
         yield b"data: [DONE]\n\n"
 
 
@@ -342,32 +334,23 @@ class LegacyCompletions:
 
     async def _stream(self, req: CompletionRequest, prep: Prepared, gen: Generation, echo: str):
         s = self.s
-        head = {"id": prep.request_id, "object": "text_completion", "created": int(time.time()),
-                "model": s.settings.served_model_name}
+        enc = CompletionChunkEncoder(prep.request_id, s.settings.served_model_name, int(time.time()))
         explicit = req.stream_options is not None
         include_usage = req.stream_options.include_usage if explicit else True
-
-        def chunk(choices, usage=None) -> bytes:
-            body = dict(head, choices=choices)
-            if usage is not None:
-                body["usage"] = usage
-            return b"data: " + orjson.dumps(body) + b"\n\n"
-
         if echo:
             for c in gen.choices:
-                yield chunk([{"index": c.index, "text": echo, "logprobs": None, "finish_reason": None}])
+                yield enc.text(echo, c.index)
         remaining = len(gen.choices)
         async for ev in s.events(prep, gen):
             if ev.text or ev.logprobs:
-                yield chunk([{"index": ev.index, "text": ev.text,
-                              "logprobs": _legacy_logprobs(ev.logprobs) if req.logprobs is not None else None,
-                              "finish_reason": None}])
+                yield enc.text(ev.text, ev.index,
+                               _legacy_logprobs(ev.logprobs) if req.logprobs is not None else None)
             if ev.finish_reason is not None:
                 remaining -= 1
-                yield chunk([{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}],
-                            s.usage(prep, gen) if remaining == 0 and include_usage else None)
+                yield enc.finish(ev.finish_reason, ev.index,
+                                 s.usage(prep, gen) if remaining == 0 and include_usage else None)
         if explicit and include_usage:
-            yield b"data: " + orjson.dumps(dict(head, choices=[], usage=s.usage(prep, gen))) + b"\n\n"
+            yield enc.usage(s.usage(prep, gen))
         yield b"data: [DONE]\n\n"
 
 

@@ -73,6 +73,9 @@ class TritonPythonModel:
             return
         params = parsed.params
         prompt = None if exclude_input else parsed.prompt_ids
+        # Build only what the caller reads (the frontend asks for four outputs): every tensor
+        # costs a copy through shared memory to the Triton process per streamed token.
+        wanted = self.declared_outputs.intersection(request.requested_output_names()) or self.declared_outputs
         remaining = {"n": params.num_return_sequences}
         cum_log_probs = [0.0] * params.num_return_sequences   # running totals, as TensorRT-LLM reports
         if rid:
@@ -90,7 +93,7 @@ class TritonPythonModel:
                                    cum_log_prob=cum_log_probs[out.sequence_index]
                                    if 0 <= out.sequence_index < len(cum_log_probs) else 0.0,
                                    with_log_probs=params.return_log_probs, num_top=params.top_logprobs,
-                                   declared=self.declared_outputs)
+                                   declared=wanted)
             tensors = [pb_utils.Tensor(k, v) for k, v in arrays.items()]
             last = False
             if out.finished:
