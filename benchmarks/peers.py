@@ -76,17 +76,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model-dir", default=DEFAULT_MODEL_DIR, help="needs head_dim >= 32 for vLLM's CPU attention")
     ap.add_argument("--targets", default=",".join(TARGETS))
-    ap.add_argument("--concurrency", default="1,8")
-    ap.add_argument("--num-requests", type=int, default=0, help="per point (default: max(8, 4 x concurrency))")
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--num-requests", type=int, default=0, help="per point (default: max(8, 2 x concurrency))")
     ap.add_argument("--prompt-len", default="128")
     ap.add_argument("--output-len", default="64")
     ap.add_argument("--threads", type=int, default=1, help="model threads for each peer")
-    ap.add_argument("--max-duration", type=float, default=90.0, help="seconds per point before it stops sending")
+    ap.add_argument("--max-duration", type=float, default=60.0, help="seconds per point before it stops sending")
     ap.add_argument("--no-install", action="store_true", help="skip peers that are not installed yet")
     ap.add_argument("--name", default=NAME)
     args = ap.parse_args(argv)
     concurrencies = [int(x) for x in args.concurrency.split(",")]
-    specs = {c: make_requests(args.model_dir, args.num_requests or max(8, 4 * c), Length.parse(args.prompt_len),
+    specs = {c: make_requests(args.model_dir, args.num_requests or max(8, 2 * c), Length.parse(args.prompt_len),
                               Length.parse(args.output_len), seed=c) for c in concurrencies}
 
     targets: dict[str, dict] = {}
