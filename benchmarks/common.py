@@ -278,6 +278,9 @@ class Stack:
             self._log_file.close()
 
 
+SERVING_LINE = b"serving the OpenAI API at"
+
+
 def start_stack(model_dir: str = DEFAULT_MODEL_DIR, *, decoder_kind: str = "llama", max_batch_size: int = 64,
                 max_queue_size: int = 1024, extra: tuple[str, ...] = (), work_name: str = "stack",
                 timeout: float = 300.0) -> Stack:
@@ -301,7 +304,8 @@ def start_stack(model_dir: str = DEFAULT_MODEL_DIR, *, decoder_kind: str = "llam
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the stack exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        if _http_ok(f"http://127.0.0.1:{stack.port}/health"):
+        # The launcher's "serving" line comes once every frontend worker listens.
+        if _http_ok(f"http://127.0.0.1:{stack.port}/health") and SERVING_LINE in log_path.read_bytes():
             log(f"stack ready: frontend :{stack.port}, Triton gRPC :{stack.grpc_port}")
             return stack
         time.sleep(0.3)

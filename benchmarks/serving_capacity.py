@@ -238,13 +238,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-duration", type=float, default=90.0, help="seconds per path before it stops sending")
     ap.add_argument("--profile-seconds", type=float, default=15.0, help="0 skips the py-spy phase")
     ap.add_argument("--paths", default="http,grpc")
+    ap.add_argument("--frontend-workers", type=int, default=1,
+                    help="frontend processes (the launcher's --frontend-workers); more than the cores left "
+                         "besides Triton and the load generator only adds contention")
     ap.add_argument("--name", default=NAME)
     args = ap.parse_args(argv)
     n = args.num_requests or 3 * args.concurrency
     out_dir = results_dir(args.name)
 
     stack = start_stack(args.model_dir, decoder_kind="zero_cost", max_batch_size=args.max_batch_size,
-                        max_queue_size=max(1024, 2 * args.concurrency), work_name=args.name)
+                        max_queue_size=max(1024, 2 * args.concurrency), work_name=args.name,
+                        extra=("--frontend-workers", str(args.frontend_workers)))
     results, profile = [], None
     try:
         for path in args.paths.split(","):
@@ -270,6 +274,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_json(args.name, {
         "benchmark": "serving_capacity", "machine": machine_info(),
         "setup": {"decoder_kind": "zero_cost", "max_batch_size": args.max_batch_size, "concurrency": args.concurrency,
+                  "frontend_workers": args.frontend_workers,
                   "prompt_len": args.prompt_len, "output_len": args.output_len,
                   "target": {"tokens_per_s": MLPERF_TOKENS_PER_S, "source": "MLPerf Inference v5.0 Llama-2-70B offline, "
                              "8xH200 (34,988 tok/s)", "goal_cores": GOAL_CORES,

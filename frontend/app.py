@@ -23,8 +23,10 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 from typing import Optional
 
 import orjson
@@ -497,9 +499,12 @@ async def serve(settings: Settings) -> None:
         log.info("CORS on for %s", ", ".join(settings.cors_origins))
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.reuse_port or None)
     await site.start()
-    log.info("frontend listening on http://%s:%d (Triton gRPC %s)", settings.host, settings.port, settings.triton_grpc)
+    log.info("frontend listening on http://%s:%d (Triton gRPC %s)%s", settings.host, settings.port,
+             settings.triton_grpc, f", worker pid {os.getpid()}" if settings.reuse_port else "")
+    if settings.ready_file:
+        Path(settings.ready_file).write_text(f"{os.getpid()}\n")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

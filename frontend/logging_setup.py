@@ -134,11 +134,14 @@ class RedactSecrets(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, request_id, plus a record's `fields`."""
+    """One JSON object per line: ts, level, logger, pid, msg, request_id, plus a record's `fields`.
+
+    `pid` tells the lines of several frontend workers (--frontend-workers) apart.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-               "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+               "level": record.levelname, "logger": record.name, "pid": record.process, "msg": record.getMessage()}
         rid = getattr(record, "request_id", None)
         if rid:
             out["request_id"] = rid

@@ -1,9 +1,15 @@
-"""Prometheus metrics of the frontend, in a registry owned by the application (no globals)."""
+"""Prometheus metrics of the frontend, in a registry owned by the application (no globals).
+
+With several frontend workers (the launcher's --frontend-workers) $PROMETHEUS_MULTIPROC_DIR is
+set: every worker's samples go to files there, and /metrics renders the sum over all workers
+(gauges as the sum over live workers), whichever worker answers.
+"""
 from __future__ import annotations
 
+import os
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -27,16 +33,18 @@ class FrontendMetrics:
         self.prompt_tokens = Counter("llama_triton_prompt_tokens", "Prompt tokens sent to the decoder", registry=r)
         self.completion_tokens = Counter("llama_triton_completion_tokens", "Tokens the decoder generated",
                                          registry=r)
-        self.active_streams = Gauge("llama_triton_active_streams", "Open SSE streams", registry=r)
-        self.in_flight = Gauge("llama_triton_requests_in_flight", "Requests being served", registry=r)
+        self.active_streams = Gauge("llama_triton_active_streams", "Open SSE streams", registry=r,
+                                    multiprocess_mode="livesum")
+        self.in_flight = Gauge("llama_triton_requests_in_flight", "Requests being served", registry=r,
+                               multiprocess_mode="livesum")
         self.cancellations = Counter("llama_triton_cancellations",
                                      "Requests cancelled (client_disconnect, timeout, slow_client, shutdown)",
                                      ["reason"], registry=r)
         self.decoder_queued = Gauge("llama_triton_decoder_queued",
                                     "Decoder requests sent to Triton that have no response yet (queue depth "
-                                    "seen from the frontend)", registry=r)
+                                    "seen from the frontend)", registry=r, multiprocess_mode="livesum")
         self.decoder_streams = Gauge("llama_triton_decoder_streams", "Open gRPC streams to the decoder",
-                                     registry=r)
+                                     registry=r, multiprocess_mode="livesum")
         self.decoder_errors = Counter("llama_triton_decoder_errors", "Decoder failures by kind (busy, "
                                       "unavailable, error)", ["kind"], registry=r)
         self.user_requests = Counter("llama_triton_user_requests",
@@ -44,6 +52,10 @@ class FrontendMetrics:
                                      f"{MAX_USER_LABELS} distinct users)", ["user"], registry=r)
         self._users: set[str] = set()
         self._lock = threading.Lock()
+        self._exposition = r
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self._exposition = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._exposition)
 
     def count_user(self, user_hash: str | None) -> None:
         if user_hash is None:
@@ -56,4 +68,4 @@ class FrontendMetrics:
         self.user_requests.labels(user_hash).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposition)

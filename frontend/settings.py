@@ -25,6 +25,8 @@ class Settings:
     shutdown_grace: float = 30.0            # seconds in-flight requests get on SIGTERM
     write_timeout: float = 30.0             # seconds one SSE write may wait on a client that does not read
     log_format: str = "json"                # json (one object per line) or text
+    reuse_port: bool = False                # one of several workers on the same port (SO_REUSEPORT)
+    ready_file: Optional[str] = None        # touched once listening (the launcher waits for every worker)
 
 
 def load_api_keys(env_value: Optional[str], keys_file: Optional[str]) -> frozenset[str]:
@@ -59,6 +61,9 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                    help="seconds a streamed write may wait on a client that stopped reading; then the "
                         "request is cancelled and the connection closed")
     p.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("LOG_FORMAT", "json"))
+    p.add_argument("--reuse-port", action="store_true",
+                   help="bind with SO_REUSEPORT, for several worker processes on one port")
+    p.add_argument("--ready-file", default=None, help="file created once the frontend is listening")
     a = p.parse_args(argv)
     for name in ("request_timeout", "write_timeout"):
         if getattr(a, name) <= 0:
@@ -70,4 +75,5 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                     max_tokens_cap=a.max_tokens_cap, max_context=a.max_context, max_body_bytes=a.max_body_bytes,
                     api_keys=load_api_keys(os.environ.get("API_KEYS"), a.api_keys_file),
                     cors_origins=tuple(a.cors_origin), request_timeout=a.request_timeout,
-                    shutdown_grace=a.shutdown_grace, write_timeout=a.write_timeout, log_format=a.log_format)
+                    shutdown_grace=a.shutdown_grace, write_timeout=a.write_timeout, log_format=a.log_format,
+                    reuse_port=a.reuse_port, ready_file=a.ready_file)

@@ -6,6 +6,11 @@ frontend, restarts a crashed tritonserver with backoff (the frontend keeps runni
 frontend first (it stops accepting, in-flight requests get `--shutdown-grace` seconds, then the
 rest are cancelled), then stops Triton.
 
+`--frontend-workers N` runs N frontend processes on the same port (SO_REUSEPORT: the kernel
+spreads connections over them). One Python process streams about 4,000 tokens/s per core
+(benchmarks/serving_capacity.py), so a GPU node's output needs several. Their Prometheus metrics
+are summed across workers through prometheus_client's multiprocess directory.
+
 Triton's ports bind to 127.0.0.1 unless `--expose-triton`, which binds them on all interfaces and
 puts Triton's administrative protocols (model loading, shared memory, trace, logging, statistics)
 behind a key: $LLAMA_TRITON_ADMIN_KEY, or one generated and printed once at start-up.
@@ -99,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ready-timeout", type=float, default=300.0)
     s.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT before they are cancelled")
+    s.add_argument("--frontend-workers", type=int, default=int(os.environ.get("FRONTEND_WORKERS", "1")),
+                   help="frontend processes sharing --port (SO_REUSEPORT); about one per 4,000 streamed tokens/s")
     multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/multigpu.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
     return p
@@ -109,7 +116,7 @@ class Supervisor:
         self.args = args
         self.stopping = False
         self.triton: subprocess.Popen | None = None
-        self.frontend: subprocess.Popen | None = None
+        self.frontends: list[subprocess.Popen] = []
         self.env = dict(os.environ)
         # The Python backend stub runs the first python3 on PATH: make it ours.
         self.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", "")])
@@ -136,6 +143,8 @@ class Supervisor:
 
     def prepare(self) -> list[str]:
         a = self.args
+        if a.frontend_workers < 1:
+            raise LaunchError(f"--frontend-workers must be at least 1, got {a.frontend_workers}")
         model_dir = Path(a.model_dir)
         if a.repository is None and not (model_dir / "config.json").is_file():
             raise LaunchError(f"model directory {model_dir} not found (or has no config.json); "
@@ -220,6 +229,7 @@ class Supervisor:
             raise LaunchError(f"Triton models not ready after {timeout:.0f} s")
 
     def start_frontend(self) -> None:
+        """Starts the frontend worker(s) and returns once every one of them is listening."""
         a = self.args
         cmd = [sys.executable, "-m", "frontend", "--host", a.host, "--port", str(a.port),
                "--triton-grpc", f"127.0.0.1:{a.triton_grpc_port}",
@@ -229,15 +239,31 @@ class Supervisor:
         if a.served_model_name:
             cmd += ["--served-model-name", a.served_model_name]
         extra = [x for x in a.frontend_args if x != "--"]
-        self.frontend = subprocess.Popen(cmd + extra, env=self.env)
+        state = Path(a.work_dir) / "frontend"
+        shutil.rmtree(state, ignore_errors=True)
+        (state / "metrics").mkdir(parents=True)
+        env = dict(self.env)
+        if a.frontend_workers > 1:
+            cmd += ["--reuse-port"]
+            # prometheus_client reads this at import: every worker writes its samples there and
+            # /metrics, from whichever worker answers, sums them all.
+            env["PROMETHEUS_MULTIPROC_DIR"] = str((state / "metrics").resolve())
+        ready = []
+        for i in range(a.frontend_workers):
+            ready.append(state / f"ready-{i}")
+            self.frontends.append(subprocess.Popen(cmd + ["--ready-file", str(ready[-1])] + extra, env=env))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if self.frontend.poll() is not None:
-                raise LaunchError(f"frontend exited with code {self.frontend.returncode}")
-            if http_ok(f"http://{a.host}:{a.port}/health"):
+            self.check_frontends()
+            if all(f.exists() for f in ready) and http_ok(f"http://{a.host}:{a.port}/health"):
                 return
             time.sleep(0.2)
         raise LaunchError("frontend did not become healthy within 120 s")
+
+    def check_frontends(self) -> None:
+        for proc in self.frontends:
+            if proc.poll() is not None:
+                raise LaunchError(f"frontend exited with code {proc.returncode}")
 
     def stop(self, *_):
         self.stopping = True
@@ -246,15 +272,17 @@ class Supervisor:
         # Frontend first: it stops accepting, lets in-flight requests finish (--shutdown-grace),
         # cancels the rest, then exits; Triton after it, so cancelled requests reach the decoder.
         frontend_wait = self.args.shutdown_grace + 15
-        for proc, grace in ((self.frontend, frontend_wait), (self.triton, 30)):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for procs, grace in ((self.frontends, frontend_wait), ([self.triton], 30)):
+            live = [p for p in procs if p is not None and p.poll() is None]
+            for proc in live:
+                proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for proc in live:
+                try:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         if self.triton is not None:
             self.reap_triton_group()
 
@@ -268,14 +296,14 @@ class Supervisor:
             self.wait_triton_ready(self.args.ready_timeout)
             if self.stopping:
                 return 0
-            log("Triton models ready; starting the frontend")
+            workers = self.args.frontend_workers
+            log(f"Triton models ready; starting the frontend ({workers} worker{'s' if workers > 1 else ''})")
             self.start_frontend()
             log(f"serving the OpenAI API at http://{self.args.host}:{self.args.port}/v1")
             backoff = 1.0
             while not self.stopping:
                 time.sleep(0.2)
-                if self.frontend.poll() is not None:
-                    raise LaunchError(f"frontend exited with code {self.frontend.returncode}")
+                self.check_frontends()
                 if self.triton.poll() is not None:
                     log(f"tritonserver exited with code {self.triton.returncode}; restarting in {backoff:.0f} s")
                     self.reap_triton_group()

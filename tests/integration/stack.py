@@ -83,8 +83,10 @@ def start_stack(model_dir: str, work_dir: Path, *extra: str, frontend_args: tupl
         if proc.poll() is not None:
             raise RuntimeError(f"stack exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
+            # /health answers once one frontend worker listens; the launcher's "serving" line
+            # comes once all of them do.
             with urllib.request.urlopen(f"{stack.base_url}/health", timeout=1) as r:
-                if r.status == 200:
+                if r.status == 200 and b"serving the OpenAI API at" in log_path.read_bytes():
                     return stack
         except Exception:
             pass

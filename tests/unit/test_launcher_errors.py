@@ -1,4 +1,4 @@
-"""The launcher's one-line errors for the three usual set-up mistakes."""
+"""The launcher's one-line errors for the usual set-up mistakes."""
 import socket
 import subprocess
 import sys
@@ -41,3 +41,10 @@ def test_tritonserver_not_found(default_model_dir, tmp_path):
     assert r.returncode == 1
     [line] = error_lines(r)
     assert "tritonserver" in line and "not an executable" in line
+
+
+def test_frontend_workers_below_one(default_model_dir, tmp_path):
+    r = serve("--model-dir", str(default_model_dir), "--work-dir", str(tmp_path / "run"), "--frontend-workers", "0")
+    assert r.returncode == 1
+    [line] = error_lines(r)
+    assert "--frontend-workers must be at least 1" in line
