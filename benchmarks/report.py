@@ -1,0 +1,182 @@
+"""The Results section of benchmarks/README.md, rendered from the committed JSON files.
+
+`python -m benchmarks.report` rewrites what lies between the `results:begin` / `results:end`
+markers of benchmarks/README.md, so the tables there are always the JSON's numbers;
+`--print` writes the section to stdout instead. A benchmark without a JSON file is left out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import ROOT
+
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "benchmarks" / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def load(name: str) -> Optional[dict[str, Any]]:
+    path = RESULTS / name / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def num(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def pair(d: dict, a: str = "p50", b: str = "p99", digits: int = 1) -> str:
+    return f"{num(d.get(a), digits)} / {num(d.get(b), digits)}"
+
+
+def table(header: list[str], rows: list[list[str]], right: int = 1) -> list[str]:
+    align = ["---"] * right + ["---:"] * (len(header) - right)
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def machine_line(d: dict) -> str:
+    m = d["machine"]
+    load_avg = m.get("load_average_at_start") or []
+    dirty = " (uncommitted changes)" if m.get("git_dirty") else ""
+    return (f"_{m.get('cpu_model')}, {m.get('logical_cores')} cores, {m.get('memory_gib')} GiB, "
+            f"commit {str(m.get('git_commit'))[:7]}{dirty}, {m.get('date_utc')}, load average at start "
+            f"{', '.join(f'{x:.2f}' for x in load_avg)}_")
+
+
+def engine(d: dict) -> list[str]:
+    rows = [[str(r["concurrency"]), num(r["engine_tok_s"]), num(r["plain_tok_s"]),
+             num(r.get("ratio_engine_over_plain_paired"), 2), num(r.get("ratio_engine_over_plain_paired_cpu"), 2)]
+            for r in d["results"]]
+    return ["### Engine alone (`results/engine/`)", "", machine_line(d), "",
+            *table(["concurrency", "engine tok/s", "plain loop tok/s", "engine / plain (paired, wall)",
+                    "(paired, CPU)"], rows)]
+
+
+def triton_perf(d: dict) -> list[str]:
+    rows = []
+    for r in d["results"]:
+        p = r.get("from_profile_export") or {}
+        rows.append([str(r["prompt_tokens"]), str(r["concurrency"]), num(p.get("output_tokens_per_s")),
+                     num(p.get("requests_per_s"), 2), pair(p.get("ttft_ms", {})), pair(p.get("itl_ms", {})),
+                     num(p.get("e2e_ms", {}).get("p99"))])
+    max_tokens = d["results"][0]["max_tokens"] if d["results"] else "?"
+    return [f"### Direct Triton: perf_analyzer, ensemble over gRPC, streaming, {max_tokens} output tokens "
+            "(`results/triton_perf/`)", "", machine_line(d), "",
+            *table(["prompt tokens", "concurrency", "output tok/s", "req/s", "TTFT p50 / p99 (ms)",
+                    "ITL p50 / p99 (ms)", "e2e p99 (ms)"], rows, right=0)]
+
+
+def load_rows(results: list[dict], first: Callable[[dict], list[str]]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        errors = sum((r.get("errors") or {}).values())
+        rows.append([*first(r), num(r.get("output_tokens_per_s")), num(r.get("requests_per_s"), 2),
+                     pair(r["ttft_ms"]), pair(r["itl_ms"]), pair(r["e2e_ms"], digits=0), str(errors)])
+    return rows
+
+
+LOAD_HEADER = ["output tok/s", "req/s", "TTFT p50 / p99 (ms)", "ITL p50 / p99 (ms)", "e2e p50 / p99 (ms)",
+               "errors"]
+
+
+def openai_load(d: dict) -> list[str]:
+    cfg = d["results"][0]["config"] if d["results"] else {}
+    rows = load_rows(d["results"], lambda r: [r.get("label", "")])
+    return [f"### OpenAI endpoint, our stack: prompts {cfg.get('prompt_len')} tokens, {cfg.get('output_len')} "
+            "output tokens (`results/openai_load/`)", "", machine_line(d), "",
+            *table(["load", *LOAD_HEADER], rows)]
+
+
+def layer_cost(d: dict) -> list[str]:
+    best = {(r["layer"], r["concurrency"]): r for r in d["results"]}
+    rows = []
+    for ratio in d["ratios"]:
+        c = ratio["concurrency"]
+        tok = [num(best.get((layer, c), {}).get("output_tokens_per_s")) for layer in ("a_engine", "b_triton_grpc", "c_http_frontend")]
+        rows.append([str(c), *tok, num(ratio["throughput_b_over_a"], 2), num(ratio["throughput_c_over_b"], 2),
+                     num(ratio["itl_p50_b_over_a"], 2), num(ratio["itl_p50_c_over_b"], 2),
+                     num(ratio["cpu_per_token_b_over_a"], 2), num(ratio["cpu_per_token_c_over_b"], 2)])
+    s = d["setup"]
+    return [f"### Layer cost: {s['prompt_len']}-token prompts, {s['output_len']} output tokens, best of "
+            f"{s['repeats']} rounds (`results/layer_cost/`)", "", machine_line(d), "",
+            *table(["concurrency", "(a) engine tok/s", "(b) Triton gRPC tok/s", "(c) HTTP tok/s", "tok/s b/a",
+                    "tok/s c/b", "ITL p50 b/a", "ITL p50 c/b", "CPU/token b/a", "CPU/token c/b"], rows, right=0)]
+
+
+def serving_capacity(d: dict) -> list[str]:
+    rows = []
+    for r in d["results"]:
+        whole, nodec = r["serving_path"], r["serving_path_without_python_decoder"]
+        rows.append(["(i) HTTP frontend" if r["path"] == "http" else "(ii) Triton gRPC direct",
+                     num(r["streamed_tokens_per_s"]), num(whole["tokens_per_cpu_s"]),
+                     num(whole["cores_for_35k_tok_s"], 1), num(nodec["tokens_per_cpu_s"]),
+                     num(nodec["cores_for_35k_tok_s"], 1),
+                     ", ".join(f"{k} {v['cpu_s']:.1f}" for k, v in r["cpu"].items() if v["cpu_s"] >= 0.05)])
+    s = d["setup"]
+    out = [f"### Serving capacity: zero-cost decoder, concurrency {s['concurrency']}, {s['output_len']} tokens per "
+           f"request, one SSE event / gRPC response per token (`results/serving_capacity/`)", "", machine_line(d), "",
+           *table(["path", "streamed tok/s", "tok/s per core (whole path)", "cores for 35k tok/s",
+                   "tok/s per core without the Python decoder stub", "cores for 35k tok/s",
+                   "CPU seconds by process"], rows)]
+    cats = (d.get("profile") or {}).get("categories", {}).get("frontend")
+    if cats:
+        top = ", ".join(f"{k} {v:.0f}%" for k, v in list(cats.items())[:7])
+        out += ["", f"Where the frontend's time goes (py-spy self time by category, "
+                    f"`profile_frontend_summary.txt`): {top}."]
+    return out
+
+
+def peers(d: dict) -> list[str]:
+    s = d["setup"]
+    rows = load_rows(d["results"], lambda r: [r["target"], str(r["config"]["concurrency"])])
+    out = [f"### Peers: {s['prompt_len']}-token prompts, {s['output_len']} output tokens, {s['threads']} model "
+           "thread(s) each (`results/peers/`)", "", machine_line(d), "",
+           *table(["target", "concurrency", *LOAD_HEADER], rows), ""]
+    for name, t in d["targets"].items():
+        out.append(f"* {name}: " + (t.get("notes", "") if t.get("available") else
+                                    f"not available here: {t.get('reason', '')[:300]}"))
+    return out
+
+
+SECTIONS = (("engine", engine), ("triton_perf", triton_perf), ("openai_load", openai_load),
+            ("layer_cost", layer_cost), ("serving_capacity", serving_capacity), ("peers", peers))
+
+
+def render() -> str:
+    parts = []
+    for name, fn in SECTIONS:
+        d = load(name)
+        if d is not None:
+            parts.append("\n".join(fn(d)))
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--print", action="store_true", help="write the section to stdout, leave the README alone")
+    args = ap.parse_args(argv)
+    section = render()
+    if args.print:
+        sys.stdout.write(section)
+        return 0
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{README} has no {BEGIN} ... {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{section}{END}{tail}")
+    print(f"rewrote the results section of {README.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
