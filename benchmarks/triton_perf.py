@@ -149,6 +149,9 @@ def run_point(binary: Path, grpc_url: str, data_file: Path, concurrency: int, re
               out_dir: Path, tag: str, timeout: float) -> tuple[dict, dict, str]:
     csv_path = out_dir / f"{tag}.csv"
     prof_path = out_dir / f"{tag}.profile.json"
+    # perf_analyzer refuses an existing --profile-export-file: a rerun replaces the last run's files.
+    csv_path.unlink(missing_ok=True)
+    prof_path.unlink(missing_ok=True)
     # Relative paths (run from the repository root): nothing of this machine's layout lands in results.
     cmd = ["perf_analyzer", "-m", "ensemble", "-i", "grpc", "--streaming", "-u", grpc_url,
            "--input-data", rel(data_file), "--concurrency-range", f"{concurrency}:{concurrency}",
@@ -159,7 +162,7 @@ def run_point(binary: Path, grpc_url: str, data_file: Path, concurrency: int, re
                        timeout=timeout, cwd=ROOT)
     (out_dir / f"{tag}.stdout.txt").write_text(r.stdout + r.stderr)
     if r.returncode != 0:
-        raise RuntimeError(f"perf_analyzer failed ({r.returncode}):\n{(r.stdout + r.stderr)[-2000:]}")
+        raise RuntimeError(f"perf_analyzer failed ({r.returncode}):\n{(r.stdout + r.stderr)[:2000]}")
     return parse_csv(csv_path), parse_profile(prof_path, 0), shown
 
 
