@@ -80,7 +80,8 @@ def _git(*args: str) -> Optional[str]:
 
 def machine_info() -> dict[str, Any]:
     import psutil
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # Result files a previous run left modified do not make the measured code "dirty".
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     return {
         "cpu_model": _cpu_model(),
         "logical_cores": os.cpu_count(),
