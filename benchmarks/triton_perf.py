@@ -145,25 +145,36 @@ def parse_profile(path: Path, tokens_per_request: int) -> dict:
 
 # --------------------------------------------------------------------------- run
 
+PERF_ANALYZER_ATTEMPTS = 3
+
+
 def run_point(binary: Path, grpc_url: str, data_file: Path, concurrency: int, request_count: int,
               out_dir: Path, tag: str, timeout: float) -> tuple[dict, dict, str]:
     csv_path = out_dir / f"{tag}.csv"
     prof_path = out_dir / f"{tag}.profile.json"
-    # perf_analyzer refuses an existing --profile-export-file: a rerun replaces the last run's files.
-    csv_path.unlink(missing_ok=True)
-    prof_path.unlink(missing_ok=True)
     # Relative paths (run from the repository root): nothing of this machine's layout lands in results.
     cmd = ["perf_analyzer", "-m", "ensemble", "-i", "grpc", "--streaming", "-u", grpc_url,
            "--input-data", rel(data_file), "--concurrency-range", f"{concurrency}:{concurrency}",
            "--request-count", str(request_count), "-f", rel(csv_path), "--profile-export-file", rel(prof_path)]
     shown = " ".join(cmd)
-    log(f"$ {shown}")
-    r = subprocess.run(cmd, executable=str(binary), capture_output=True, text=True, env=perf_analyzer_env(),
-                       timeout=timeout, cwd=ROOT)
-    (out_dir / f"{tag}.stdout.txt").write_text(r.stdout + r.stderr)
-    if r.returncode != 0:
-        raise RuntimeError(f"perf_analyzer failed ({r.returncode}):\n{(r.stdout + r.stderr)[:2000]}")
-    return parse_csv(csv_path), parse_profile(prof_path, 0), shown
+    for attempt in range(1, PERF_ANALYZER_ATTEMPTS + 1):
+        # perf_analyzer refuses an existing --profile-export-file: a rerun replaces the last run's files.
+        csv_path.unlink(missing_ok=True)
+        prof_path.unlink(missing_ok=True)
+        log(f"$ {shown}")
+        r = subprocess.run(cmd, executable=str(binary), capture_output=True, text=True, env=perf_analyzer_env(),
+                           timeout=timeout, cwd=ROOT)
+        (out_dir / f"{tag}.stdout.txt").write_text(r.stdout + r.stderr)
+        if r.returncode != 0:
+            raise RuntimeError(f"perf_analyzer failed ({r.returncode}):\n{(r.stdout + r.stderr)[:2000]}")
+        try:
+            return parse_csv(csv_path), parse_profile(prof_path, 0), shown
+        except json.JSONDecodeError:
+            # perf_analyzer 2.51 now and then exits 0 with its export file cut at a 4 KiB boundary.
+            size = prof_path.stat().st_size if prof_path.exists() else 0
+            log(f"perf_analyzer left a truncated profile export ({size} bytes); attempt {attempt} of "
+                f"{PERF_ANALYZER_ATTEMPTS}")
+    raise RuntimeError(f"perf_analyzer's profile export stayed truncated after {PERF_ANALYZER_ATTEMPTS} runs")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
