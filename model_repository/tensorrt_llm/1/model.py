@@ -3,13 +3,8 @@
 Thin shell: tensor parsing lives in llama_triton.decoder_requests, batching in the engine.
 A request with `stop=true` cancels the in-flight request with the same id (TensorRT-LLM's way);
 Triton's own cancellation is honoured too, checked before every engine step.
-
-Responses are built and sent on one sender thread, in order: a decoupled `send` is a round trip
-to the Triton process, and on the engine thread those round trips (one per sequence per step)
-ran between forward passes instead of during them.
 """
 import json
-import queue
 import threading
 import time
 import uuid
@@ -36,23 +31,7 @@ class TritonPythonModel:
         self.last_cancel_poll = 0.0
         self.engine.add_step_listener(self._before_step)
         self.engine.add_step_listener(self.metrics.update, at_end=True)
-        # (send function, args) in the order responses must leave; None stops the thread.
-        self.outbox = queue.SimpleQueue()
-        self.sender_thread = threading.Thread(target=self._send_loop, name="response-sender", daemon=True)
-        self.sender_thread.start()
         self.engine.start()
-
-    def _send_loop(self):
-        logger = pb_utils.Logger
-        while True:
-            item = self.outbox.get()
-            if item is None:
-                return
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception as e:   # a response for a request Triton already dropped, ...
-                logger.log_error(f"sending a response failed: {e!r}")
 
     def _before_step(self):
         # is_cancelled() is a round trip to the Triton process per request: poll at most every
@@ -103,31 +82,27 @@ class TritonPythonModel:
             with self.lock:
                 self.live[rid] = (request, sender)
 
-        def send(out, cum_log_prob, last):
-            # On the sender thread: tensors, response, and the round trip to Triton.
-            arrays = output_arrays(out, prompt_ids=None if parsed.streaming else prompt, cum_log_prob=cum_log_prob,
+        def on_output(out):
+            if out.error is not None:
+                self._forget(rid, request)
+                return self._fail(sender, out.error)
+            # Streaming responses carry only the new tokens, as TensorRT-LLM's do.
+            if out.log_probs and 0 <= out.sequence_index < len(cum_log_probs):
+                cum_log_probs[out.sequence_index] += float(sum(out.log_probs))
+            arrays = output_arrays(out, prompt_ids=None if parsed.streaming else prompt,
+                                   cum_log_prob=cum_log_probs[out.sequence_index]
+                                   if 0 <= out.sequence_index < len(cum_log_probs) else 0.0,
                                    with_log_probs=params.return_log_probs, num_top=params.top_logprobs,
                                    declared=wanted)
             tensors = [pb_utils.Tensor(k, v) for k, v in arrays.items()]
-            sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
-                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
-
-        def on_output(out):
-            # On the engine thread: bookkeeping only, then queue the response behind earlier ones.
-            if out.error is not None:
-                self._forget(rid, request)
-                return self.outbox.put((self._fail, (sender, out.error)))
-            # Streaming responses carry only the new tokens, as TensorRT-LLM's do.
-            seq = out.sequence_index
-            if out.log_probs and 0 <= seq < len(cum_log_probs):
-                cum_log_probs[seq] += float(sum(out.log_probs))
             last = False
             if out.finished:
                 remaining["n"] -= 1
                 last = remaining["n"] == 0
             if last:
                 self._forget(rid, request)
-            self.outbox.put((send, (out, cum_log_probs[seq] if 0 <= seq < len(cum_log_probs) else 0.0, last)))
+            sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
 
         try:
             self.engine.submit(parsed, on_output)
@@ -149,8 +124,6 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.shutdown()
-        self.outbox.put(None)            # after what the engine's shutdown sent
-        self.sender_thread.join(timeout=10)
         # Drop the metric objects while the stub can still write them back; destroying them
         # during interpreter shutdown crashed the stub now and then.
         self.metrics = None
