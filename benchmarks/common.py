@@ -11,14 +11,13 @@ import json
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
+
+from llama_triton.served_stack import ServedStack, start_served_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -190,128 +189,22 @@ def bar_chart(name: str, filename: str, title: str, labels: list[str], values: l
 
 # --------------------------------------------------------------------------- the stack
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
-    except Exception:
-        return False
-
-
-@dataclass
-class Stack:
-    """`llama-triton serve` on free ports, started as a child of this process."""
-    proc: subprocess.Popen
-    port: int
-    grpc_port: int
-    http_port: int
-    metrics_port: int
-    model_name: str
-    log_path: Path
-    _log_file: Any = field(default=None, repr=False)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def processes(self) -> dict[str, list]:
-        """The stack's processes by role: launcher, frontend, tritonserver, python_stubs."""
-        import psutil
-        roles: dict[str, list] = {"launcher": [], "frontend": [], "tritonserver": [], "python_stubs": []}
-        try:
-            root = psutil.Process(self.proc.pid)
-        except psutil.NoSuchProcess:
-            return roles
-        roles["launcher"].append(root)
-        for p in root.children(recursive=True):
-            try:
-                argv = p.cmdline()
-            except psutil.Error:
-                continue
-            cmd = " ".join(argv)
-            if "triton_python_backend_stub" in cmd:
-                roles["python_stubs"].append(p)
-            elif argv and Path(argv[0]).name == "tritonserver":
-                roles["tritonserver"].append(p)
-            elif "-m frontend" in cmd:
-                roles["frontend"].append(p)
-        # worker processes a frontend may fork count as frontend
-        seen = {p.pid for ps in roles.values() for p in ps}
-        for f in list(roles["frontend"]):
-            try:
-                roles["frontend"] += [c for c in f.children(recursive=True) if c.pid not in seen]
-            except psutil.Error:
-                pass
-        return roles
-
-    def stub_names(self) -> dict[int, str]:
-        """pid -> Triton model name for each Python backend stub."""
-        out = {}
-        for p in self.processes()["python_stubs"]:
-            try:
-                cmd = p.cmdline()
-            except Exception:
-                continue
-            model = next((Path(a).parts[-3] for a in cmd if a.endswith("model.py")), None)
-            out[p.pid] = model or "?"
-        return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-
-
-SERVING_LINE = b"serving the OpenAI API at"
-
-
 def start_stack(model_dir: str = DEFAULT_MODEL_DIR, *, decoder_kind: str = "llama", max_batch_size: int = 64,
                 max_queue_size: int = 1024, extra: tuple[str, ...] = (), work_name: str = "stack",
-                timeout: float = 300.0) -> Stack:
-    """Starts the launcher with its own work dir under var/bench/ and waits for the frontend."""
+                timeout: float = 300.0) -> ServedStack:
+    """Starts the launcher with its own work dir under var/bench/ and waits until it serves."""
     if not (ROOT / model_dir / "config.json").is_file() and not (Path(model_dir) / "config.json").is_file():
         raise SystemExit(f"model {model_dir} not found: run `make model` first")
     work = ROOT / "var" / "bench" / work_name
     work.mkdir(parents=True, exist_ok=True)
-    ports = [free_port() for _ in range(4)]
-    cmd = [sys.executable, "-m", "llama_triton.launcher", "serve", "--model-dir", model_dir,
-           "--port", str(ports[0]), "--triton-grpc-port", str(ports[1]), "--triton-http-port", str(ports[2]),
-           "--triton-metrics-port", str(ports[3]), "--work-dir", str(work), "--decoder-kind", decoder_kind,
-           "--max-batch-size", str(max_batch_size), "--max-queue-size", str(max_queue_size), *extra]
-    log_path = work / "stack.log"
-    log_file = open(log_path, "wb")
-    log(f"starting the stack (decoder {decoder_kind}, max_batch_size {max_batch_size}); log: {rel(log_path)}")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    stack = Stack(proc, *ports, Path(model_dir).name, log_path, log_file)
+    log(f"starting the stack (decoder {decoder_kind}, max_batch_size {max_batch_size}); "
+        f"log: {rel(work / 'stack.log')}")
+    stack = start_served_stack(model_dir, work, "--decoder-kind", decoder_kind, "--max-batch-size",
+                               str(max_batch_size), "--max-queue-size", str(max_queue_size), *extra,
+                               timeout=timeout, cwd=ROOT)
     atexit.register(stack.stop)   # also when the benchmark dies of an exception
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the stack exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        # The launcher's "serving" line comes once every frontend worker listens.
-        if _http_ok(f"http://127.0.0.1:{stack.port}/health") and SERVING_LINE in log_path.read_bytes():
-            log(f"stack ready: frontend :{stack.port}, Triton gRPC :{stack.grpc_port}")
-            return stack
-        time.sleep(0.3)
-    stack.stop()
-    raise RuntimeError(f"the stack was not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+    log(f"stack ready: frontend :{stack.port}, Triton gRPC :{stack.grpc_port}")
+    return stack
 
 
 # --------------------------------------------------------------------------- CPU accounting

@@ -235,7 +235,7 @@ def run_http(stack, model_dir: str, specs: list[RequestSpec], concurrency: int) 
     meter = CpuMeter({"frontend": lambda: roles["frontend"], "tritonserver": lambda: roles["tritonserver"],
                       "python_stubs": lambda: roles["python_stubs"],
                       "client (benchmark process)": lambda: [self_process()]})
-    cfg = LoadConfig(base_url=stack.base_url, model=stack.model_name, num_requests=len(specs),
+    cfg = LoadConfig(base_url=stack.api_url, model=stack.model_name, num_requests=len(specs),
                      concurrency=concurrency, ignore_eos="min_tokens", model_dir=model_dir,
                      label=f"c) http c={concurrency}", progress=False)
     cpu = {}

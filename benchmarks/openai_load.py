@@ -368,7 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if base_url is None:
             stack = start_stack(args.model_dir, work_name="openai_load")
-            base_url = stack.base_url
+            base_url = stack.api_url
         model = args.model or _first_model(base_url, args.api_key)
         points = ([("rate", float(x)) for x in args.rate.split(",")] if args.rate
                   else [("concurrency", int(x)) for x in args.concurrency.split(",")])

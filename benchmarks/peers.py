@@ -38,7 +38,7 @@ class _Ours:
 
     def __init__(self, model_dir: str):
         self.stack = start_stack(model_dir, work_name="peers")
-        self.base_url = self.stack.base_url
+        self.base_url = self.stack.api_url
         self.model_name = self.stack.model_name
         self.ignore_eos = "min_tokens"
         self.notes = "llama-triton serve (CPU reference decoder, float32, 1 torch thread), min_tokens = max_tokens"

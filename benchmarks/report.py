@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 if __package__ in (None, ""):

@@ -75,7 +75,7 @@ def _report(path_name: str, tokens: int, wall: float, cpu: dict, extra: dict) ->
 def run_http(stack, model_dir: str, concurrency: int, n: int, prompt_len: str, output_len: str,
              max_duration: float) -> dict[str, Any]:
     from benchmarks.openai_load import LoadConfig, run_load
-    cfg = LoadConfig(base_url=stack.base_url, model=stack.model_name, num_requests=n, concurrency=concurrency,
+    cfg = LoadConfig(base_url=stack.api_url, model=stack.model_name, num_requests=n, concurrency=concurrency,
                      prompt_len=prompt_len, output_len=output_len, ignore_eos="min_tokens", model_dir=model_dir,
                      max_duration=max_duration, label=f"(i) HTTP c={concurrency}", warmup_requests=4)
     specs = make_requests(model_dir, n, Length.parse(prompt_len), Length.parse(output_len))
@@ -198,7 +198,7 @@ def profile_phase(stack, model_dir: str, concurrency: int, n: int, prompt_len: s
                                                              stderr=subprocess.PIPE)))
     log(f"profiling {', '.join(targets)} with py-spy for {duration:.0f} s under HTTP load")
     from benchmarks.openai_load import LoadConfig, run_load
-    cfg = LoadConfig(base_url=stack.base_url, model=stack.model_name, num_requests=n, concurrency=concurrency,
+    cfg = LoadConfig(base_url=stack.api_url, model=stack.model_name, num_requests=n, concurrency=concurrency,
                      prompt_len=prompt_len, output_len=output_len, ignore_eos="min_tokens", model_dir=model_dir,
                      max_duration=duration, label="profile", warmup_requests=0)
     run_load(cfg)

@@ -39,6 +39,8 @@ DEFAULT_MODEL_DIR = "var/models/llama2-tiny"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
 ADMIN_KEY_ENV = "LLAMA_TRITON_ADMIN_KEY"
 MAX_RESTART_BACKOFF_S = 30.0
+# Logged once every frontend worker listens: what a supervising process waits for (served_stack.py).
+SERVING_LINE = b"serving the OpenAI API at"
 
 
 class LaunchError(RuntimeError):
@@ -299,7 +301,7 @@ class Supervisor:
             workers = self.args.frontend_workers
             log(f"Triton models ready; starting the frontend ({workers} worker{'s' if workers > 1 else ''})")
             self.start_frontend()
-            log(f"serving the OpenAI API at http://{self.args.host}:{self.args.port}/v1")
+            log(f"{SERVING_LINE.decode()} http://{self.args.host}:{self.args.port}/v1")
             backoff = 1.0
             while not self.stopping:
                 time.sleep(0.2)

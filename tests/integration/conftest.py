@@ -4,7 +4,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.stack import start_stack
+from tests.integration.stack import TEST_LIMITS, openai_client_for, start_stack
 
 
 class ExternalStack:
@@ -36,13 +36,11 @@ def stack(default_model_dir, tmp_path_factory):
         yield ExternalStack(external, os.environ.get("LLAMA_TRITON_EXTERNAL_GRPC", "127.0.0.1:8001"))
         return
     s = start_stack(str(default_model_dir), tmp_path_factory.mktemp("stack"),
-                    "--max-tokens-cap", "48", "--max-seq-len", "1024", "--max-num-tokens", "32768")
+                    *TEST_LIMITS, "--max-num-tokens", "32768")
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="session")
 def openai_client(stack):
-    import openai
-    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=os.environ.get("LLAMA_TRITON_API_KEY", "unused"),
-                         max_retries=0, timeout=120)
+    return openai_client_for(stack, os.environ.get("LLAMA_TRITON_API_KEY", "unused"))

@@ -43,14 +43,9 @@ def launcher_children(stack) -> list[psutil.Process]:
 
 
 def frontend_process(stack) -> psutil.Process:
-    for p in launcher_children(stack):
-        try:
-            cmd = p.cmdline()
-        except psutil.Error:
-            continue
-        if "-m" in cmd and "frontend" in cmd:
-            return p
-    raise AssertionError("no frontend process under the launcher")
+    frontends = stack.processes()["frontend"]
+    assert frontends, "no frontend process under the launcher"
+    return frontends[0]
 
 
 def triton_process(stack) -> psutil.Process | None:

@@ -22,8 +22,7 @@ def two_workers(default_model_dir, tmp_path_factory):
 
 
 def frontend_workers(stack) -> list[psutil.Process]:
-    return [p for p in psutil.Process(stack.proc.pid).children(recursive=True)
-            if "-m frontend" in " ".join(p.cmdline())]
+    return stack.processes()["frontend"]
 
 
 def chat(stack, i: int) -> dict:

@@ -14,7 +14,7 @@ from collections import defaultdict
 import jsonschema
 import pytest
 
-from tests.integration.stack import start_stack
+from tests.integration.stack import TEST_LIMITS, openai_client_for, start_stack
 
 MESSAGES = [{"role": "user", "content": "Is 7 prime? Answer as JSON."}]
 SCHEMA = {"type": "object", "properties": {"prime": {"type": "boolean"}}, "required": ["prime"],
@@ -24,16 +24,15 @@ FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCH
 
 @pytest.fixture(scope="module")
 def reasoning_stack(reasoning_model_dir, tmp_path_factory):
-    s = start_stack(str(reasoning_model_dir), tmp_path_factory.mktemp("reasoning"), "--max-tokens-cap", "48",
-                    "--max-seq-len", "1024", "--max-num-tokens", "16384")
+    s = start_stack(str(reasoning_model_dir), tmp_path_factory.mktemp("reasoning"), *TEST_LIMITS,
+                    "--max-num-tokens", "16384")
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
 def client(reasoning_stack):
-    import openai
-    return openai.OpenAI(base_url=f"{reasoning_stack.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client_for(reasoning_stack)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from collections import defaultdict
 import jsonschema
 import pytest
 
-from tests.integration.stack import start_stack
+from tests.integration.stack import TEST_LIMITS, openai_client_for, start_stack
 
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris, and what time is it?"}]
 WEATHER_PARAMS = {"type": "object",
@@ -189,16 +189,15 @@ def test_round_trip(stack, openai_client):
 
 @pytest.fixture(scope="module")
 def llama3_stack(llama3_model_dir, tmp_path_factory):
-    s = start_stack(str(llama3_model_dir), tmp_path_factory.mktemp("llama3-tools"), "--max-tokens-cap", "48",
-                    "--max-seq-len", "1024", "--max-num-tokens", "16384")
+    s = start_stack(str(llama3_model_dir), tmp_path_factory.mktemp("llama3-tools"), *TEST_LIMITS,
+                    "--max-num-tokens", "16384")
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
 def llama3_client(llama3_stack):
-    import openai
-    return openai.OpenAI(base_url=f"{llama3_stack.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client_for(llama3_stack)
 
 
 def test_llama3_required_and_named(llama3_stack, llama3_client):
