@@ -99,6 +99,19 @@ def _classify(err: Exception) -> Exception:
     return DecoderError(msg)
 
 
+def _values(buffers: dict[str, bytes], name: str) -> Optional[list]:
+    """An output's elements as a list. memoryview.cast reads the buffer in place (Triton's wire order
+    is little-endian, the machine's on x86 and arm64): a third of np.frombuffer's cost per token."""
+    buf = buffers.get(name)
+    return None if buf is None else memoryview(buf).cast(OUTPUT_FORMATS[name]).tolist()
+
+
+def _rows(buffers: dict[str, bytes], name: str, n: int) -> Optional[np.ndarray]:
+    """A [tokens, N] output (top log-probs) as an n-row array."""
+    buf = buffers.get(name)
+    return None if buf is None or not n else np.frombuffer(buf, OUTPUT_FORMATS[name]).reshape(n, -1)
+
+
 class TritonDecoder:
     def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None):
         self.grpc_url = grpc_url
@@ -266,33 +279,21 @@ class TritonDecoder:
         This runs once per streamed token: reading the protobuf directly costs a fraction of
         tritonclient's `as_numpy`, which searches the outputs by name on every call.
         """
-        raw = resp.raw_output_contents
-        buffers = dict(zip([out.name for out in resp.outputs], raw))
-
-        def values(name: str) -> Optional[list]:
-            # memoryview.cast reads the buffer in place (Triton's wire order is little-endian, the
-            # machine's on x86 and arm64): a third of np.frombuffer's cost for one-token responses.
-            buf = buffers.get(name)
-            return None if buf is None else memoryview(buf).cast(OUTPUT_FORMATS[name]).tolist()
-
-        def array(name: str, n: int) -> Optional[np.ndarray]:
-            buf = buffers.get(name)
-            return None if buf is None or not n else np.frombuffer(buf, OUTPUT_FORMATS[name]).reshape(n, -1)
-
-        tokens = values("output_ids") or []
-        lengths = values("sequence_length")
+        buffers = dict(zip([out.name for out in resp.outputs], resp.raw_output_contents))
+        tokens = _values(buffers, "output_ids") or []
+        lengths = _values(buffers, "sequence_length")
         if lengths:
             tokens = tokens[: lengths[0]]
         n = len(tokens)
-        seq = values("sequence_index")
-        lps = values("output_log_probs")
-        reused = values("num_reused_tokens")
+        seq = _values(buffers, "sequence_index")
+        lps = _values(buffers, "output_log_probs")
+        reused = _values(buffers, "num_reused_tokens")
         return DecoderResponse(
             sequence_index=seq[0] if seq else 0,
             token_ids=tokens,
             log_probs=lps[:n] if lps is not None else None,
-            top_ids=array("top_log_prob_ids", n),
-            top_log_probs=array("top_log_probs", n),
+            top_ids=_rows(buffers, "top_log_prob_ids", n),
+            top_log_probs=_rows(buffers, "top_log_probs", n),
             num_reused_tokens=reused[0] if reused else None,
             is_final=final,
         )
