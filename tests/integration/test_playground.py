@@ -176,7 +176,8 @@ def test_streamed_multi_turn_chat_with_usage_and_logprobs(stack, page):
     tokens.nth(1).hover()
     page.wait_for_selector("#tip:not([hidden]) tr")
     assert page.locator("#tip tr").count() == 3
-    # Second turn: the reply joins the conversation and stays editable; a new reply streams.
+    # Second turn: earlier turns are editable, the reply joins the conversation; a new reply streams.
+    page.fill("#turns .turn.user textarea", "Tell me a tale")
     send(page, "Again, shorter")
     wait_state(page, "done")
     assert page.locator("#turns .turn").count() == 3   # user, assistant, user
@@ -184,7 +185,8 @@ def test_streamed_multi_turn_chat_with_usage_and_logprobs(stack, page):
     # The same request the page would make, copied for openai-python, runs as it is.
     page.click("#copy-python")
     code = page.inner_text("#copied")
-    assert '"role": "assistant"' in code and "top_logprobs=3" in code
+    assert '"role": "assistant"' in code and "top_logprobs=3" in code and '"Tell me a tale"' in code
+    assert "Tell me a story" not in code and '"content": "You are terse."' in code
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OPENAI_API_KEY": "unused"})
     assert run.returncode == 0 and "completion_tokens=" in run.stdout, run.stderr[-2000:]
