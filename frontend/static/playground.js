@@ -391,6 +391,7 @@
         this.cols.append(c.root);
       }
       this.box.replaceChildren(this.cols, this.usageEl);
+      if (n > 1) this.choose(0);
       this.setState("streaming");
     }
 

@@ -294,3 +294,26 @@ def test_page_needs_no_key_and_keeps_the_key_in_session_storage(stack, browser, 
             assert not page.problems, page.problems
         finally:
             page.close()
+
+
+def test_reasoning_apart_and_an_in_stream_error_render(stack, page):
+    # The session's model has no reasoning parser and never fails mid-stream: these events, in the
+    # shape the service writes them, are given to the page in place of the server's answer.
+    def event(body):
+        return "data: " + json.dumps(body) + "\n\n"
+    head = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": stack.model_name}
+    error = {"error": {"message": "The request did not finish within the server's time limit of 5 s and was "
+                                  "cancelled.", "type": "server_error", "param": None, "code": "request_timeout"}}
+    sse = "".join([
+        event({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}),
+        event({**head, "choices": [{"index": 0, "delta": {"reasoning_content": "Thinking it over."},
+                                    "finish_reason": None}]}),
+        event({**head, "choices": [{"index": 0, "delta": {"content": "The answer."}, "finish_reason": None}]}),
+        event(error), "data: [DONE]\n\n"])
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=sse))
+    send(page, "Think first")
+    wait_state(page, "error")
+    assert page.inner_text("#replies .reply .reasoning").endswith("Thinking it over.")
+    assert page.inner_text("#replies .reply .content") == "The answer."
+    assert json.loads(page.inner_text("#error-body")) == error
