@@ -36,6 +36,7 @@ from frontend import errors, logging_setup
 from frontend.logging_setup import RequestContext, current_request, hash_user
 from frontend.metrics import FrontendMetrics
 from frontend.openapi import build_openapi
+from frontend import playground
 from frontend.protocol import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ModelMetadata,
                                parse_request)
 from frontend.service import CompletionService, LegacyCompletions
@@ -52,7 +53,7 @@ OPENAPI = web.AppKey("openapi", bytes)
 INFLIGHT = web.AppKey("inflight", set)
 STATE = web.AppKey("state", dict)
 CTX = "llama_triton.request_context"          # key of the RequestContext in the aiohttp request
-OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"}) | playground.PUBLIC_PATHS  # the page needs no key
 QUIET_PATHS = frozenset({"/health", "/metrics"})   # logged at DEBUG when they succeed
 FAST_WRITE_MAX = 16 * 1024   # an event this small, into an empty buffer, cannot pause the transport
 CANCEL_OUTCOMES = frozenset({"timeout", "shutdown", "slow_client", "client_disconnect"})
@@ -481,6 +482,7 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None) -> web.Ap
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
+    playground.add_routes(app)
 
     async def close_decoder(_app):
         await decoder.close()
