@@ -307,6 +307,7 @@ class LegacyCompletions:
         s.check_model(req.model)
         if isinstance(req.prompt, str):
             prompt_text = req.prompt
+            # Raw: the caller writes the template, so `</s>` here is the token (README, Security).
             prompt_ids = s.tokenizer.encode(req.prompt, add_special_tokens=True)
         else:
             prompt_ids = list(req.prompt)
