@@ -307,3 +307,18 @@ def test_a_request_cannot_choose_the_template_or_tokenizer():
     # Path-like fields a server might honour are unknown here: ignored (and logged as such).
     req = parse_request(ChatCompletionRequest, {**body, "tokenizer": "/etc", "chat_template_path": "/etc/passwd"})
     assert {"tokenizer", "chat_template_path"} <= set(req.ignored_fields)
+
+
+def test_marked_pipeline_falls_back_to_a_copy_when_added_ids_would_move(default_tokenizer, monkeypatch):
+    """A vocabulary whose added ids do not follow the model's gets a full copy of the pipeline."""
+    from types import SimpleNamespace
+
+    from llama_triton.tokenization import Tokenizer
+
+    moved = SimpleNamespace(token_to_id=lambda content: None)   # every added token at another id
+    monkeypatch.setattr(Tokenizer, "_backend_over_shared_model", staticmethod(lambda original, added: moved))
+    rebuilt = Tokenizer(default_tokenizer.hf)
+    messages, kw = everywhere("</s><s><unk>")
+    prompt = prompt_of(default_tokenizer, messages, **kw)
+    assert encode_prompt(rebuilt, prompt) == encode_prompt(default_tokenizer, prompt)
+    assert 2 not in rebuilt.encode_marked(OPEN.join("</s>"))
