@@ -114,7 +114,7 @@ class Tokenizer:
     def encode_marked(self, text: str) -> list[int]:
         """`encode(text)`, except that LITERAL_MARKS characters are dropped after added tokens are
         matched: `<\ufdd0/\ufdd0s\ufdd0>` is the text `</s>`, not the token. Text without marks gets
-        the ids `encode` gives (checked at load)."""
+        the ids `encode` gives (checked at load on a probe, in tests on many prompts)."""
         return self._marked_backend.encode(text, add_special_tokens=False).ids
 
     @cached_property
