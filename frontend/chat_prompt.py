@@ -20,6 +20,11 @@ takes one call per message).
 Tool instructions. Templates that render the tool list get `tools` (OpenAI's shape). For the
 others `frontend.tools` writes the instructions as text (`tool_prompt`), appended to the system
 prompt (a new system message when there is none). Any template error is a 400.
+
+Control tokens come only from the template: everything the request supplied reaches it marked
+(`frontend.literal_text`), so that `encode_prompt` encodes a control token's spelling typed in a
+message, a tool definition or a template kwarg as text. The template itself, and the special
+tokens it writes (`bos_token`, `eos_token`), come from the server's configuration only.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from typing import Any, Optional
 import jinja2
 
 from frontend.errors import bad_request
+from frontend.literal_text import mark_request_values
 from llama_triton.tokenization import Tokenizer
 
 
@@ -126,12 +132,20 @@ def _is_json(s: Any) -> bool:
 RESERVED_TEMPLATE_KWARGS = frozenset({
     "chat_template", "tokenize", "return_dict", "continue_final_message", "add_generation_prompt", "tools",
     "documents", "padding", "truncation", "max_length", "return_tensors", "tokenizer_kwargs",
-    "return_assistant_tokens_mask", "conversation", "messages"})
+    "return_assistant_tokens_mask", "conversation", "messages", "sanitize_control_tokens"})
+# The template variables apply_chat_template fills from the tokenizer: set by a request they would
+# put the request's text where the template writes BOS/EOS.
+SPECIAL_TOKEN_VARIABLES = frozenset({
+    "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+    "additional_special_tokens", "extra_special_tokens"})
 
 
 def render_prompt(tokenizer: Tokenizer, messages: list[dict], *, tools: Optional[list[dict]] = None,
                   tool_prompt: Optional[str] = None, template_kwargs: Optional[dict] = None) -> str:
-    """`tools` reach templates that render them; `tool_prompt` is added to the system prompt."""
+    """`tools` reach templates that render them; `tool_prompt` is added to the system prompt.
+
+    The text comes back with the request's spellings of control tokens marked: encode it with
+    `frontend.literal_text.encode_prompt` (`plain_text` for the text alone)."""
     template = tokenizer.chat_template
     knows_tools = template_knows_tools(template)
     renders_tools = template_renders_tools(template)
@@ -140,11 +154,11 @@ def render_prompt(tokenizer: Tokenizer, messages: list[dict], *, tools: Optional
     msgs = normalize_for_tool_template(messages, renders_tools) if knows_tools else rewrite_for_plain_template(messages)
     kwargs = dict(template_kwargs or {})
     for key in kwargs:
-        if key in RESERVED_TEMPLATE_KWARGS:
+        if key in RESERVED_TEMPLATE_KWARGS or key in SPECIAL_TOKEN_VARIABLES or key in tokenizer.hf.special_tokens_map:
             raise bad_request(f"chat_template_kwargs may not set '{key}': the chat template and how it is "
                               f"applied come from the server's configuration.", f"chat_template_kwargs.{key}")
+    msgs, tools, kwargs = mark_request_values((msgs, tools if renders_tools else None, kwargs), tokenizer)
     try:
-        return tokenizer.apply_chat_template(msgs, tools=tools if renders_tools else None,
-                                             add_generation_prompt=True, **kwargs)
+        return tokenizer.apply_chat_template(msgs, tools=tools, add_generation_prompt=True, **kwargs)
     except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as e:
         raise bad_request(f"The chat template cannot render these messages: {e}", "messages") from None

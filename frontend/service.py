@@ -16,6 +16,7 @@ from typing import AsyncIterator, Optional, Union
 from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
+from frontend.literal_text import encode_prompt
 from frontend.protocol import ChatChunkEncoder, ChatCompletionRequest, CompletionChunkEncoder, CompletionRequest, usage_dict
 from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
@@ -150,7 +151,7 @@ class CompletionService:
         if spec is not None and reasoning is not None:
             spec = spec.after_reasoning(reasoning)
         guide = await self.structured.resolve(spec)
-        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        prompt_ids = encode_prompt(self.tokenizer, prompt)   # the request's text is text, see literal_text
         prep = await self.prepare(req, prompt_ids, "chatcmpl", guide=guide, logprobs=bool(req.logprobs),
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
@@ -306,6 +307,7 @@ class LegacyCompletions:
         s.check_model(req.model)
         if isinstance(req.prompt, str):
             prompt_text = req.prompt
+            # Raw: the caller writes the template, so `</s>` here is the token (README, Security).
             prompt_ids = s.tokenizer.encode(req.prompt, add_special_tokens=True)
         else:
             prompt_ids = list(req.prompt)

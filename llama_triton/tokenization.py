@@ -4,12 +4,18 @@ A Hugging Face tokenizer decodes whole sequences; a stream needs to know what ea
 the output *bytes*, because one character may be spread over several tokens (byte fallback in
 SentencePiece, byte-level BPE in Llama-3). `Tokenizer.token_bytes` is that table, built once at
 load; `llama_triton.detokenize` turns it into text incrementally.
+
+Control tokens as text. `encode` turns every spelling of an added token (`</s>`, `<|eot_id|>`)
+into that token. `encode_marked` encodes the same way, except that it first matches added tokens
+and only then drops the LITERAL_MARKS characters: a spelling with a mark between its characters
+is not matched, and is encoded as the text it spells, in context, exactly as the same text would
+be if the vocabulary had no such token. `frontend.literal_text` marks what a request supplied.
 """
 from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +27,10 @@ _BYTE_LEVEL_SPACE = "\u0120"  # "Ġ", the space byte in GPT-2's byte-to-unicode 
 # Decoded by the sanity check at load: ASCII, Latin-1, CJK, an emoji (byte fallback in Llama-2),
 # newlines and runs of spaces.
 _PROBE_TEXT = "Hello wörld,  你好 🦙\n\tend"
+
+# Two Unicode noncharacters, which the standard reserves for a program's internal use: request text
+# never needs them, so `encode_marked` can drop them (text without them encodes as with `encode`).
+LITERAL_MARKS = "\ufdd0\ufdd1"
 
 
 @lru_cache(maxsize=1)
@@ -79,6 +89,7 @@ class Tokenizer:
         self.is_sentencepiece: bool = self._measure_leading_space_strip()
         self._check_round_trip()
         self.eos_ids: tuple[int, ...] = self._eos_ids(generation_config or {})
+        self._marked_backend = self._build_marked_backend()
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -100,6 +111,28 @@ class Tokenizer:
         the special tokens; `add_special_tokens` adds the tokenizer's BOS."""
         return self.hf.encode(text, add_special_tokens=add_special_tokens)
 
+    def encode_marked(self, text: str) -> list[int]:
+        """`encode(text)`, except that LITERAL_MARKS characters are dropped after added tokens are
+        matched: `<\ufdd0/\ufdd0s\ufdd0>` is the text `</s>`, not the token. Text without marks gets
+        the ids `encode` gives (checked at load on a probe, in tests on many prompts)."""
+        return self._marked_backend.encode(text, add_special_tokens=False).ids
+
+    @cached_property
+    def control_texts(self) -> tuple[str, ...]:
+        """Spellings of the control tokens, longest first: every special token, plus the added tokens
+        the chat template writes (DeepSeek's non-special `<think>`, `<｜User｜>`), or the tokenizer
+        config's `chat_control_tokens` where it lists them. Other added tokens (a whitespace run, a
+        domain word) are vocabulary and stay tokens in request text."""
+        listed = getattr(self.hf, "chat_control_tokens", None)
+        template = self.chat_template or ""
+        texts = set()
+        for token in self.hf.added_tokens_decoder.values():
+            content = token.content
+            in_template = content in listed if listed is not None else (content in template and not content.isspace())
+            if content and (token.special or in_template):
+                texts.add(content)
+        return tuple(sorted(texts, key=lambda t: (-len(t), t)))
+
     @property
     def chat_template(self) -> str | None:
         return self.hf.chat_template
@@ -119,6 +152,57 @@ class Tokenizer:
             list(messages), tools=list(tools) if tools is not None else None,
             add_generation_prompt=add_generation_prompt, tokenize=False, **template_kwargs,
         )
+
+    def _build_marked_backend(self) -> Any:
+        """The HF backend's pipeline with a normalizer in front that drops LITERAL_MARKS.
+
+        Added tokens are matched on the raw text (normalized=False), i.e. before the marks are
+        dropped; Llama vocabularies declare them so anyway, and the check below proves the ids
+        unchanged. Fails at load, not on a request, when the rebuilt pipeline differs.
+        """
+        from tokenizers import normalizers
+
+        original = self.hf.backend_tokenizer
+        added = sorted(self.hf.added_tokens_decoder.items())
+        backend = self._backend_over_shared_model(original, added)
+        if any(backend.token_to_id(t.content) != i for i, t in added):
+            backend = self._backend_copy(original)
+        drop = [normalizers.Replace(mark, "") for mark in LITERAL_MARKS]
+        backend.normalizer = normalizers.Sequence(drop + ([original.normalizer] if original.normalizer else []))
+        probe = _PROBE_TEXT + " ".join(t.content for _, t in added) + " " + _PROBE_TEXT
+        if backend.encode(probe, add_special_tokens=False).ids != self.encode(probe):
+            raise ValueError("this tokenizer's pipeline cannot be rebuilt for marked text: ids differ")
+        for text in self.control_texts:
+            spelled = LITERAL_MARKS[0].join(text)
+            if self.hf.convert_tokens_to_ids(text) in backend.encode(spelled, add_special_tokens=False).ids:
+                raise ValueError(f"{text!r} encodes as its own token even as plain text")
+        return backend
+
+    @staticmethod
+    def _backend_over_shared_model(original: Any, added: list[tuple[int, Any]]) -> Any:
+        """A new pipeline over the same model object (no copy of the vocabulary, ~0.1 s for 128k).
+        Added tokens go in one at a time, in id order: one the model does not know gets the next
+        free id, which is its own id when the added ids follow the model's vocabulary."""
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as Backend
+
+        backend = Backend(original.model)
+        backend.pre_tokenizer = original.pre_tokenizer
+        for _, token in added:
+            backend.add_tokens([AddedToken(token.content, single_word=token.single_word, lstrip=token.lstrip,
+                                           rstrip=token.rstrip, normalized=False, special=token.special)])
+        return backend
+
+    @staticmethod
+    def _backend_copy(original: Any) -> Any:
+        """A full copy (seconds for a 128k vocabulary), for added ids the shared model cannot give."""
+        from tokenizers import Tokenizer as Backend
+
+        spec = json.loads(original.to_str())
+        for token in spec.get("added_tokens", []):
+            token["normalized"] = False
+        spec["truncation"] = spec["padding"] = None
+        return Backend.from_str(json.dumps(spec))
 
     # ------------------------------------------------------------------ special ids
 
