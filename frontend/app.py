@@ -41,7 +41,7 @@ from frontend.protocol import (ChatCompletionRequest, CompletionRequest, ModelCa
 from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
 from frontend.triton_client import DecoderBusy, DecoderUnavailable, TritonDecoder
-from llama_triton.tokenization import Tokenizer
+from llama_triton.text.tokenization import Tokenizer
 
 log = logging.getLogger("frontend")
 access_log = logging.getLogger("frontend.access")

@@ -30,7 +30,7 @@ from typing import Any, Optional
 import jinja2
 
 from frontend.errors import bad_request
-from llama_triton.tokenization import Tokenizer
+from llama_triton.text.tokenization import Tokenizer
 
 
 def text_of(content: Any) -> str:

@@ -12,9 +12,9 @@ from typing import AsyncIterator, Optional
 
 from frontend.protocol import floor_logprob
 from frontend.triton_client import DecoderResponse
-from llama_triton.detokenize import IncrementalDetokenizer
-from llama_triton.stop_strings import StopStringMatcher
-from llama_triton.tokenization import Tokenizer
+from llama_triton.text.detokenize import IncrementalDetokenizer
+from llama_triton.text.stop_strings import StopStringMatcher
+from llama_triton.text.tokenization import Tokenizer
 
 
 @dataclass

@@ -23,8 +23,8 @@ from frontend.settings import Settings
 from frontend.structured import StructuredOutputs, response_format_guide
 from frontend.tools import ToolCallParser, ToolPlan, check_combination
 from frontend.triton_client import DecoderBusy, DecoderError, DecoderUnavailable, TritonDecoder
-from llama_triton.request_mapping import DecodeSettings, UnsupportedField, decoder_arrays
-from llama_triton.tokenization import Tokenizer
+from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays
+from llama_triton.text.tokenization import Tokenizer
 
 log = logging.getLogger("frontend.service")
 
@@ -312,7 +312,7 @@ class LegacyCompletions:
             bad = [t for t in prompt_ids if t >= s.tokenizer.vocab_size]
             if bad:
                 raise errors.bad_request(f"prompt token id {bad[0]} is outside the vocabulary.", "prompt")
-            from llama_triton.detokenize import decode
+            from llama_triton.text.detokenize import decode
             prompt_text = decode(s.tokenizer, prompt_ids)
         top = req.logprobs or 0
         prep = await s.prepare(req, prompt_ids, "cmpl", logprobs=req.logprobs is not None, top_logprobs=top)

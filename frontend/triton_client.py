@@ -24,7 +24,7 @@ from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from frontend.logging_setup import current_request
-from llama_triton.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS
+from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS
 
 log = logging.getLogger("frontend.triton")
 

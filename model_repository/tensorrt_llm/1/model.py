@@ -1,6 +1,6 @@
 """CPU reference decoder: TensorRT-LLM's `tensorrt_llm` tensors over llama_triton's engine.
 
-Thin shell: tensor parsing lives in llama_triton.decoder_requests, batching in the engine.
+Thin shell: tensor parsing lives in llama_triton.trtllm.request_decoding, batching in the engine.
 A request with `stop=true` cancels the in-flight request with the same id (TensorRT-LLM's way);
 Triton's own cancellation is honoured too, checked before every engine step.
 """
@@ -12,9 +12,9 @@ import uuid
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from llama_triton.decoder_requests import StopRequest, output_arrays, parse_request
+from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
 from llama_triton.engine.types import QueueFull, RequestError
-from llama_triton.triton_decoder import build_engine, EngineMetrics
+from llama_triton.backend.engine_setup import build_engine, EngineMetrics
 
 
 class TritonPythonModel:

@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from llama_triton.tensor_contract import TRTLLM_RELEASE
+from llama_triton.trtllm.tensor_contract import TRTLLM_RELEASE
 
 GiB = 1 << 30
 MiB = 1 << 20
 KiB = 1 << 10
 GB = 10 ** 9
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "build" / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 KNOWN_MODELS = {"llama-2-7b": "llama-2-7b.json", "llama-2-70b": "llama-2-70b.json"}
 
 QUANTS = ("none", "fp8", "int4_awq")

@@ -30,9 +30,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from llama_triton import multigpu
-from llama_triton.repository import RepositorySettings, TemplateError, render_repository
-from llama_triton.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC_ADMIN_METADATA, TritonNotFound,
+from llama_triton.serve import multigpu
+from llama_triton.serve.repository import RepositorySettings, TemplateError, render_repository
+from llama_triton.serve.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC_ADMIN_METADATA, TritonNotFound,
                                        find_tritonserver, restricted_args, server_command)
 
 DEFAULT_MODEL_DIR = "var/models/llama2-tiny"
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT before they are cancelled")
     s.add_argument("--frontend-workers", type=int, default=int(os.environ.get("FRONTEND_WORKERS", "1")),
                    help="frontend processes sharing --port (SO_REUSEPORT); about one per 4,000 streamed tokens/s")
-    multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/multigpu.py)
+    multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/serve/multigpu.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
     return p
 
@@ -172,7 +172,7 @@ class Supervisor:
                 max_queue_size=a.max_queue_size), work / "model_repository").resolve()
         log(f"tritonserver from {install.source}: {install.binary}")
         log(f"model repository: {repo}")
-        # Multi-GPU (llama_triton/multigpu.py): one tritonserver per rank under mpirun; rank 0 serves.
+        # Multi-GPU (llama_triton/serve/multigpu.py): one tritonserver per rank under mpirun; rank 0 serves.
         try:
             world_size = multigpu.resolve_world_size(getattr(a, "world_size", None), repo if a.repository else None)
         except multigpu.MultiGpuError as e:

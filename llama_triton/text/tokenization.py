@@ -3,7 +3,7 @@
 A Hugging Face tokenizer decodes whole sequences; a stream needs to know what each token adds to
 the output *bytes*, because one character may be spread over several tokens (byte fallback in
 SentencePiece, byte-level BPE in Llama-3). `Tokenizer.token_bytes` is that table, built once at
-load; `llama_triton.detokenize` turns it into text incrementally.
+load; `llama_triton.text.detokenize` turns it into text incrementally.
 """
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_triton.tensor_contract import Tensor, decoder_io
+from llama_triton.trtllm.tensor_contract import Tensor, decoder_io
 
-TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
+TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "model_repository"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DECODER_TEMPLATES = {"cpu": "tensorrt_llm", "gpu": "tensorrt_llm_gpu"}
 
