@@ -1,6 +1,6 @@
 """Structured outputs: `response_format` and tool grammars -> the decoder's guide, checked in the frontend.
 
-Guide types are TensorRT-LLM's (`guided_decoding_guide_type`), see `llama_triton.engine.guided`:
+Guide types are TensorRT-LLM's (`guided_decoding_guide_type`), see `llama_triton.text.grammar`:
 
 | request                                    | guide type      | guide                                 |
 |--------------------------------------------|-----------------|---------------------------------------|
@@ -53,7 +53,7 @@ from frontend import errors
 from frontend.protocol import (JsonObjectResponseFormat, JsonSchemaResponseFormat, RegexResponseFormat,
                                TextResponseFormat)
 from frontend.reasoning import THINK_END, THINK_START
-from llama_triton.engine.guided import GuideCompiler, _clean_error
+from llama_triton.text.grammar import GuideCompiler, _clean_error
 from llama_triton.engine.types import RequestError
 
 log = logging.getLogger("frontend.structured")

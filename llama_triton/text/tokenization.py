@@ -83,12 +83,19 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
         """Load the tokenizer saved in a checkpoint directory (no network access)."""
-        from transformers import AutoTokenizer
+        import transformers
 
         path = Path(path)
         if not path.is_dir():  # else transformers takes it for a hub repo id
             raise FileNotFoundError(f"no checkpoint directory at {path}")
-        hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # The class the checkpoint names, not AutoTokenizer: AutoTokenizer imports transformers'
+        # model configuration code and with it torch, which a frontend worker must not load.
+        config_path = path / "tokenizer_config.json"
+        name = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.is_file() else None
+        loader = getattr(transformers, name, None) if isinstance(name, str) else None
+        if loader is None or not hasattr(loader, "from_pretrained"):
+            loader = transformers.AutoTokenizer
+        hf = loader.from_pretrained(str(path), local_files_only=True)
         generation_path = path / "generation_config.json"
         generation = json.loads(generation_path.read_text()) if generation_path.is_file() else None
         return cls(hf, generation)

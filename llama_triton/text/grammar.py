@@ -1,4 +1,8 @@
-"""Guided (grammar-constrained) decoding for the CPU decoder, on top of xgrammar 0.2.8.
+"""Guided (grammar-constrained) decoding on top of xgrammar 0.2.8: compilation and per-sequence matchers.
+
+Shared by the CPU decoder's sampler and the frontend's request checks (frontend/structured.py), so it
+lives outside the engine package and imports no torch (only the engine's plain request types): a
+frontend worker that checks a grammar must not load torch.
 
 Guide types are exactly TensorRT-LLM's (`guided_decoding_guide_type`):
 
@@ -38,11 +42,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
+from llama_triton.engine.types import GUIDE_TYPES, RequestError
 
-from .types import GUIDE_TYPES, RequestError
+if TYPE_CHECKING:   # the bitmask helpers take the sampler's tensors; only the engine imports torch
+    import torch
 
 DEFAULT_COMPILE_TIMEOUT_S = 10.0
 DEFAULT_CACHE_LIMIT_BYTES = 512 * 1024 * 1024
