@@ -40,7 +40,8 @@ from frontend.protocol import (ChatCompletionRequest, CompletionRequest, ModelCa
                                parse_request)
 from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
-from frontend.triton_client import DecoderBusy, DecoderUnavailable, TritonDecoder
+from frontend.decoder import DecoderClient, DecoderFailure, http_error
+from frontend.triton_client import TritonDecoder
 from llama_triton.text.tokenization import Tokenizer
 
 log = logging.getLogger("frontend")
@@ -105,12 +106,8 @@ async def error_middleware(request: web.Request, handler):
         return error_response(cancelled_error(reason, request.app[SETTINGS]))
     except errors.APIError as e:
         return error_response(e)
-    except DecoderUnavailable as e:
-        return error_response(errors.APIError(503, f"The model is not available right now: {e}", errors.SERVER,
-                                              None, "model_not_ready", {"Retry-After": "2"}))
-    except DecoderBusy as e:
-        return error_response(errors.APIError(429, f"The server is busy: {e}", errors.RATE_LIMIT, None,
-                                              "queue_full", {"Retry-After": "1"}))
+    except DecoderFailure as e:          # raised outside a stream (capabilities, context limit)
+        return error_response(http_error(e))
     except web.HTTPRequestEntityTooLarge:
         # A body without Content-Length (chunked) that grew past the limit while being read.
         return error_response(errors.payload_too_large(request.app[SETTINGS].max_body_bytes))
@@ -460,12 +457,15 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
-def create_app(settings: Settings, tokenizer: Tokenizer | None = None) -> web.Application:
+def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
+               decoder: DecoderClient | None = None) -> web.Application:
+    """`decoder`: Triton's (the default) or any other DecoderClient (the handler tests' fake)."""
     app = web.Application(middlewares=[context_middleware, metrics_middleware, error_middleware, auth_middleware],
                           client_max_size=settings.max_body_bytes)
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
     metrics = FrontendMetrics()
-    decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
+    if decoder is None:
+        decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[INFLIGHT] = set()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
 from frontend.protocol import floor_logprob
-from frontend.triton_client import DecoderResponse
+from frontend.decoder import DecoderResponse
 from llama_triton.text.detokenize import IncrementalDetokenizer
 from llama_triton.text.stop_strings import StopStringMatcher
 from llama_triton.text.tokenization import Tokenizer

@@ -22,7 +22,7 @@ from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, i
 from frontend.settings import Settings
 from frontend.structured import StructuredOutputs, response_format_guide
 from frontend.tools import ToolCallParser, ToolPlan, check_combination
-from frontend.triton_client import DecoderBusy, DecoderError, DecoderUnavailable, TritonDecoder
+from frontend.decoder import DecoderClient, DecoderFailure, http_error
 from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays
 from llama_triton.text.tokenization import Tokenizer
 
@@ -46,7 +46,7 @@ class Prepared:
 
 
 class CompletionService:
-    def __init__(self, settings: Settings, tokenizer: Tokenizer, decoder: TritonDecoder):
+    def __init__(self, settings: Settings, tokenizer: Tokenizer, decoder: DecoderClient):
         self.settings = settings
         self.tokenizer = tokenizer
         self.decoder = decoder
@@ -112,14 +112,8 @@ class CompletionService:
         try:
             async for ev in gen.events(self.decoder.generate(prep.request_id, prep.arrays)):
                 yield ev
-        except DecoderBusy as e:
-            raise errors.APIError(429, f"The server is busy: {e}", errors.RATE_LIMIT, None, "queue_full",
-                                  {"Retry-After": "1"}) from None
-        except DecoderUnavailable as e:
-            raise errors.APIError(503, f"The model is not available right now: {e}", errors.SERVER, None,
-                                  "model_not_ready", {"Retry-After": "2"}) from None
-        except DecoderError as e:
-            raise errors.bad_request(f"The decoder refused the request: {e}", None, "decoder_error") from None
+        except DecoderFailure as e:
+            raise http_error(e) from None
 
     # ---- chat -------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest):
