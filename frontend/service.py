@@ -20,6 +20,7 @@ from frontend.protocol import ChatChunkEncoder, ChatCompletionRequest, Completio
 from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
 from frontend.settings import Settings
+from frontend.sse import DECODER_ANSWERED, EventStream
 from frontend.structured import StructuredOutputs, response_format_guide
 from frontend.tools import ToolCallParser, ToolPlan, check_combination
 from frontend.decoder import DecoderClient, DecoderFailure, http_error
@@ -151,7 +152,7 @@ class CompletionService:
                          bool(req.logprobs), req.top_logprobs or 0)
         outputs = [ChatOutput(plan, reasoning) for _ in gen.choices]
         if req.stream:
-            return self._chat_stream(req, prep, gen, outputs)
+            return EventStream(prep.request_id, self._chat_stream(req, prep, gen, outputs))
         return await self._chat_full(req, prep, gen, outputs)
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
@@ -189,7 +190,11 @@ class CompletionService:
         for c in gen.choices:
             yield enc.delta({"role": "assistant", "content": ""}, c.index, usage=running_usage())
         remaining = len(gen.choices)
+        answered = False
         async for ev in self.events(prep, gen):
+            if not answered:
+                answered = True
+                yield DECODER_ANSWERED
             out = outputs[ev.index]
             lp = {"content": ev.logprobs} if ev.logprobs is not None else None
             if out.plain:
@@ -313,7 +318,7 @@ class LegacyCompletions:
         gen = Generation(s.tokenizer, req.n, req.stop_strings, prep.max_new_tokens, req.logprobs is not None, top)
         echo = prompt_text if req.echo else ""
         if req.stream:
-            return self._stream(req, prep, gen, echo)
+            return EventStream(prep.request_id, self._stream(req, prep, gen, echo))
         texts = [[echo] for _ in gen.choices]
         lps: list[list] = [[] for _ in gen.choices]
         async for ev in s.events(prep, gen):
@@ -335,7 +340,11 @@ class LegacyCompletions:
             for c in gen.choices:
                 yield enc.text(echo, c.index)
         remaining = len(gen.choices)
+        answered = False
         async for ev in s.events(prep, gen):
+            if not answered:
+                answered = True
+                yield DECODER_ANSWERED
             if ev.text or ev.logprobs:
                 yield enc.text(ev.text, ev.index,
                                _legacy_logprobs(ev.logprobs) if req.logprobs is not None else None)
