@@ -61,12 +61,13 @@ class ChoiceState:
             return ev
         self.num_tokens += len(r.token_ids)
         ev.token_ids = r.token_ids
-        if self.want_logprobs:
-            lps = r.log_probs or [0.0] * len(r.token_ids)
-            ev.logprobs = [self.token_entry(t, lps[i] if i < len(lps) else 0.0,
+        if self.want_logprobs and r.log_probs:
+            # Only tokens the decoder sent a log-prob for: a made-up 0.0 would claim certainty.
+            lps = r.log_probs
+            ev.logprobs = [self.token_entry(t, lps[i],
                                             r.top_ids[i] if r.top_ids is not None else None,
                                             r.top_log_probs[i] if r.top_log_probs is not None else None)
-                           for i, t in enumerate(r.token_ids)]
+                           for i, t in enumerate(r.token_ids[: len(lps)])]
         text, matched = self.stops.feed(self.detok.add(r.token_ids))
         ev.text = text
         if matched:
