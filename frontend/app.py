@@ -36,8 +36,8 @@ from frontend import errors, logging_setup
 from frontend.logging_setup import RequestContext, current_request, hash_user
 from frontend.metrics import FrontendMetrics
 from frontend.openapi import build_openapi
-from frontend.protocol import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ModelMetadata,
-                               parse_request)
+from frontend.request_models import ChatCompletionRequest, CompletionRequest, parse_request
+from frontend.response_models import ModelCard, ModelList, ModelMetadata
 from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
 from frontend.sse import DECODER_ANSWERED, SSE_DONE, EventStream

@@ -16,11 +16,12 @@ from typing import AsyncIterator, Optional, Union
 from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
-from frontend.protocol import ChatChunkEncoder, ChatCompletionRequest, CompletionChunkEncoder, CompletionRequest, usage_dict
+from frontend.request_models import ChatCompletionRequest, CompletionRequest
 from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
 from frontend.settings import Settings
-from frontend.sse import DECODER_ANSWERED, EventStream
+from frontend.sse import (DECODER_ANSWERED, ChatChunkEncoder, CompletionChunkEncoder, EventStream, completion_logprobs,
+                          usage_dict)
 from frontend.structured import StructuredOutputs, response_format_guide
 from frontend.tools import ToolCallParser, ToolPlan, check_combination
 from frontend.decoder import DecoderClient, DecoderFailure, http_error
@@ -363,6 +364,5 @@ def _legacy_logprobs(entries: Optional[list[dict]]) -> dict:
     for e in entries:
         offsets.append(pos)
         pos += len(e["token"])
-    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
-            "text_offset": offsets}
+    return completion_logprobs([e["token"] for e in entries], [e["logprob"] for e in entries],
+                               [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries], offsets)

@@ -50,8 +50,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from frontend import errors
-from frontend.protocol import (JsonObjectResponseFormat, JsonSchemaResponseFormat, RegexResponseFormat,
-                               TextResponseFormat)
+from frontend.request_models import (JsonObjectResponseFormat, JsonSchemaResponseFormat, RegexResponseFormat,
+                                     TextResponseFormat)
 from frontend.reasoning import THINK_END, THINK_START
 from llama_triton.text.grammar import GuideCompiler, _clean_error
 from llama_triton.engine.types import RequestError
