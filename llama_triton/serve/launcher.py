@@ -30,6 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.serve import multigpu
 from llama_triton.serve.repository import RepositorySettings, TemplateError, render_repository
 from llama_triton.serve.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC_ADMIN_METADATA, TritonNotFound,
@@ -98,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decoder-io", choices=("cpu", "gpu"), default="cpu",
                    help="tensor list the CPU decoder declares (gpu: refuse what TensorRT-LLM cannot do)")
     s.add_argument("--decoder-kind", choices=("llama", "zero_cost"), default="llama")
-    s.add_argument("--max-batch-size", type=int, default=64)
+    s.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE)
     s.add_argument("--max-num-tokens", type=int, default=65536, help="KV cache capacity in tokens")
     s.add_argument("--max-seq-len", type=int, default=4096)
-    s.add_argument("--max-queue-size", type=int, default=256)
+    s.add_argument("--max-queue-size", type=int, default=MAX_QUEUE_SIZE)
     s.add_argument("--max-tokens-cap", type=int, default=16384, help="largest max_tokens the API grants")
     s.add_argument("--ready-timeout", type=float, default=300.0)
     s.add_argument("--shutdown-grace", type=float, default=30.0,
