@@ -6,6 +6,8 @@ queueing and cancellation at work.
 """
 from __future__ import annotations
 
+import logging
+
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.engine.config import EngineConfig
 
@@ -25,6 +27,8 @@ def build_engine(params: dict[str, str]):
     )
     if kind == "zero_cost":
         from llama_triton.engine.zero_cost import ZeroCostEngine
+        logging.getLogger(__name__).warning("decoder_kind zero_cost: this decoder runs NO model and streams "
+                                            "made-up tokens (serving-path measurements only)")
         return ZeroCostEngine(params["model_dir"], config)
     from llama_triton.engine.engine import Engine
     return Engine(params["model_dir"], config)

@@ -134,7 +134,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m llama_triton.serve.multigpu", description=main.__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("rank", help="exec the tritonserver command of this MPI rank")
-    r.add_argument("--repository", required=True)
+    r.add_argument("--repository", required=True, help="the rendered model repository (from `make engine`)")
     r.add_argument("--rank", type=int, default=None, help="default: from the MPI launcher's environment")
     r.add_argument("--tritonserver", default=None, help="default: PATH, then /opt/tritonserver/bin")
     r.add_argument("--grpc-port", type=int, default=8001)
