@@ -80,6 +80,10 @@ class TritonPythonModel:
         cum_log_probs = [0.0] * params.num_return_sequences   # running totals, as TensorRT-LLM reports
         if rid:
             with self.lock:
+                # A second request under a live id would take over the original's entry (its
+                # Triton cancellation) and its engine slot: refuse it, as the engine would.
+                if rid in self.live:
+                    return self._fail(sender, f"request id {rid!r} is already in flight")
                 self.live[rid] = (request, sender)
 
         def on_output(out):
