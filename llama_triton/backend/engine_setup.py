@@ -10,9 +10,10 @@ import logging
 
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.engine.config import EngineConfig
+from llama_triton.engine.types import DecoderEngine
 
 
-def build_engine(params: dict[str, str]):
+def build_engine(params: dict[str, str]) -> DecoderEngine:
     kind = params.get("decoder_kind", "llama")
     config = EngineConfig(
         max_batch_size=int(params.get("max_batch_size", MAX_BATCH_SIZE)),

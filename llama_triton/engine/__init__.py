@@ -4,10 +4,10 @@
 plain request types (`llama_triton.engine.types`), and importing the package must not load torch
 and the model for it.
 """
-from .types import (GUIDE_TYPES, GenerationRequest, OutputCallback, QueueFull, RequestError, SamplingParams,
-                    SequenceOutput)
+from .types import (GUIDE_TYPES, DecoderEngine, GenerationRequest, OutputCallback, QueueFull, RequestError,
+                    SamplingParams, SequenceOutput)
 
-__all__ = ["GUIDE_TYPES", "Engine", "EngineConfig", "GenerationRequest", "OutputCallback",
+__all__ = ["GUIDE_TYPES", "DecoderEngine", "Engine", "EngineConfig", "GenerationRequest", "OutputCallback",
            "QueueFull", "RequestError", "SamplingParams", "SequenceOutput"]
 
 

@@ -154,3 +154,13 @@ def test_request_id_is_free_again_after_the_original_ends(model):
     again = _generate("r2")
     model.execute([again])
     assert len(engine.submitted) == 2 and again.sender.sent == []
+
+
+def test_both_engines_implement_the_one_engine_protocol():
+    from llama_triton.engine import DecoderEngine, Engine
+    from llama_triton.engine.zero_cost import ZeroCostEngine
+    members = [name for name in vars(DecoderEngine) if not name.startswith("_")]
+    assert set(members) == {"submit", "cancel", "add_step_listener", "start", "shutdown"}
+    for cls in (Engine, ZeroCostEngine):
+        for name in members:
+            assert callable(getattr(cls, name, None)), f"{cls.__name__} lacks {name}"
