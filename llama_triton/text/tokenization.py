@@ -91,7 +91,9 @@ class Tokenizer:
         # The class the checkpoint names, not AutoTokenizer: AutoTokenizer imports transformers'
         # model configuration code and with it torch, which a frontend worker must not load.
         config_path = path / "tokenizer_config.json"
-        name = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.is_file() else None
+        # utf-8 spelled out: Triton's Python stub runs under an ASCII locale.
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        name = config.get("tokenizer_class")
         loader = getattr(transformers, name, None) if isinstance(name, str) else None
         if loader is None or not hasattr(loader, "from_pretrained"):
             loader = transformers.AutoTokenizer
