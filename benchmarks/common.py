@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from llama_triton.served_stack import ServedStack, start_served_stack
+from tests.served_stack import ServedStack, start_served_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

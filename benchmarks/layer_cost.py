@@ -47,7 +47,7 @@ def chat_ids(model_dir: str, text: str) -> list[int]:
 
 
 def decoder_arrays_for(prompt_ids: list[int], max_tokens: int, seed: int) -> dict[str, np.ndarray]:
-    from llama_triton.request_mapping import DecodeSettings, decoder_arrays
+    from llama_triton.trtllm.request_encoding import DecodeSettings, decoder_arrays
     settings = DecodeSettings(prompt_ids=prompt_ids, max_new_tokens=max_tokens, temperature=1.0, seed=seed,
                               end_id=EOS, min_tokens=max_tokens)
     return decoder_arrays(settings, frozenset({"min_tokens"}))
@@ -104,7 +104,7 @@ class EngineLayer:
     """The engine built exactly as the `tensorrt_llm` model builds it, run on its own thread here."""
 
     def __init__(self, model_dir: str, engine_params: dict[str, str]):
-        from llama_triton.triton_decoder import build_engine
+        from llama_triton.backend.engine_setup import build_engine
         self.engine = build_engine(dict(engine_params, model_dir=str(ROOT / model_dir)))
         self.engine.start()
         self._seq = 0
@@ -113,7 +113,7 @@ class EngineLayer:
         self.engine.shutdown()
 
     def _batch(self, items: list[tuple[list[int], RequestSpec]], conc: int) -> tuple[list[_Rec], float, float]:
-        from llama_triton.decoder_requests import parse_request
+        from llama_triton.trtllm.request_decoding import parse_request
         slots = threading.Semaphore(conc)
         done = threading.Event()
         recs: list[_Rec] = []

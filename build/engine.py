@@ -28,11 +28,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))   # runs with the NGC image's python3, without installing the package
 
-from llama_triton.engine_build import (DEFAULT_EXAMPLES_DIR, NGC_IMAGE, BuildError, BuildPlan,  # noqa: E402
+from llama_triton.gpu.build import (DEFAULT_EXAMPLES_DIR, NGC_IMAGE, BuildError, BuildPlan,  # noqa: E402
                                        EngineSpec, format_command, plan_build, write_repository,
                                        xgrammar_tokenizer_info)
-from llama_triton.gpu_plan import GPUS, KV_DTYPE_BYTES, QUANTS, PlanError, load_model_shape  # noqa: E402
-from llama_triton.tensor_contract import TRTLLM_RELEASE  # noqa: E402
+from llama_triton.gpu.plan import GPUS, KV_DTYPE_BYTES, QUANTS, PlanError, load_model_shape  # noqa: E402
+from llama_triton.trtllm.tensor_contract import TRTLLM_RELEASE  # noqa: E402
 
 STATE_FILE = ".build-state.json"
 

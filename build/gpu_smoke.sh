@@ -83,7 +83,7 @@ fi
 
 step "serving: llama-triton serve --repository $OUT/model_repository (frontend on :$PORT)"
 MODEL_ABS=$(cd "$MODEL_DIR" && pwd)
-$PY -m llama_triton.launcher serve --repository "$OUT/model_repository" --model-dir "$MODEL_ABS" \
+$PY -m llama_triton.serve.launcher serve --repository "$OUT/model_repository" --model-dir "$MODEL_ABS" \
     --port "$PORT" --triton-grpc-port "$GRPC_PORT" --work-dir "$OUT/run" --ready-timeout 900 --max-tokens-cap 48 \
     -- --model-dir "$MODEL_ABS" --max-context "$MAX_SEQ_LEN" >"$LOG" 2>&1 &
 SERVE_PID=$!

@@ -6,7 +6,7 @@
 
 Prints weights per GPU, the runtime reserve, KV-cache bytes per token and how many tokens and
 full-length sequences fit; exits 1 with the reasons when the layout breaks a rule or cannot fit.
-Needs only the checkpoint's config.json (llama-2-7b and llama-2-70b ship in build/configs/).
+Needs only the checkpoint's config.json (llama-2-7b and llama-2-70b ship in llama_triton/gpu/configs/).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # runs without installing the package
 
-from llama_triton.gpu_plan import (DEFAULT_KV_FRACTION, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_NUM_TOKENS,  # noqa: E402
+from llama_triton.gpu.plan import (DEFAULT_KV_FRACTION, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_NUM_TOKENS,  # noqa: E402
                                    GPUS, KV_DTYPE_BYTES, QUANTS, PlanError, load_model_shape, make_plan)
 
 

@@ -1,1 +1,1 @@
-"""aiohttp frontend: the OpenAI-compatible HTTP API in front of Triton (protocol, errors, OpenAPI, routes)."""
+"""aiohttp frontend: the OpenAI-compatible HTTP API in front of Triton (wire models, errors, OpenAPI, routes)."""

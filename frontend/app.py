@@ -37,12 +37,14 @@ from frontend.logging_setup import RequestContext, current_request, hash_user
 from frontend.metrics import FrontendMetrics
 from frontend.openapi import build_openapi
 from frontend import playground
-from frontend.protocol import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, ModelMetadata,
-                               parse_request)
+from frontend.request_models import ChatCompletionRequest, CompletionRequest, parse_request
+from frontend.response_models import ModelCard, ModelList, ModelMetadata
 from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
-from frontend.triton_client import DecoderBusy, DecoderUnavailable, TritonDecoder
-from llama_triton.tokenization import Tokenizer
+from frontend.sse import DECODER_ANSWERED, SSE_DONE, EventStream
+from frontend.decoder import DecoderClient, DecoderFailure, http_error
+from frontend.triton_client import TritonDecoder
+from llama_triton.text.tokenization import Tokenizer
 
 log = logging.getLogger("frontend")
 access_log = logging.getLogger("frontend.access")
@@ -106,12 +108,8 @@ async def error_middleware(request: web.Request, handler):
         return error_response(cancelled_error(reason, request.app[SETTINGS]))
     except errors.APIError as e:
         return error_response(e)
-    except DecoderUnavailable as e:
-        return error_response(errors.APIError(503, f"The model is not available right now: {e}", errors.SERVER,
-                                              None, "model_not_ready", {"Retry-After": "2"}))
-    except DecoderBusy as e:
-        return error_response(errors.APIError(429, f"The server is busy: {e}", errors.RATE_LIMIT, None,
-                                              "queue_full", {"Retry-After": "1"}))
+    except DecoderFailure as e:          # raised outside a stream (capabilities, context limit)
+        return error_response(http_error(e))
     except web.HTTPRequestEntityTooLarge:
         # A body without Content-Length (chunked) that grew past the limit while being read.
         return error_response(errors.payload_too_large(request.app[SETTINGS].max_body_bytes))
@@ -296,54 +294,28 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await stream_sse(request, result)
 
 
-def _chunk_id(chunk: bytes) -> Optional[str]:
-    """The `id` of an SSE chunk `data: {...}` (the service's completion id), if it has one."""
-    if not chunk.startswith(b"data: {"):
-        return None
-    try:
-        value = orjson.loads(chunk[6:]).get("id")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
-
-
-def _is_preamble(chunk: bytes) -> bool:
-    """A chunk written before the decoder said anything: the role-only chunk of each chat choice."""
-    if not chunk.startswith(b"data: {") or len(chunk) > 1024:
-        return False
-    try:
-        body = orjson.loads(chunk[6:])
-    except orjson.JSONDecodeError:
-        return False
-    choices = body.get("choices") if isinstance(body, dict) else None
-    if not choices or body.get("usage") is not None:
-        return False
-    return all(isinstance(c, dict) and c.get("finish_reason") is None and c.get("logprobs") is None
-               and c.get("delta") in ({"role": "assistant", "content": ""}, {"role": "assistant"})
-               for c in choices)
-
-
-async def stream_sse(request: web.Request, chunks) -> web.StreamResponse:
+async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     ctx: Optional[RequestContext] = request.get(CTX)
     metrics = request.app[METRICS]
+    if ctx is not None:
+        ctx.request_id = stream.id
     # Hold the status line back until the decoder has answered (the role-only chunks a chat stream
     # starts with come before it): errors found up to then (queue full, decoder down, a refused
     # request) still get their own status code, 429 with Retry-After included.
-    iterator = chunks.__aiter__()
+    iterator = stream.chunks.__aiter__()
     pending: list[bytes] = []
     try:
         while True:
             chunk = await iterator.__anext__()
-            pending.append(chunk)
-            if not _is_preamble(chunk):
+            if chunk is DECODER_ANSWERED:
                 break
+            pending.append(chunk)
     except StopAsyncIteration:
-        pending.append(b"data: [DONE]\n\n")
+        pending.append(SSE_DONE)
     first_content = time.perf_counter()
     if ctx is not None:
         ctx.stream = True
-        ctx.request_id = _chunk_id(pending[0]) or ctx.request_id
         ctx.ttft = first_content - ctx.started
         metrics.ttft.observe(ctx.ttft)
     resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
@@ -461,12 +433,15 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
-def create_app(settings: Settings, tokenizer: Tokenizer | None = None) -> web.Application:
+def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
+               decoder: DecoderClient | None = None) -> web.Application:
+    """`decoder`: Triton's (the default) or any other DecoderClient (the handler tests' fake)."""
     app = web.Application(middlewares=[context_middleware, metrics_middleware, error_middleware, auth_middleware],
                           client_max_size=settings.max_body_bytes)
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
     metrics = FrontendMetrics()
-    decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
+    if decoder is None:
+        decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[INFLIGHT] = set()

@@ -36,7 +36,7 @@ import jinja2
 
 from frontend.errors import bad_request
 from frontend.literal_text import mark_request_values
-from llama_triton.tokenization import Tokenizer
+from llama_triton.text.tokenization import Tokenizer
 
 
 def text_of(content: Any) -> str:

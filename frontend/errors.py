@@ -6,13 +6,14 @@ into a JSON response with `status` and `headers`, and a stream that has already 
 
 `type` follows OpenAI's vocabulary (clients key retries on the HTTP status, humans on `type`);
 `code` is a short machine-readable string or null; `param` names the offending request field with
-the path syntax of `protocol.validation_error_to_envelope` (`messages[2].content`, `stop[3]`).
+the path syntax of `validation_error_to_envelope` (below) (`messages[2].content`, `stop[3]`).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Sequence, Union
 
 import orjson
+from pydantic import BaseModel, ValidationError
 
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
@@ -108,3 +109,125 @@ def as_api_error(exc: BaseException) -> APIError:
 def sse_error_event(err: BaseException) -> bytes:
     """One SSE event carrying the envelope; the caller sends `data: [DONE]\\n\\n` after it."""
     return b"data: " + as_api_error(err).to_json() + b"\n\n"
+
+
+class ParamError(ValueError):
+    """A validation failure that names its parameter.
+
+    `param` is relative to where the validator runs: a model validator of the request gives
+    `"top_logprobs"`, one of a message gives `"content"` (the formatter prefixes `messages[i]`), a
+    field validator of `stop` gives `"[3]"` (-> `stop[3]`) or None (-> `stop`).
+    """
+
+    def __init__(self, message: str, param: Optional[str] = None, code: str = "invalid_value"):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation errors -> the error envelope
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def _join(path: str, part: Union[str, int]) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    if part.startswith("["):
+        return path + part
+    return f"{path}.{part}" if path else part
+
+
+def _param_path(loc: Sequence[Union[str, int]]) -> str:
+    """('messages', 0, '<user>', 'content', '<array>', 1) -> 'messages[0].content[1]'."""
+    path = ""
+    for part in loc:
+        if isinstance(part, str) and (part.startswith("<") or part == "[key]"):
+            continue  # union tags and pydantic's dict-key marker
+        path = _join(path, part)
+    return path
+
+
+def _shown(value: Any) -> str:
+    """A short JSON rendering of a scalar input for error messages; "" for anything else."""
+    if isinstance(value, bool) or value is None:
+        return "true" if value is True else "false" if value is False else "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return orjson.dumps(value[:60] + ("..." if len(value) > 60 else "")).decode()
+    return ""
+
+
+_COMPARISONS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "at least"),
+                "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
+_TAG_ERRORS = {"invalid_role": "role", "invalid_part_type": "type", "invalid_response_format": "type"}
+
+
+def _describe(err: dict) -> tuple[Optional[str], str, str]:
+    """One pydantic error -> (param, message, code)."""
+    kind = err["type"]
+    loc = err.get("loc", ())
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ParamError):
+        param = _param_path(loc)
+        if cause.param:
+            param = _join(param, cause.param)
+        return param or None, cause.message, cause.code
+    if kind == "json_invalid":
+        return None, f"The request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}.", \
+            "invalid_json"
+    param = _param_path(loc)
+    if not param:
+        if kind in ("model_type", "model_attributes_type", "dict_type"):
+            return None, "The request body must be a JSON object.", "invalid_type"
+        return None, err["msg"], "invalid_value"
+    if kind == "missing":
+        return param, f"Missing required parameter: '{param}'.", "missing_required_parameter"
+    value = err.get("input")
+    if kind in _TAG_ERRORS:
+        field = _TAG_ERRORS[kind]
+        param = _join(param, field)
+        value = value.get(field) if isinstance(value, dict) else None
+    if loc and loc[-1] == "[key]":
+        return param, f"Invalid '{param}': keys must be token ids (non-negative integers), got {_shown(loc[-2])}.", \
+            "invalid_value"
+    ctx = err.get("ctx") or {}
+    if kind in _COMPARISONS and _COMPARISONS[kind][0] in ctx:
+        key, phrase = _COMPARISONS[kind]
+        limit = ctx[key]
+        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
+        msg = f"must be {phrase} {limit!r}"  # pydantic's own text prints 2**64 as a float
+    else:
+        msg = err["msg"].replace(" after validation", "")
+        msg = msg[0].lower() + msg[1:] if msg[:1].isupper() and msg[1:2].islower() else msg
+    shown = _shown(value)
+    got = f" (got {shown})" if shown and value is not None else ""
+    code = "invalid_type" if kind.endswith(("_type", "_parsing")) and kind not in _TAG_ERRORS else "invalid_value"
+    return param, f"Invalid '{param}': {msg}{got}.", code
+
+
+def validation_error_to_envelope(exc: ValidationError) -> ErrorBody:
+    """The first problem of `exc` as an `invalid_request_error` whose `param` is the field's path."""
+    errors = exc.errors(include_url=False)
+    param, message, code = _describe(errors[0])
+    others = {(_describe(e)[0]) for e in errors[1:]} - {param}
+    if others:
+        message = message.rstrip(".") + f"; also invalid: {', '.join(sorted(p or '<body>' for p in others)[:5])}" \
+            + (", ..." if len(others) > 5 else "") + "."
+    return ErrorBody(message=message, type="invalid_request_error", param=param, code=code)
+
+
+def validation_error_to_api_error(exc: ValidationError) -> APIError:
+    body = validation_error_to_envelope(exc)
+    return APIError(400, body.message, body.type, body.param, body.code)

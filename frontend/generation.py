@@ -10,11 +10,11 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
-from frontend.protocol import floor_logprob
-from frontend.triton_client import DecoderResponse
-from llama_triton.detokenize import IncrementalDetokenizer
-from llama_triton.stop_strings import StopStringMatcher
-from llama_triton.tokenization import Tokenizer
+from frontend.sse import token_logprob
+from frontend.decoder import DecoderResponse
+from llama_triton.text.detokenize import IncrementalDetokenizer
+from llama_triton.text.stop_strings import StopStringMatcher
+from llama_triton.text.tokenization import Tokenizer
 
 
 @dataclass
@@ -43,17 +43,17 @@ class ChoiceState:
     def done(self) -> bool:
         return self.finish_reason is not None
 
+    def _raw(self, tid: int) -> bytes:
+        return self.tokenizer.token_bytes[tid] if 0 <= tid < len(self.tokenizer.token_bytes) else b""
+
     def token_entry(self, tid: int, lp: float, top_ids, top_lps) -> dict:
-        raw = self.tokenizer.token_bytes[tid] if 0 <= tid < len(self.tokenizer.token_bytes) else b""
-        entry = {"token": raw.decode("utf-8", "replace"), "logprob": floor_logprob(lp), "bytes": list(raw),
-                 "top_logprobs": []}
+        raw = self._raw(tid)
+        top = ()
         if top_ids is not None and self.top_logprobs:
-            for alt, alt_lp in zip(top_ids[: self.top_logprobs], top_lps[: self.top_logprobs]):
-                alt = int(alt)
-                alt_raw = self.tokenizer.token_bytes[alt] if 0 <= alt < len(self.tokenizer.token_bytes) else b""
-                entry["top_logprobs"].append({"token": alt_raw.decode("utf-8", "replace"),
-                                              "logprob": floor_logprob(float(alt_lp)), "bytes": list(alt_raw)})
-        return entry
+            top = [(alt_raw.decode("utf-8", "replace"), float(alt_lp), alt_raw)
+                   for alt_raw, alt_lp in zip(map(self._raw, map(int, top_ids[: self.top_logprobs])),
+                                              top_lps[: self.top_logprobs])]
+        return token_logprob(raw.decode("utf-8", "replace"), lp, raw, top)
 
     def on_response(self, r: DecoderResponse) -> ChoiceEvent:
         ev = ChoiceEvent(self.index)
@@ -61,12 +61,13 @@ class ChoiceState:
             return ev
         self.num_tokens += len(r.token_ids)
         ev.token_ids = r.token_ids
-        if self.want_logprobs:
-            lps = r.log_probs or [0.0] * len(r.token_ids)
-            ev.logprobs = [self.token_entry(t, lps[i] if i < len(lps) else 0.0,
+        if self.want_logprobs and r.log_probs:
+            # Only tokens the decoder sent a log-prob for: a made-up 0.0 would claim certainty.
+            lps = r.log_probs
+            ev.logprobs = [self.token_entry(t, lps[i],
                                             r.top_ids[i] if r.top_ids is not None else None,
                                             r.top_log_probs[i] if r.top_log_probs is not None else None)
-                           for i, t in enumerate(r.token_ids)]
+                           for i, t in enumerate(r.token_ids[: len(lps)])]
         text, matched = self.stops.feed(self.detok.add(r.token_ids))
         ev.text = text
         if matched:

@@ -31,7 +31,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from llama_triton.tokenization import LITERAL_MARKS, Tokenizer
+from llama_triton.text.tokenization import LITERAL_MARKS, Tokenizer
 
 OPEN, CLOSE = LITERAL_MARKS
 

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the frontend, generated from the pydantic models in `protocol`.
+"""The OpenAPI 3.1 document of the frontend, generated from the pydantic models in `request_models` and `response_models`.
 
 Request bodies use the validation schema of the request classes, responses the serialization
 schema of the response classes; all definitions live in `components/schemas`. Every 4xx/5xx answer
@@ -11,7 +11,9 @@ from typing import Any, Optional
 
 from pydantic.json_schema import models_json_schema
 
-from frontend import protocol as p
+from frontend import request_models as req
+from frontend import response_models as resp
+from frontend.errors import ErrorResponse
 
 _REF = "#/components/schemas/{model}"
 _ERROR_STATUSES = {
@@ -34,15 +36,15 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
                   auth: bool = True, server_url: Optional[str] = None) -> dict[str, Any]:
     """The whole document. `auth=False` drops the bearer security (server started without keys)."""
     models = [
-        (p.ChatCompletionRequest, "validation"), (p.CompletionRequest, "validation"),
-        (p.ChatCompletionResponse, "serialization"), (p.ChatCompletionChunk, "serialization"),
-        (p.CompletionResponse, "serialization"), (p.CompletionChunk, "serialization"),
-        (p.ModelList, "serialization"), (p.ErrorResponse, "serialization"),
+        (req.ChatCompletionRequest, "validation"), (req.CompletionRequest, "validation"),
+        (resp.ChatCompletionResponse, "serialization"), (resp.ChatCompletionChunk, "serialization"),
+        (resp.CompletionResponse, "serialization"), (resp.CompletionChunk, "serialization"),
+        (resp.ModelList, "serialization"), (ErrorResponse, "serialization"),
     ]
     refs, top = models_json_schema(models, ref_template=_REF)
     ref = {model: refs[(model, mode)] for model, mode in models}
     schemas = top.get("$defs", {})
-    error = ref[p.ErrorResponse]
+    error = ref[ErrorResponse]
     sec = [{"HTTPBearer": []}] if auth else []
     client_errors = ["400"] + (["401"] if auth else []) + ["404", "413", "429", "500", "503"]
 
@@ -69,16 +71,16 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
     def list_models() -> dict[str, Any]:
         return {"summary": "List the served models", "tags": ["models"], "security": sec,
                 "responses": {"200": {"description": "The served models",
-                                      "content": {"application/json": {"schema": ref[p.ModelList]}}},
+                                      "content": {"application/json": {"schema": ref[resp.ModelList]}}},
                               **_error_responses(error, (["401"] if auth else []) + ["500"])}}
 
     paths: dict[str, Any] = {}
     for prefix, suffix in (("/v1", ""), ("/v1/openai", "_openai")):
         paths[f"{prefix}/chat/completions"] = {"post": {
-            **generate("chat completion", p.ChatCompletionRequest, p.ChatCompletionResponse, p.ChatCompletionChunk),
+            **generate("chat completion", req.ChatCompletionRequest, resp.ChatCompletionResponse, resp.ChatCompletionChunk),
             "operationId": f"create_chat_completion{suffix}"}}
         paths[f"{prefix}/completions"] = {"post": {
-            **generate("completion", p.CompletionRequest, p.CompletionResponse, p.CompletionChunk),
+            **generate("completion", req.CompletionRequest, resp.CompletionResponse, resp.CompletionChunk),
             "operationId": f"create_completion{suffix}"}}
         paths[f"{prefix}/models"] = {"get": {**list_models(), "operationId": f"list_models{suffix}"}}
     paths["/health"] = {"get": {

@@ -17,15 +17,17 @@ from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
 from frontend.literal_text import encode_prompt
-from frontend.protocol import ChatChunkEncoder, ChatCompletionRequest, CompletionChunkEncoder, CompletionRequest, usage_dict
+from frontend.request_models import ChatCompletionRequest, CompletionRequest
 from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
 from frontend.settings import Settings
+from frontend.sse import (DECODER_ANSWERED, ChatChunkEncoder, CompletionChunkEncoder, EventStream, completion_logprobs,
+                          usage_dict)
 from frontend.structured import StructuredOutputs, response_format_guide
 from frontend.tools import ToolCallParser, ToolPlan, check_combination
-from frontend.triton_client import DecoderBusy, DecoderError, DecoderUnavailable, TritonDecoder
-from llama_triton.request_mapping import DecodeSettings, UnsupportedField, decoder_arrays
-from llama_triton.tokenization import Tokenizer
+from frontend.decoder import DecoderClient, DecoderFailure, http_error
+from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays
+from llama_triton.text.tokenization import Tokenizer
 
 log = logging.getLogger("frontend.service")
 
@@ -47,7 +49,7 @@ class Prepared:
 
 
 class CompletionService:
-    def __init__(self, settings: Settings, tokenizer: Tokenizer, decoder: TritonDecoder):
+    def __init__(self, settings: Settings, tokenizer: Tokenizer, decoder: DecoderClient):
         self.settings = settings
         self.tokenizer = tokenizer
         self.decoder = decoder
@@ -113,14 +115,8 @@ class CompletionService:
         try:
             async for ev in gen.events(self.decoder.generate(prep.request_id, prep.arrays)):
                 yield ev
-        except DecoderBusy as e:
-            raise errors.APIError(429, f"The server is busy: {e}", errors.RATE_LIMIT, None, "queue_full",
-                                  {"Retry-After": "1"}) from None
-        except DecoderUnavailable as e:
-            raise errors.APIError(503, f"The model is not available right now: {e}", errors.SERVER, None,
-                                  "model_not_ready", {"Retry-After": "2"}) from None
-        except DecoderError as e:
-            raise errors.bad_request(f"The decoder refused the request: {e}", None, "decoder_error") from None
+        except DecoderFailure as e:
+            raise http_error(e) from None
 
     # ---- chat -------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest):
@@ -158,7 +154,7 @@ class CompletionService:
                          bool(req.logprobs), req.top_logprobs or 0)
         outputs = [ChatOutput(plan, reasoning) for _ in gen.choices]
         if req.stream:
-            return self._chat_stream(req, prep, gen, outputs)
+            return EventStream(prep.request_id, self._chat_stream(req, prep, gen, outputs))
         return await self._chat_full(req, prep, gen, outputs)
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
@@ -196,7 +192,11 @@ class CompletionService:
         for c in gen.choices:
             yield enc.delta({"role": "assistant", "content": ""}, c.index, usage=running_usage())
         remaining = len(gen.choices)
+        answered = False
         async for ev in self.events(prep, gen):
+            if not answered:
+                answered = True
+                yield DECODER_ANSWERED
             out = outputs[ev.index]
             lp = {"content": ev.logprobs} if ev.logprobs is not None else None
             if out.plain:
@@ -314,14 +314,14 @@ class LegacyCompletions:
             bad = [t for t in prompt_ids if t >= s.tokenizer.vocab_size]
             if bad:
                 raise errors.bad_request(f"prompt token id {bad[0]} is outside the vocabulary.", "prompt")
-            from llama_triton.detokenize import decode
+            from llama_triton.text.detokenize import decode
             prompt_text = decode(s.tokenizer, prompt_ids)
         top = req.logprobs or 0
         prep = await s.prepare(req, prompt_ids, "cmpl", logprobs=req.logprobs is not None, top_logprobs=top)
         gen = Generation(s.tokenizer, req.n, req.stop_strings, prep.max_new_tokens, req.logprobs is not None, top)
         echo = prompt_text if req.echo else ""
         if req.stream:
-            return self._stream(req, prep, gen, echo)
+            return EventStream(prep.request_id, self._stream(req, prep, gen, echo))
         texts = [[echo] for _ in gen.choices]
         lps: list[list] = [[] for _ in gen.choices]
         async for ev in s.events(prep, gen):
@@ -343,7 +343,11 @@ class LegacyCompletions:
             for c in gen.choices:
                 yield enc.text(echo, c.index)
         remaining = len(gen.choices)
+        answered = False
         async for ev in s.events(prep, gen):
+            if not answered:
+                answered = True
+                yield DECODER_ANSWERED
             if ev.text or ev.logprobs:
                 yield enc.text(ev.text, ev.index,
                                _legacy_logprobs(ev.logprobs) if req.logprobs is not None else None)
@@ -362,6 +366,5 @@ def _legacy_logprobs(entries: Optional[list[dict]]) -> dict:
     for e in entries:
         offsets.append(pos)
         pos += len(e["token"])
-    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
-            "text_offset": offsets}
+    return completion_logprobs([e["token"] for e in entries], [e["logprob"] for e in entries],
+                               [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries], offsets)

@@ -1,6 +1,6 @@
 """Structured outputs: `response_format` and tool grammars -> the decoder's guide, checked in the frontend.
 
-Guide types are TensorRT-LLM's (`guided_decoding_guide_type`), see `llama_triton.engine.guided`:
+Guide types are TensorRT-LLM's (`guided_decoding_guide_type`), see `llama_triton.text.grammar`:
 
 | request                                    | guide type      | guide                                 |
 |--------------------------------------------|-----------------|---------------------------------------|
@@ -19,7 +19,8 @@ endless run of spaces or newlines; JSON object keys come in the schema's propert
 Checked before Triton sees it. Every guide is built (schema/regex -> grammar) and compiled here
 with xgrammar (the same `GuideCompiler` the CPU decoder uses, over the frontend's tokenizer and
 vocabulary size) off the event loop (`loop.run_in_executor` on a small pool of its own), under a
-time limit (`compile_timeout_s`, default 5 s, for building and compiling together). A guide that
+time limit (`compile_timeout_s`, default 5 s from `llama_triton.defaults`, for building and
+compiling together). A guide that
 is invalid or takes longer is a 400 naming the request field (`response_format`, or
 `tools[i].function.parameters` for the one tool whose schema is at fault: each tool's schema is
 compiled on its own first), so a pathological schema or regex never reaches the decoder. The
@@ -50,15 +51,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from frontend import errors
-from frontend.protocol import (JsonObjectResponseFormat, JsonSchemaResponseFormat, RegexResponseFormat,
-                               TextResponseFormat)
+from frontend.request_models import (JsonObjectResponseFormat, JsonSchemaResponseFormat, RegexResponseFormat,
+                                     TextResponseFormat)
 from frontend.reasoning import THINK_END, THINK_START
-from llama_triton.engine.guided import GuideCompiler, _clean_error
+from llama_triton.defaults import GRAMMAR_COMPILE_TIMEOUT_S
+from llama_triton.text.grammar import GuideCompiler, _clean_error
 from llama_triton.engine.types import RequestError
 
 log = logging.getLogger("frontend.structured")
 
-DEFAULT_COMPILE_TIMEOUT_S = 5.0
+DEFAULT_COMPILE_TIMEOUT_S = GRAMMAR_COMPILE_TIMEOUT_S
 DEFAULT_CACHE_ENTRIES = 512
 DEFAULT_WORKERS = 2
 ANSWER_WHITESPACE = 2        # whitespace allowed between </think> and a guided answer

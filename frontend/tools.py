@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from frontend import errors
-from frontend.protocol import ChatCompletionRequest, ChatTool
+from frontend.request_models import ChatCompletionRequest, ChatTool
 from frontend.structured import GuideSpec, _xgr, json_schema_grammar
 
 ARGUMENTS = "arguments"     # our key (Llama-2 and other templates without a tool list)

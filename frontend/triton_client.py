@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
 import grpc
@@ -23,8 +22,10 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
+                              DecoderResponse, DecoderUnavailable)
 from frontend.logging_setup import current_request
-from llama_triton.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS
+from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS
 
 log = logging.getLogger("frontend.triton")
 
@@ -54,36 +55,6 @@ OUTPUT_FORMATS = {t.name: _FORMAT_OF_DTYPE[t.dtype] for t in COMMON_OUTPUTS + CP
                   if t.name in BASE_OUTPUTS + LOG_PROB_OUTPUTS + TOP_LOG_PROB_OUTPUTS}
 
 
-class DecoderUnavailable(RuntimeError):
-    """Triton is down or the decoder is not ready (HTTP 503)."""
-
-
-class DecoderBusy(RuntimeError):
-    """The decoder's queue is full (HTTP 429)."""
-
-
-class DecoderError(RuntimeError):
-    """The decoder failed this request (HTTP 400 when it names bad input, else 500)."""
-
-
-@dataclass(frozen=True)
-class DecoderCapabilities:
-    inputs: frozenset[str]
-    outputs: frozenset[str]
-    parameters: dict = field(default_factory=dict, compare=False, hash=False)
-
-
-@dataclass
-class DecoderResponse:
-    sequence_index: int
-    token_ids: list[int]
-    log_probs: Optional[list[float]]
-    top_ids: Optional[np.ndarray]        # [tokens, N]
-    top_log_probs: Optional[np.ndarray]  # [tokens, N]
-    num_reused_tokens: Optional[int]
-    is_final: bool                       # the last response of the whole request
-
-
 def _classify(err: Exception) -> Exception:
     if isinstance(err, grpc.aio.AioRpcError) and err.code() in (
             grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -96,7 +67,8 @@ def _classify(err: Exception) -> Exception:
     if any(s in low for s in ("unavailable", "failed to connect", "connection refused", "not ready",
                               "socket closed", "connection reset", "unknown model", "is not found")):
         return DecoderUnavailable(msg)
-    return DecoderError(msg)
+    # The engine words its own failures "internal error: ..." (llama_triton/engine/engine.py).
+    return DecoderError(msg, internal="internal error" in low)
 
 
 def _values(buffers: dict[str, bytes], name: str) -> Optional[list]:
@@ -113,6 +85,8 @@ def _rows(buffers: dict[str, bytes], name: str, n: int) -> Optional[np.ndarray]:
 
 
 class TritonDecoder:
+    """The `DecoderClient` (frontend/decoder.py) over Triton's gRPC stream."""
+
     def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None):
         self.grpc_url = grpc_url
         self.model_name = model_name
@@ -254,7 +228,7 @@ class TritonDecoder:
             finished = True
             raise self._lost(_classify(e)) from None
         except Exception as e:   # grpc errors when Triton dies mid-stream
-            if isinstance(e, (DecoderBusy, DecoderUnavailable, DecoderError, GeneratorExit, asyncio.CancelledError)):
+            if isinstance(e, (DecoderFailure, GeneratorExit, asyncio.CancelledError)):
                 raise
             finished = True
             err = _classify(e)

@@ -76,20 +76,20 @@ def reasoning_model_dir(make_default_model: ModuleType) -> Path:
 
 @pytest.fixture(scope="session")
 def default_tokenizer(default_model_dir: Path):
-    from llama_triton.tokenization import Tokenizer
+    from llama_triton.text.tokenization import Tokenizer
 
     return Tokenizer.from_dir(default_model_dir)
 
 
 @pytest.fixture(scope="session")
 def llama3_tokenizer(llama3_model_dir: Path):
-    from llama_triton.tokenization import Tokenizer
+    from llama_triton.text.tokenization import Tokenizer
 
     return Tokenizer.from_dir(llama3_model_dir)
 
 
 @pytest.fixture(scope="session")
 def reasoning_tokenizer(reasoning_model_dir: Path):
-    from llama_triton.tokenization import Tokenizer
+    from llama_triton.text.tokenization import Tokenizer
 
     return Tokenizer.from_dir(reasoning_model_dir)

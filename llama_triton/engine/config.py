@@ -4,16 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_batch_size: int = 16           # running sequences (batch slots)
+    max_batch_size: int = MAX_BATCH_SIZE  # running sequences (batch slots)
     max_num_tokens: int = 16384        # KV cache capacity in tokens; num_blocks = max_num_tokens // block_size
     block_size: int = 16               # tokens per KV block
     max_seq_len: Optional[int] = None  # prompt + output; None: the model's max_position_embeddings
-    max_queue_size: int = 256          # requests waiting for admission before QueueFull
+    max_queue_size: int = MAX_QUEUE_SIZE  # requests waiting for admission before QueueFull
     prefill_chunk_size: int = 512      # prompt tokens prefilled per step, across sequences
     enable_prefix_reuse: bool = True   # reuse cached KV blocks of shared prompt prefixes
     dtype: str = "float32"             # model and KV cache dtype

@@ -52,7 +52,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .guided import DEFAULT_COMPILE_TIMEOUT_S, GuideCompiler, GuideMatcher
+from llama_triton.text.grammar import DEFAULT_COMPILE_TIMEOUT_S, GuideCompiler, GuideMatcher
 from .types import RequestError, SamplingParams
 
 MAX_TOP_LOGPROBS = 20

@@ -6,7 +6,7 @@ tensors into a `GenerationRequest` and each `SequenceOutput` back into response 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
@@ -67,3 +67,20 @@ class SequenceOutput:
 
 
 OutputCallback = Callable[[SequenceOutput], None]
+
+
+class DecoderEngine(Protocol):
+    """What the Triton decoder model (model_repository/tensorrt_llm/1/model.py) drives: `Engine` (the
+    model) and `ZeroCostEngine` (no model) both implement it. `submit` raises RequestError or QueueFull;
+    outputs arrive on the engine thread through `callback`. Counters (`num_steps`, ...) are optional:
+    llama_triton/backend/engine_setup.py exports those an engine has."""
+
+    def submit(self, request: GenerationRequest, callback: OutputCallback) -> None: ...
+
+    def cancel(self, request_id: str) -> None: ...
+
+    def add_step_listener(self, listener: Callable[[], None], *, at_end: bool = False) -> None: ...
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...

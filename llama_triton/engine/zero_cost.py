@@ -1,4 +1,4 @@
-"""A decoder with no model: the same request/output contract as `Engine`, one token per step.
+"""A decoder with no model: the same engine protocol as `Engine` (`types.DecoderEngine`), one token per step.
 
 It measures the serving path (frontend + Triton + the Python backend hop) at its own limit:
 every step emits one new token for every running sequence, as TensorRT-LLM streams, without

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from llama_triton.served_stack import ServedStack, start_served_stack
+from tests.served_stack import ServedStack, start_served_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 # The suite's stacks serve with low caps (CI budgets: short completions, small contexts).

@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llama_triton import launcher
-from llama_triton.launcher import free_port
-from llama_triton.tritonserver import ADMIN_HEADER, GRPC_ADMIN_METADATA, find_tritonserver, restricted_args, \
+from llama_triton.serve import launcher
+from llama_triton.serve.launcher import free_port
+from llama_triton.serve.tritonserver import ADMIN_HEADER, GRPC_ADMIN_METADATA, find_tritonserver, restricted_args, \
     server_command
 from tests.integration.frontends import extra_frontend
 

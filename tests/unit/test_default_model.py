@@ -10,8 +10,8 @@ from types import ModuleType
 import jinja2
 import pytest
 
-from llama_triton.detokenize import decode
-from llama_triton.tokenization import Tokenizer
+from llama_triton.text.detokenize import decode
+from llama_triton.text.tokenization import Tokenizer
 
 
 def sha256(path: Path) -> str:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llama_triton.detokenize import IncrementalDetokenizer, decode
-from llama_triton.tokenization import Tokenizer
+from llama_triton.text.detokenize import IncrementalDetokenizer, decode
+from llama_triton.text.tokenization import Tokenizer
 
 SPM_BYTE = 3  # Llama-2: <0x00> is id 3, so byte b is id 3 + b
 

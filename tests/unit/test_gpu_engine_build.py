@@ -7,11 +7,11 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from llama_triton.engine_build import (EngineSpec, BuildError, convert_script, plan_build, write_repository,
+from llama_triton.gpu.build import (EngineSpec, BuildError, convert_script, plan_build, write_repository,
                                        xgrammar_tokenizer_info)
-from llama_triton.gpu_plan import PlanError, load_model_shape
-from llama_triton.repository import MODELS
-from llama_triton.tensor_contract import TRTLLM_RELEASE, decoder_io
+from llama_triton.gpu.plan import PlanError, load_model_shape
+from llama_triton.serve.repository import MODELS
+from llama_triton.trtllm.tensor_contract import TRTLLM_RELEASE, decoder_io
 from tests.conftest import load_build_script
 
 LAYOUTS = [  # (tp, pp, quant): the published Llama-2-70B recipes

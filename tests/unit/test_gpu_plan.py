@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from llama_triton.gpu_plan import (CONFIGS_DIR, GPUS, PlanError, default_kv_dtype, layout_errors, load_model_shape,
+from llama_triton.gpu.plan import (CONFIGS_DIR, GPUS, PlanError, default_kv_dtype, layout_errors, load_model_shape,
                                    make_plan, weight_bytes)
 from tests.conftest import load_build_script
 
 
-# Hand-computed from the public config.json values (build/configs/):
+# Hand-computed from the public config.json values (llama_triton/gpu/configs/):
 # 70B: per layer q,o 8192*8192 each, k,v 8192*1024 each, gate/up/down 8192*28672 each, 2 norms of 8192.
 L70_LINEAR = 2 * 8192 * 8192 + 2 * 8192 * 1024 + 3 * 8192 * 28672        # 855,638,016
 L70_PARAMS = 80 * (L70_LINEAR + 2 * 8192) + 2 * 32000 * 8192 + 8192     # + embedding, LM head, final norm

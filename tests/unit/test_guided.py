@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import torch
 
-from llama_triton.engine.guided import GuideCompiler
+from llama_triton.text.grammar import GuideCompiler
 from llama_triton.engine.sampler import Sampler
 from llama_triton.engine.types import RequestError, SamplingParams
 

@@ -3,12 +3,12 @@ import socket
 import subprocess
 import sys
 
-from llama_triton.launcher import free_port
+from llama_triton.serve.launcher import free_port
 
 
 def serve(*args: str) -> subprocess.CompletedProcess:
     ports = [str(free_port()) for _ in range(4)]
-    cmd = [sys.executable, "-m", "llama_triton.launcher", "serve", "--port", ports[0], "--triton-grpc-port", ports[1],
+    cmd = [sys.executable, "-m", "llama_triton.serve.launcher", "serve", "--port", ports[0], "--triton-grpc-port", ports[1],
            "--triton-http-port", ports[2], "--triton-metrics-port", ports[3], *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 

@@ -15,7 +15,7 @@ import frontend.chat_prompt as chat_prompt
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.errors import APIError
 from frontend.literal_text import CLOSE, OPEN, encode_prompt, mark_request_values, plain_text
-from frontend.protocol import ChatCompletionRequest, parse_request
+from frontend.request_models import ChatCompletionRequest, parse_request
 from frontend.reasoning import close_reasoning
 from frontend.tools import ToolPlan
 
@@ -313,7 +313,7 @@ def test_marked_pipeline_falls_back_to_a_copy_when_added_ids_would_move(default_
     """A vocabulary whose added ids do not follow the model's gets a full copy of the pipeline."""
     from types import SimpleNamespace
 
-    from llama_triton.tokenization import Tokenizer
+    from llama_triton.text.tokenization import Tokenizer
 
     moved = SimpleNamespace(token_to_id=lambda content: None)   # every added token at another id
     monkeypatch.setattr(Tokenizer, "_backend_over_shared_model", staticmethod(lambda original, added: moved))

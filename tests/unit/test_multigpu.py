@@ -4,11 +4,11 @@ import stat
 
 import pytest
 
-from llama_triton.engine_build import EngineSpec, plan_build, write_repository
-from llama_triton.gpu_plan import load_model_shape
-from llama_triton.launcher import LaunchError, Supervisor, build_parser, free_port
-from llama_triton.multigpu import MultiGpuError, mpirun_command, rank_command, resolve_world_size
-from llama_triton.tritonserver import TritonInstall
+from llama_triton.gpu.build import EngineSpec, plan_build, write_repository
+from llama_triton.gpu.plan import load_model_shape
+from llama_triton.serve.launcher import LaunchError, Supervisor, build_parser, free_port
+from llama_triton.serve.multigpu import MultiGpuError, mpirun_command, rank_command, resolve_world_size
+from llama_triton.serve.tritonserver import TritonInstall
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +139,8 @@ def test_launcher_cpu_repository_is_one_process(tmp_path, default_model_dir):
 
 
 def test_per_rank_command_for_srun_and_hostfile_launches(tmp_path, capsys, monkeypatch):
-    """`python -m llama_triton.multigpu rank`: the same command on every rank (Slurm, Kubernetes)."""
-    from llama_triton import multigpu
+    """`python -m llama_triton.serve.multigpu rank`: the same command on every rank (Slurm, Kubernetes)."""
+    from llama_triton.serve import multigpu
 
     ts = str(fake_executable(tmp_path / "tritonserver"))
     for name in multigpu.RANK_ENV:

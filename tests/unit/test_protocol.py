@@ -14,13 +14,15 @@ from hypothesis import strategies as st
 from frontend import errors
 from frontend.errors import APIError
 from frontend.openapi import build_openapi
-from frontend.protocol import (
-    ChatChunkEncoder, ChatCompletionChunk, ChatCompletionChunkChoice, ChatCompletionRequest, ChatCompletionResponse,
-    ChatCompletionChoice, ChatMessageOut, ChoiceLogprobs, CompletionChoice, CompletionChunk, CompletionChunkEncoder,
-    CompletionLogprobs, CompletionRequest, CompletionResponse, DeltaFunctionCall, DeltaMessage, DeltaToolCall,
-    ModelCard, ModelList, NamedToolChoice, ResponseFunctionCall, ResponseToolCall, SSE_DONE, Usage,
-    completion_logprobs, parse_request, token_logprob, usage_dict, validation_error_to_envelope,
+from frontend.errors import validation_error_to_envelope
+from frontend.request_models import ChatCompletionRequest, CompletionRequest, NamedToolChoice, parse_request
+from frontend.response_models import (
+    ChatCompletionChunk, ChatCompletionChunkChoice, ChatCompletionResponse, ChatCompletionChoice, ChatMessageOut,
+    ChoiceLogprobs, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionResponse, DeltaFunctionCall,
+    DeltaMessage, DeltaToolCall, ModelCard, ModelList, ResponseFunctionCall, ResponseToolCall, Usage,
 )
+from frontend.sse import (SSE_DONE, ChatChunkEncoder, CompletionChunkEncoder, completion_logprobs, token_logprob,
+                          usage_dict)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -247,7 +249,7 @@ def test_message_rules():
 # Unknown and rejected fields
 
 def test_unknown_fields_are_accepted_and_reported(caplog):
-    with caplog.at_level(logging.WARNING, logger="frontend.protocol"):
+    with caplog.at_level(logging.WARNING, logger="frontend.request_models"):
         r = chat(foo=1, bar=None, messages=[{"role": "user", "content": "x", "weird": {"a": 1}, "nothing": None}],
                  response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": {}, "extra": 1}})
     assert sorted(r.ignored_fields) == ["foo", "messages[0].weird", "response_format.json_schema.extra"]

@@ -3,8 +3,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from llama_triton.repository import MODELS, RepositorySettings, TemplateError, render_repository, render_text
-from llama_triton.tensor_contract import decoder_io
+from llama_triton.serve.repository import MODELS, RepositorySettings, TemplateError, render_repository, render_text
+from llama_triton.trtllm.tensor_contract import decoder_io
 
 
 def parse(path):

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from llama_triton.decoder_requests import StopRequest, parse_request
+from llama_triton.trtllm.request_decoding import StopRequest, parse_request
 from llama_triton.engine.types import RequestError
-from llama_triton.request_mapping import DecodeSettings, UnsupportedField, decoder_arrays, normalize_seed
-from llama_triton.tensor_contract import decoder_io
-from llama_triton.word_lists import WordListError, from_word_list, to_word_list
+from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays, normalize_seed
+from llama_triton.trtllm.tensor_contract import decoder_io
+from llama_triton.trtllm.word_lists import WordListError, from_word_list, to_word_list
 
 CPU = frozenset(t.name for t in decoder_io("cpu")[0])
 GPU = frozenset(t.name for t in decoder_io("gpu")[0])

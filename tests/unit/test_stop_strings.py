@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_triton.stop_strings import StopStringMatcher
+from llama_triton.text.stop_strings import StopStringMatcher
 
 
 def run(stops: list[str], chunks: list[str]) -> tuple[list[str], bool, str | None]:

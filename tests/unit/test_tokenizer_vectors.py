@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llama_triton.detokenize import decode
-from llama_triton.tokenization import Tokenizer
+from llama_triton.text.detokenize import decode
+from llama_triton.text.tokenization import Tokenizer
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
 

@@ -12,7 +12,7 @@ import pytest
 
 from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
-from frontend.protocol import ChatCompletionRequest, parse_request
+from frontend.request_models import ChatCompletionRequest, parse_request
 from frontend.service import ChatOutput
 from frontend.structured import GuideSpec, StructuredOutputs, response_format_guide
 from frontend.tools import ARGUMENTS, PARAMETERS, ToolCallParser, ToolPlan, calls_schema, tools_system_prompt

@@ -1,15 +1,15 @@
 """Ensemble step 3: token ids to text, byte-exact across streamed responses.
 
 Streamed responses are detokenized with state kept per (request id, sequence index): the
-ensemble passes the client's request id to every step (llama_triton.text_steps).
+ensemble passes the client's request id to every step (llama_triton.backend.text_steps).
 """
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from llama_triton.text_steps import StreamDetokenizers
-from llama_triton.tokenization import Tokenizer
+from llama_triton.backend.text_steps import StreamDetokenizers
+from llama_triton.text.tokenization import Tokenizer
 
 
 class TritonPythonModel:

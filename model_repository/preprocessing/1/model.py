@@ -1,11 +1,11 @@
-"""Ensemble step 1: prompt and word lists to token ids (llama_triton.text_steps.Preprocessor)."""
+"""Ensemble step 1: prompt and word lists to token ids (llama_triton.backend.text_steps.Preprocessor)."""
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from llama_triton.text_steps import Preprocessor
-from llama_triton.tokenization import Tokenizer
+from llama_triton.backend.text_steps import Preprocessor
+from llama_triton.text.tokenization import Tokenizer
 
 
 class TritonPythonModel:

@@ -1,6 +1,6 @@
 """CPU reference decoder: TensorRT-LLM's `tensorrt_llm` tensors over llama_triton's engine.
 
-Thin shell: tensor parsing lives in llama_triton.decoder_requests, batching in the engine.
+Thin shell: tensor parsing lives in llama_triton.trtllm.request_decoding, batching in the engine.
 A request with `stop=true` cancels the in-flight request with the same id (TensorRT-LLM's way);
 Triton's own cancellation is honoured too, checked before every engine step.
 """
@@ -12,9 +12,9 @@ import uuid
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from llama_triton.decoder_requests import StopRequest, output_arrays, parse_request
+from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
 from llama_triton.engine.types import QueueFull, RequestError
-from llama_triton.triton_decoder import build_engine, EngineMetrics
+from llama_triton.backend.engine_setup import build_engine, EngineMetrics
 
 
 class TritonPythonModel:
@@ -80,6 +80,10 @@ class TritonPythonModel:
         cum_log_probs = [0.0] * params.num_return_sequences   # running totals, as TensorRT-LLM reports
         if rid:
             with self.lock:
+                # A second request under a live id would take over the original's entry (its
+                # Triton cancellation) and its engine slot: refuse it, as the engine would.
+                if rid in self.live:
+                    return self._fail(sender, f"request id {rid!r} is already in flight")
                 self.live[rid] = (request, sender)
 
         def on_output(out):

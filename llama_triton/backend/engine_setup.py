@@ -6,16 +6,20 @@ queueing and cancellation at work.
 """
 from __future__ import annotations
 
+import logging
+
+from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.engine.config import EngineConfig
+from llama_triton.engine.types import DecoderEngine
 
 
-def build_engine(params: dict[str, str]):
+def build_engine(params: dict[str, str]) -> DecoderEngine:
     kind = params.get("decoder_kind", "llama")
     config = EngineConfig(
-        max_batch_size=int(params.get("max_batch_size", "64")),
+        max_batch_size=int(params.get("max_batch_size", MAX_BATCH_SIZE)),
         max_num_tokens=int(params.get("max_num_tokens", "65536")),
         max_seq_len=int(params.get("max_seq_len", "4096")),
-        max_queue_size=int(params.get("max_queue_size", "256")),
+        max_queue_size=int(params.get("max_queue_size", MAX_QUEUE_SIZE)),
         prefill_chunk_size=int(params.get("prefill_chunk_size", "512")),
         enable_prefix_reuse=params.get("enable_kv_cache_reuse", "true") == "true",
         # One intra-op thread: tiny matmuls across threads cost more than they save, and the
@@ -24,6 +28,8 @@ def build_engine(params: dict[str, str]):
     )
     if kind == "zero_cost":
         from llama_triton.engine.zero_cost import ZeroCostEngine
+        logging.getLogger(__name__).warning("decoder_kind zero_cost: this decoder runs NO model and streams "
+                                            "made-up tokens (serving-path measurements only)")
         return ZeroCostEngine(params["model_dir"], config)
     from llama_triton.engine.engine import Engine
     return Engine(params["model_dir"], config)

@@ -1,4 +1,8 @@
-"""Guided (grammar-constrained) decoding for the CPU decoder, on top of xgrammar 0.2.8.
+"""Guided (grammar-constrained) decoding on top of xgrammar 0.2.8: compilation and per-sequence matchers.
+
+Shared by the CPU decoder's sampler and the frontend's request checks (frontend/structured.py), so it
+lives outside the engine package and imports no torch (only the engine's plain request types): a
+frontend worker that checks a grammar must not load torch.
 
 Guide types are exactly TensorRT-LLM's (`guided_decoding_guide_type`):
 
@@ -19,8 +23,8 @@ and ``json_schema`` are compiled through ``compile_json_schema``: ``json`` as th
 Regexes and EBNF grammars are compiled as given: their whitespace is the author's business.
 
 Compile time limit. Each compilation runs in its own daemon thread; the caller waits at most
-``compile_timeout_s`` (default 10 s) and then raises ``RequestError("grammar compilation took
-longer than ...")``. xgrammar cannot be interrupted, so the abandoned thread keeps running until
+``compile_timeout_s`` (default 10 s, ``llama_triton.defaults.DECODER_GRAMMAR_COMPILE_TIMEOUT_S``)
+and then raises ``RequestError("grammar compilation took longer than ...")``. xgrammar cannot be interrupted, so the abandoned thread keeps running until
 the compilation ends (it releases the GIL while it works, so it costs one core, not the process);
 if it succeeds its result lands in the compiler's cache, so a retry of the same guide is then fast.
 At most ``max_running_compiles`` (default 4) compilations run at once, abandoned ones included;
@@ -38,13 +42,15 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
+from llama_triton.defaults import DECODER_GRAMMAR_COMPILE_TIMEOUT_S
+from llama_triton.engine.types import GUIDE_TYPES, RequestError
 
-from .types import GUIDE_TYPES, RequestError
+if TYPE_CHECKING:   # the bitmask helpers take the sampler's tensors; only the engine imports torch
+    import torch
 
-DEFAULT_COMPILE_TIMEOUT_S = 10.0
+DEFAULT_COMPILE_TIMEOUT_S = DECODER_GRAMMAR_COMPILE_TIMEOUT_S
 DEFAULT_CACHE_LIMIT_BYTES = 512 * 1024 * 1024
 
 # "[20:35:02] /project/cpp/grammar_parser.cc:820: " prefixes of xgrammar's C++ errors

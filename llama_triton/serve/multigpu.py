@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
-from llama_triton.tritonserver import TritonInstall, server_command
+from llama_triton.serve.tritonserver import TritonInstall, server_command
 
 DECODER_MODEL = "tensorrt_llm"
 BUILD_INFO = "build-info.json"
@@ -128,13 +128,13 @@ def rank_from_env(env: Optional[dict] = None) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m llama_triton.multigpu rank --repository R`: exec this rank's tritonserver. For
+    """`python -m llama_triton.serve.multigpu rank --repository R`: exec this rank's tritonserver. For
     launchers that start the same command on every rank: Slurm's `srun --mpi=pmix`, or one
     `mpirun --hostfile` across Kubernetes pods."""
-    p = argparse.ArgumentParser(prog="python -m llama_triton.multigpu", description=main.__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m llama_triton.serve.multigpu", description=main.__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("rank", help="exec the tritonserver command of this MPI rank")
-    r.add_argument("--repository", required=True)
+    r.add_argument("--repository", required=True, help="the rendered model repository (from `make engine`)")
     r.add_argument("--rank", type=int, default=None, help="default: from the MPI launcher's environment")
     r.add_argument("--tritonserver", default=None, help="default: PATH, then /opt/tritonserver/bin")
     r.add_argument("--grpc-port", type=int, default=8001)
@@ -143,7 +143,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     r.add_argument("--bind-address", default="0.0.0.0", help="rank 0's endpoints (the frontend may run elsewhere)")
     r.add_argument("--print", action="store_true", help="print the command instead of running it")
     a = p.parse_args(argv)
-    from llama_triton.tritonserver import find_tritonserver
+    from llama_triton.serve.tritonserver import find_tritonserver
 
     try:
         rank = a.rank if a.rank is not None else rank_from_env()

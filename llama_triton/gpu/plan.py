@@ -28,14 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from llama_triton.tensor_contract import TRTLLM_RELEASE
+from llama_triton.defaults import MAX_BATCH_SIZE
+from llama_triton.trtllm.tensor_contract import TRTLLM_RELEASE
 
 GiB = 1 << 30
 MiB = 1 << 20
 KiB = 1 << 10
 GB = 10 ** 9
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "build" / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 KNOWN_MODELS = {"llama-2-7b": "llama-2-7b.json", "llama-2-70b": "llama-2-70b.json"}
 
 QUANTS = ("none", "fp8", "int4_awq")
@@ -47,7 +48,7 @@ AWQ_GROUP_SIZE = 128
 GPUS_PER_NODE = 8                       # HGX/DGX nodes: tensor parallelism stays inside one
 RUNTIME_OVERHEAD_BYTES = 2 * GiB        # CUDA context, cuBLAS, NCCL/all-reduce, decoder buffers
 DEFAULT_KV_FRACTION = 0.9               # RepositorySettings.kv_cache_free_gpu_mem_fraction
-DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_SIZE = MAX_BATCH_SIZE
 DEFAULT_MAX_NUM_TOKENS = 8192           # trtllm-build's default since v0.11
 
 

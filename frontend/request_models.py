@@ -1,7 +1,6 @@
-"""OpenAI wire format of the frontend: request models with their validation, response models, and the
-hand-written SSE chunk encoders used on the streaming hot path.
+"""OpenAI wire format, requests: the request models with their validation, and `parse_request`.
 
-Requests. `ChatCompletionRequest` and `CompletionRequest` follow the seed contract
+`ChatCompletionRequest` and `CompletionRequest` follow the seed contract
 (`OpenAIChatCompletionsIn`, `OpenAICompletionsIn`): same fields, defaults and ranges, plus a few
 marked extensions. Policy:
   * a top-level `null` means "not given" (OpenAI's own spec marks these fields nullable);
@@ -11,52 +10,27 @@ marked extensions. Policy:
     the field (`_REJECTED_COMMON`, `_REJECTED_CHAT`, `_REJECTED_COMPLETIONS`);
   * every validation failure maps to one error envelope whose `param` is the path of the offending
     field (`temperature`, `messages[2].content`, `stop[3]`): `parse_request` raises
-    `errors.APIError`, `validation_error_to_envelope` does the mapping.
+    `errors.APIError`, `errors.validation_error_to_envelope` does the mapping.
 Message order rules are not checked here (the templating step owns them).
 
-Responses. Pydantic classes describe every response: they feed the OpenAPI document and the tests,
-and fix the shape (fields OpenAI omits when empty are dropped when None, while `content`, `logprobs`
-and `finish_reason` stay explicit nulls). On the hot paths build plain dicts/bytes instead, in the
-same shape (tests compare them byte for byte). Measured on the 2-core dev box:
-  * a content chunk: `ChatChunkEncoder.content` 0.5-0.8 us (the constant head is rendered once per
-    stream into a bytes %-format template; only the text goes through orjson), a whole-chunk dict +
-    orjson.dumps about 1 us, a validated pydantic chunk + model_dump_json 11-15 us;
-  * with five top logprobs: 1.4 us (+3 us for `token_logprob` building the entry) against 47 us;
-  * a non-streamed 500-token answer with logprobs: dict + orjson 0.17 ms, pydantic models 9 ms.
+Responses are in response_models.py (the OpenAPI document's shapes), the streaming encoders in sse.py.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union
 
-import orjson
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Strict, Tag,
-                      ValidationError, WithJsonSchema, field_validator, model_serializer, model_validator)
+                      ValidationError, WithJsonSchema, field_validator, model_validator)
 
-from frontend.errors import APIError
+from frontend.errors import ParamError, validation_error_to_api_error
 
 logger = logging.getLogger(__name__)
 
 MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 1_000_000
-LOGPROB_FLOOR = -9999.0  # JSON has no -inf; OpenAI-compatible servers send this floor instead
 UNSUPPORTED_PART_TYPES = ("image_url", "input_audio")
-
-
-class ParamError(ValueError):
-    """A validation failure that names its parameter.
-
-    `param` is relative to where the validator runs: a model validator of the request gives
-    `"top_logprobs"`, one of a message gives `"content"` (the formatter prefixes `messages[i]`), a
-    field validator of `stop` gives `"[3]"` (-> `stop[3]`) or None (-> `stop`).
-    """
-
-    def __init__(self, message: str, param: Optional[str] = None, code: str = "invalid_value"):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,20 +171,6 @@ class _RequestBase(OpenAIBaseModel):
     def ignored_fields(self) -> list[str]:
         """Paths of the non-null fields we did not recognise and ignored (e.g. `messages[0].foo`)."""
         return self._ignored_fields
-
-
-class ResponseModel(BaseModel):
-    """Response-side model: fields named in `_omit_if_none` are left out of the JSON when None."""
-
-    _omit_if_none: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler):
-        data = handler(self)
-        for key in self._omit_if_none:
-            if key in data and data[key] is None:
-                del data[key]
-        return data
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -635,113 +595,6 @@ class CompletionRequest(_SamplingRequest):
         return v
 
 
-# ----------------------------------------------------------------------------------------------------
-# Validation errors -> the error envelope
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-def _join(path: str, part: Union[str, int]) -> str:
-    if isinstance(part, int):
-        return f"{path}[{part}]"
-    if part.startswith("["):
-        return path + part
-    return f"{path}.{part}" if path else part
-
-
-def _param_path(loc: Sequence[Union[str, int]]) -> str:
-    """('messages', 0, '<user>', 'content', '<array>', 1) -> 'messages[0].content[1]'."""
-    path = ""
-    for part in loc:
-        if isinstance(part, str) and (part.startswith("<") or part == "[key]"):
-            continue  # union tags and pydantic's dict-key marker
-        path = _join(path, part)
-    return path
-
-
-def _shown(value: Any) -> str:
-    """A short JSON rendering of a scalar input for error messages; "" for anything else."""
-    if isinstance(value, bool) or value is None:
-        return "true" if value is True else "false" if value is False else "null"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return orjson.dumps(value[:60] + ("..." if len(value) > 60 else "")).decode()
-    return ""
-
-
-_COMPARISONS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "at least"),
-                "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
-_TAG_ERRORS = {"invalid_role": "role", "invalid_part_type": "type", "invalid_response_format": "type"}
-
-
-def _describe(err: dict) -> tuple[Optional[str], str, str]:
-    """One pydantic error -> (param, message, code)."""
-    kind = err["type"]
-    loc = err.get("loc", ())
-    cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, ParamError):
-        param = _param_path(loc)
-        if cause.param:
-            param = _join(param, cause.param)
-        return param or None, cause.message, cause.code
-    if kind == "json_invalid":
-        return None, f"The request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}.", \
-            "invalid_json"
-    param = _param_path(loc)
-    if not param:
-        if kind in ("model_type", "model_attributes_type", "dict_type"):
-            return None, "The request body must be a JSON object.", "invalid_type"
-        return None, err["msg"], "invalid_value"
-    if kind == "missing":
-        return param, f"Missing required parameter: '{param}'.", "missing_required_parameter"
-    value = err.get("input")
-    if kind in _TAG_ERRORS:
-        field = _TAG_ERRORS[kind]
-        param = _join(param, field)
-        value = value.get(field) if isinstance(value, dict) else None
-    if loc and loc[-1] == "[key]":
-        return param, f"Invalid '{param}': keys must be token ids (non-negative integers), got {_shown(loc[-2])}.", \
-            "invalid_value"
-    ctx = err.get("ctx") or {}
-    if kind in _COMPARISONS and _COMPARISONS[kind][0] in ctx:
-        key, phrase = _COMPARISONS[kind]
-        limit = ctx[key]
-        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
-        msg = f"must be {phrase} {limit!r}"  # pydantic's own text prints 2**64 as a float
-    else:
-        msg = err["msg"].replace(" after validation", "")
-        msg = msg[0].lower() + msg[1:] if msg[:1].isupper() and msg[1:2].islower() else msg
-    shown = _shown(value)
-    got = f" (got {shown})" if shown and value is not None else ""
-    code = "invalid_type" if kind.endswith(("_type", "_parsing")) and kind not in _TAG_ERRORS else "invalid_value"
-    return param, f"Invalid '{param}': {msg}{got}.", code
-
-
-def validation_error_to_envelope(exc: ValidationError) -> ErrorBody:
-    """The first problem of `exc` as an `invalid_request_error` whose `param` is the field's path."""
-    errors = exc.errors(include_url=False)
-    param, message, code = _describe(errors[0])
-    others = {(_describe(e)[0]) for e in errors[1:]} - {param}
-    if others:
-        message = message.rstrip(".") + f"; also invalid: {', '.join(sorted(p or '<body>' for p in others)[:5])}" \
-            + (", ..." if len(others) > 5 else "") + "."
-    return ErrorBody(message=message, type="invalid_request_error", param=param, code=code)
-
-
-def validation_error_to_api_error(exc: ValidationError) -> APIError:
-    body = validation_error_to_envelope(exc)
-    return APIError(400, body.message, body.type, body.param, body.code)
-
-
 RequestT = TypeVar("RequestT", bound=_RequestBase)
 
 
@@ -757,311 +610,3 @@ def parse_request(cls: type[RequestT], body: Union[bytes, str, dict]) -> Request
         return cls.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error_to_api_error(exc) from None
-
-
-# ----------------------------------------------------------------------------------------------------
-# Responses
-
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
-
-
-class PromptTokensDetails(ResponseModel):
-    cached_tokens: int = 0
-
-
-class CompletionTokensDetails(ResponseModel):
-    reasoning_tokens: int = 0
-
-
-class Usage(ResponseModel):
-    _omit_if_none = frozenset({"completion_tokens_details"})
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
-    completion_tokens_details: Optional[CompletionTokensDetails] = None
-
-
-class TopLogprob(ResponseModel):
-    token: str
-    logprob: float
-    bytes: Optional[list[int]] = None
-
-
-class TokenLogprob(ResponseModel):
-    token: str
-    logprob: float
-    bytes: Optional[list[int]] = None
-    top_logprobs: list[TopLogprob] = Field(default_factory=list)
-
-
-class ChoiceLogprobs(ResponseModel):
-    content: Optional[list[TokenLogprob]] = None
-
-
-class ResponseFunctionCall(ResponseModel):
-    name: str
-    arguments: str
-
-
-class ResponseToolCall(ResponseModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: ResponseFunctionCall
-
-
-class ChatMessageOut(ResponseModel):
-    _omit_if_none = frozenset({"tool_calls", "reasoning_content"})
-
-    role: Literal["assistant"] = "assistant"
-    content: Optional[str] = None
-    reasoning_content: Optional[str] = None
-    tool_calls: Optional[list[ResponseToolCall]] = None
-
-
-class ChatCompletionChoice(ResponseModel):
-    index: int
-    message: ChatMessageOut
-    logprobs: Optional[ChoiceLogprobs] = None
-    finish_reason: Optional[FinishReason] = None
-
-
-class ChatCompletionResponse(ResponseModel):
-    _omit_if_none = frozenset({"system_fingerprint"})
-
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: Optional[str] = None
-    choices: list[ChatCompletionChoice]
-    usage: Usage
-
-
-class DeltaFunctionCall(ResponseModel):
-    _omit_if_none = frozenset({"name", "arguments"})
-
-    name: Optional[str] = None
-    arguments: Optional[str] = None
-
-
-class DeltaToolCall(ResponseModel):
-    """First delta of a call: index, id, type, function.name (+ arguments ""); later: index + arguments."""
-    _omit_if_none = frozenset({"id", "type", "function"})
-
-    index: int
-    id: Optional[str] = None
-    type: Optional[Literal["function"]] = None
-    function: Optional[DeltaFunctionCall] = None
-
-
-class DeltaMessage(ResponseModel):
-    _omit_if_none = frozenset({"role", "content", "reasoning_content", "tool_calls"})
-
-    role: Optional[Literal["assistant"]] = None
-    content: Optional[str] = None
-    reasoning_content: Optional[str] = None
-    tool_calls: Optional[list[DeltaToolCall]] = None
-
-
-class ChatCompletionChunkChoice(ResponseModel):
-    index: int
-    delta: DeltaMessage
-    logprobs: Optional[ChoiceLogprobs] = None
-    finish_reason: Optional[FinishReason] = None
-
-
-class ChatCompletionChunk(ResponseModel):
-    """`usage` is left out when None; `ChatChunkEncoder(usage_null=True)` writes `"usage": null` instead."""
-    _omit_if_none = frozenset({"system_fingerprint", "usage"})
-
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: Optional[str] = None
-    choices: list[ChatCompletionChunkChoice]
-    usage: Optional[Usage] = None
-
-
-class CompletionLogprobs(ResponseModel):
-    tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[Optional[float]] = Field(default_factory=list)
-    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
-    text_offset: list[int] = Field(default_factory=list)
-
-
-class CompletionChoice(ResponseModel):
-    index: int
-    text: str
-    logprobs: Optional[CompletionLogprobs] = None
-    finish_reason: Optional[FinishReason] = None
-
-
-class CompletionResponse(ResponseModel):
-    _omit_if_none = frozenset({"system_fingerprint"})
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: Optional[str] = None
-    choices: list[CompletionChoice]
-    usage: Usage
-
-
-class CompletionChunk(ResponseModel):
-    _omit_if_none = frozenset({"system_fingerprint", "usage"})
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: Optional[str] = None
-    choices: list[CompletionChoice]
-    usage: Optional[Usage] = None
-
-
-class ModelMetadata(ResponseModel):
-    description: str = ""
-    context_length: int
-    max_tokens: int
-    pricing: dict[str, float] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list)
-
-
-class ModelCard(ResponseModel):
-    _omit_if_none = frozenset({"metadata"})
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    root: str
-    parent: None = None
-    metadata: Optional[ModelMetadata] = None
-
-
-class ModelList(ResponseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard] = Field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Streaming: plain-dict builders and SSE chunk encoders (the hot path)
-
-SSE_DONE = b"data: [DONE]\n\n"
-_FINISH = {None: b"null", "stop": b'"stop"', "length": b'"length"', "tool_calls": b'"tool_calls"',
-           "content_filter": b'"content_filter"'}
-
-
-def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
-
-
-def floor_logprob(logprob: float) -> float:
-    return logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR  # also maps NaN to the floor
-
-
-def token_logprob(token: str, logprob: float, token_bytes: Optional[bytes] = None,
-                  top: Sequence[tuple[str, float, Optional[bytes]]] = ()) -> dict:
-    """One entry of chat `logprobs.content`; `token_bytes` defaults to the token's UTF-8 bytes."""
-    return {"token": token, "logprob": floor_logprob(logprob),
-            "bytes": list(token.encode() if token_bytes is None else token_bytes),
-            "top_logprobs": [{"token": t, "logprob": floor_logprob(lp), "bytes": list(t.encode() if b is None else b)}
-                             for t, lp, b in top]}
-
-
-def _json(value: Any) -> bytes:
-    return b"null" if value is None else orjson.dumps(value)
-
-
-def _stream_head(id: str, object: str, model: str, created: int, system_fingerprint: Optional[str]) -> bytes:
-    """`data: {"id":..,"object":..,"created":..,"model":..[,"system_fingerprint":..],"choices":[` with any
-    `%` doubled, ready to be the start of a bytes %-format template."""
-    head = (b'data: {"id":' + orjson.dumps(id) + b',"object":"' + object.encode() + b'","created":'
-            + str(int(created)).encode() + b',"model":' + orjson.dumps(model))
-    if system_fingerprint is not None:
-        head += b',"system_fingerprint":' + orjson.dumps(system_fingerprint)
-    return head.replace(b"%", b"%%") + b',"choices":['
-
-
-class ChatChunkEncoder:
-    """Renders the SSE events of one chat stream. Every method returns one whole `data: ...\n\n` event.
-
-    The output is byte-identical to `b"data: " + ChatCompletionChunk(...).model_dump_json() + b"\n\n"`,
-    plus `"usage":null` on every chunk when `usage_null` (OpenAI's shape under include_usage). The
-    constant part is rendered once per stream into bytes %-format templates, so a content chunk costs
-    one orjson call and one format (about 1 us against about 15 us for a pydantic chunk).
-    """
-
-    def __init__(self, id: str, model: str, created: int, *, system_fingerprint: Optional[str] = None,
-                 usage_null: bool = False):
-        head = _stream_head(id, "chat.completion.chunk", model, created, system_fingerprint)
-        choice = b'{"index":%d,"delta":%b,"logprobs":%b,"finish_reason":%b}]%b}\n\n'
-        self._fmt = head + choice
-        self._content_fmt = head + choice.replace(b'"delta":%b', b'"delta":{"content":%b}')
-        self._usage_fmt = head + b'],"usage":%b}\n\n'
-        self._no_usage = b',"usage":null' if usage_null else b""
-
-    def _usage(self, usage: Optional[dict]) -> bytes:
-        return self._no_usage if usage is None else b',"usage":' + orjson.dumps(usage)
-
-    def role(self, index: int = 0) -> bytes:
-        """First chunk of a choice: `{"role":"assistant","content":""}`."""
-        return self._fmt % (index, b'{"role":"assistant","content":""}', b"null", b"null", self._no_usage)
-
-    def content(self, text: str, index: int = 0, logprobs: Optional[dict] = None,
-                finish_reason: Optional[str] = None, usage: Optional[dict] = None) -> bytes:
-        """`logprobs` is `{"content": [token_logprob(...), ...]}` or None."""
-        return self._content_fmt % (index, orjson.dumps(text), _json(logprobs), _FINISH[finish_reason],
-                                    self._usage(usage))
-
-    def delta(self, delta: dict, index: int = 0, logprobs: Optional[dict] = None,
-              finish_reason: Optional[str] = None, usage: Optional[dict] = None) -> bytes:
-        """Any delta (reasoning_content, tool_calls, ...), given in its wire shape."""
-        return self._fmt % (index, orjson.dumps(delta), _json(logprobs), _FINISH[finish_reason], self._usage(usage))
-
-    def finish(self, finish_reason: str, index: int = 0, usage: Optional[dict] = None) -> bytes:
-        """The closing chunk of a choice: empty delta + finish_reason."""
-        return self._fmt % (index, b"{}", b"null", _FINISH[finish_reason], self._usage(usage))
-
-    def usage(self, usage: dict) -> bytes:
-        """The include_usage chunk: `choices: []` + usage, sent right before `[DONE]`."""
-        return self._usage_fmt % orjson.dumps(usage)
-
-
-class CompletionChunkEncoder:
-    """Same as ChatChunkEncoder for /v1/completions (`object: text_completion`, choices carry `text`)."""
-
-    def __init__(self, id: str, model: str, created: int, *, system_fingerprint: Optional[str] = None,
-                 usage_null: bool = False):
-        head = _stream_head(id, "text_completion", model, created, system_fingerprint)
-        self._fmt = head + b'{"index":%d,"text":%b,"logprobs":%b,"finish_reason":%b}]%b}\n\n'
-        self._usage_fmt = head + b'],"usage":%b}\n\n'
-        self._no_usage = b',"usage":null' if usage_null else b""
-
-    def text(self, text: str, index: int = 0, logprobs: Optional[dict] = None,
-             finish_reason: Optional[str] = None, usage: Optional[dict] = None) -> bytes:
-        """`logprobs` is the legacy `{tokens, token_logprobs, top_logprobs, text_offset}` object or None."""
-        tail = self._no_usage if usage is None else b',"usage":' + orjson.dumps(usage)
-        return self._fmt % (index, orjson.dumps(text), _json(logprobs), _FINISH[finish_reason], tail)
-
-    def finish(self, finish_reason: str, index: int = 0, usage: Optional[dict] = None) -> bytes:
-        return self.text("", index, None, finish_reason, usage)
-
-    def usage(self, usage: dict) -> bytes:
-        return self._usage_fmt % orjson.dumps(usage)
-
-
-def completion_logprobs(tokens: Sequence[str], token_logprobs: Sequence[Optional[float]],
-                        top_logprobs: Sequence[Optional[dict[str, float]]], text_offset: Sequence[int]) -> dict:
-    """The legacy completions logprobs object; logprobs below the floor (or -inf) are clamped."""
-    return {"tokens": list(tokens),
-            "token_logprobs": [None if lp is None else floor_logprob(lp) for lp in token_logprobs],
-            "top_logprobs": [None if t is None else {k: floor_logprob(v) for k, v in t.items()} for t in top_logprobs],
-            "text_offset": list(text_offset)}
-

@@ -30,9 +30,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from llama_triton import multigpu
-from llama_triton.repository import RepositorySettings, TemplateError, render_repository
-from llama_triton.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC_ADMIN_METADATA, TritonNotFound,
+from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
+from llama_triton.serve import multigpu
+from llama_triton.serve.repository import RepositorySettings, TemplateError, render_repository
+from llama_triton.serve.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC_ADMIN_METADATA, TritonNotFound,
                                        find_tritonserver, restricted_args, server_command)
 
 DEFAULT_MODEL_DIR = "var/models/llama2-tiny"
@@ -61,6 +62,21 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+ZERO_COST_WARNING = ("WARNING: --decoder-kind zero_cost: THE DECODER RUNS NO MODEL. Every answer is made-up "
+                     "tokens; this stack only measures the serving path (frontend + Triton).")
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already words it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, argparse.SUPPRESS)
+                or isinstance(action, argparse._StoreTrueAction)):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,37 +94,43 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llama-triton", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="serve the OpenAI API on a model (CPU reference decoder by default)")
+    s = sub.add_parser("serve", help="serve the OpenAI API on a model (CPU reference decoder by default)",
+                       formatter_class=DefaultsHelpFormatter)
     s.add_argument("--model-dir", default=os.environ.get("LLAMA_TRITON_MODEL_DIR", DEFAULT_MODEL_DIR),
                    help="Hugging Face Llama checkpoint directory (weights, tokenizer, chat template)")
     s.add_argument("--served-model-name", default=None, help="name in /v1/models (default: the directory name)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    s.add_argument("--triton-grpc-port", type=int, default=8001)
-    s.add_argument("--triton-http-port", type=int, default=8000)
-    s.add_argument("--triton-metrics-port", type=int, default=8002)
+    s.add_argument("--host", default="127.0.0.1", help="the frontend's address")
+    s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")), help="the frontend's port ($PORT)")
+    s.add_argument("--triton-grpc-port", type=int, default=8001, help="Triton's gRPC port (the frontend's decoder link)")
+    s.add_argument("--triton-http-port", type=int, default=8000, help="Triton's HTTP port (health, model config)")
+    s.add_argument("--triton-metrics-port", type=int, default=8002, help="Triton's Prometheus metrics port")
     s.add_argument("--expose-triton", action="store_true",
                    help="bind Triton's ports on all interfaces (default: loopback only); Triton's admin "
                         f"protocols then need the header '{ADMIN_HEADER}' with ${ADMIN_KEY_ENV} (or a key "
                         "generated and printed once)")
-    s.add_argument("--tritonserver", default=None, help="path of the tritonserver binary")
+    s.add_argument("--tritonserver", default=None,
+                   help="path of the tritonserver binary (default: PATH, then the NGC image's, then the pytriton wheel's)")
     s.add_argument("--work-dir", default="var/run", help="where the rendered repository and server copy go")
     s.add_argument("--repository", default=None,
-                   help="serve an already rendered model repository (e.g. from `make engine`)")
+                   help="serve an already rendered model repository (e.g. from `make engine`; "
+                        "default: render one from --model-dir into --work-dir)")
     s.add_argument("--decoder-io", choices=("cpu", "gpu"), default="cpu",
                    help="tensor list the CPU decoder declares (gpu: refuse what TensorRT-LLM cannot do)")
-    s.add_argument("--decoder-kind", choices=("llama", "zero_cost"), default="llama")
-    s.add_argument("--max-batch-size", type=int, default=64)
+    s.add_argument("--decoder-kind", choices=("llama", "zero_cost"), default="llama",
+                   help="the CPU decoder: llama runs the model; zero_cost runs NO model and streams made-up tokens, "
+                        "to measure the serving path alone (benchmarks)")
+    s.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE, help="sequences the decoder runs at once")
     s.add_argument("--max-num-tokens", type=int, default=65536, help="KV cache capacity in tokens")
-    s.add_argument("--max-seq-len", type=int, default=4096)
-    s.add_argument("--max-queue-size", type=int, default=256)
+    s.add_argument("--max-seq-len", type=int, default=4096, help="prompt + output tokens per sequence")
+    s.add_argument("--max-queue-size", type=int, default=MAX_QUEUE_SIZE,
+                   help="requests waiting for a batch slot before the decoder answers queue full (HTTP 429)")
     s.add_argument("--max-tokens-cap", type=int, default=16384, help="largest max_tokens the API grants")
-    s.add_argument("--ready-timeout", type=float, default=300.0)
+    s.add_argument("--ready-timeout", type=float, default=300.0, help="seconds Triton's models get to load")
     s.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT before they are cancelled")
     s.add_argument("--frontend-workers", type=int, default=int(os.environ.get("FRONTEND_WORKERS", "1")),
                    help="frontend processes sharing --port (SO_REUSEPORT); about one per 4,000 streamed tokens/s")
-    multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/multigpu.py)
+    multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/serve/multigpu.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
     return p
 
@@ -172,7 +194,9 @@ class Supervisor:
                 max_queue_size=a.max_queue_size), work / "model_repository").resolve()
         log(f"tritonserver from {install.source}: {install.binary}")
         log(f"model repository: {repo}")
-        # Multi-GPU (llama_triton/multigpu.py): one tritonserver per rank under mpirun; rank 0 serves.
+        if a.decoder_kind == "zero_cost" and not a.repository:
+            log(ZERO_COST_WARNING)
+        # Multi-GPU (llama_triton/serve/multigpu.py): one tritonserver per rank under mpirun; rank 0 serves.
         try:
             world_size = multigpu.resolve_world_size(getattr(a, "world_size", None), repo if a.repository else None)
         except multigpu.MultiGpuError as e:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Optional
 
-from llama_triton.launcher import SERVING_LINE, free_port, http_ok
+from llama_triton.serve.launcher import SERVING_LINE, free_port, http_ok
 
 
 @dataclass
@@ -114,7 +114,7 @@ def start_served_stack(model_dir: str, work_dir: Path, *extra: str, frontend_arg
     """
     port, grpc_port, http_port, metrics_port = (free_port() for _ in range(4))
     log_path = Path(work_dir) / "stack.log"
-    cmd = [sys.executable, "-m", "llama_triton.launcher", "serve", "--model-dir", model_dir,
+    cmd = [sys.executable, "-m", "llama_triton.serve.launcher", "serve", "--model-dir", model_dir,
            "--port", str(port), "--triton-grpc-port", str(grpc_port), "--triton-http-port", str(http_port),
            "--triton-metrics-port", str(metrics_port), "--work-dir", str(work_dir), *extra]
     if frontend_args:

@@ -12,9 +12,10 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llama_triton.tensor_contract import Tensor, decoder_io
+from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
+from llama_triton.trtllm.tensor_contract import Tensor, decoder_io
 
-TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "model_repository"
+TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "model_repository"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DECODER_TEMPLATES = {"cpu": "tensorrt_llm", "gpu": "tensorrt_llm_gpu"}
 
@@ -80,11 +81,11 @@ class RepositorySettings:
     decoder: str = "cpu"                 # which `tensorrt_llm` template: cpu | gpu
     decoder_io: str | None = None        # which tensor list it declares (default: same as decoder)
     decoder_kind: str = "llama"          # CPU decoder variant: llama | zero_cost
-    triton_max_batch_size: int = 64
-    max_batch_size: int = 64             # running sequences in the decoder
+    triton_max_batch_size: int = MAX_BATCH_SIZE
+    max_batch_size: int = MAX_BATCH_SIZE  # running sequences in the decoder
     max_num_tokens: int = 65536          # KV cache capacity in tokens
     max_seq_len: int = 4096
-    max_queue_size: int = 256
+    max_queue_size: int = MAX_QUEUE_SIZE
     prefill_chunk_size: int = 512
     enable_kv_cache_reuse: bool = True
     exclude_input_in_output: bool = True

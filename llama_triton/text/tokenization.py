@@ -3,7 +3,7 @@
 A Hugging Face tokenizer decodes whole sequences; a stream needs to know what each token adds to
 the output *bytes*, because one character may be spread over several tokens (byte fallback in
 SentencePiece, byte-level BPE in Llama-3). `Tokenizer.token_bytes` is that table, built once at
-load; `llama_triton.detokenize` turns it into text incrementally.
+load; `llama_triton.text.detokenize` turns it into text incrementally.
 
 Control tokens as text. `encode` turns every spelling of an added token (`</s>`, `<|eot_id|>`)
 into that token. `encode_marked` encodes the same way, except that it first matches added tokens
@@ -94,12 +94,21 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
         """Load the tokenizer saved in a checkpoint directory (no network access)."""
-        from transformers import AutoTokenizer
+        import transformers
 
         path = Path(path)
         if not path.is_dir():  # else transformers takes it for a hub repo id
             raise FileNotFoundError(f"no checkpoint directory at {path}")
-        hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # The class the checkpoint names, not AutoTokenizer: AutoTokenizer imports transformers'
+        # model configuration code and with it torch, which a frontend worker must not load.
+        config_path = path / "tokenizer_config.json"
+        # utf-8 spelled out: Triton's Python stub runs under an ASCII locale.
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        name = config.get("tokenizer_class")
+        loader = getattr(transformers, name, None) if isinstance(name, str) else None
+        if loader is None or not hasattr(loader, "from_pretrained"):
+            loader = transformers.AutoTokenizer
+        hf = loader.from_pretrained(str(path), local_files_only=True)
         generation_path = path / "generation_config.json"
         generation = json.loads(generation_path.read_text()) if generation_path.is_file() else None
         return cls(hf, generation)

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from llama_triton.engine.types import GUIDE_TYPES, GenerationRequest, RequestError, SamplingParams, SequenceOutput
-from llama_triton.word_lists import WordListError, from_word_list
+from llama_triton.trtllm.word_lists import WordListError, from_word_list
 
 Getter = Callable[[str], Optional[np.ndarray]]
 UINT64 = 1 << 64

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from llama_triton.word_lists import to_word_list
+from llama_triton.trtllm.word_lists import to_word_list
 
 UINT64 = 1 << 64
 

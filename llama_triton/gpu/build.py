@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from llama_triton.gpu_plan import (GPUS_PER_NODE, ModelShape, Plan, PlanError, default_kv_dtype,
+from llama_triton.gpu.plan import (GPUS_PER_NODE, ModelShape, Plan, PlanError, default_kv_dtype,
                                    layout_errors, make_plan)
-from llama_triton.repository import RepositorySettings, render_repository
-from llama_triton.tensor_contract import TRTLLM_RELEASE
+from llama_triton.serve.repository import RepositorySettings, render_repository
+from llama_triton.trtllm.tensor_contract import TRTLLM_RELEASE
 
 # The NGC Triton image that ships TensorRT-LLM v0.20.0 (25.07 carries the same release).
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"

@@ -8,9 +8,9 @@ from typing import Optional
 
 import numpy as np
 
-from llama_triton.detokenize import IncrementalDetokenizer, decode
-from llama_triton.tokenization import Tokenizer
-from llama_triton.word_lists import to_word_list
+from llama_triton.text.detokenize import IncrementalDetokenizer, decode
+from llama_triton.text.tokenization import Tokenizer
+from llama_triton.trtllm.word_lists import to_word_list
 
 
 def _strings(arr: Optional[np.ndarray]) -> list[str]:

@@ -1,0 +1,1 @@
+"""Running the stack: the launcher, tritonserver discovery, repository rendering, multi-GPU launch."""

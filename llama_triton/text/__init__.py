@@ -1,0 +1,1 @@
+"""Text on either side of the wire: tokenizer wrapper, incremental detokenization, stop strings."""

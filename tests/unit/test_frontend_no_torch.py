@@ -1,0 +1,39 @@
+"""A frontend worker does not load torch: it imports the app, loads the tokenizer, builds the
+application and prepares an ordinary chat request, all without torch or the CPU engine's model code.
+(A guided request still loads torch on first use: xgrammar 0.2.8 imports it in its package
+__init__, xgrammar/matcher.py line 9.)
+
+Runs in a fresh interpreter: this test process itself has torch loaded by other tests.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER = """
+import json, sys
+import frontend.app                 # what `python -m frontend` (one worker) imports, via frontend/__main__.py
+from frontend.app import SERVICE, create_app
+from frontend.settings import parse_args
+from frontend.chat_prompt import render_prompt
+
+app = create_app(parse_args(["--model-dir", sys.argv[1]]))
+service = app[SERVICE]
+prompt = render_prompt(service.tokenizer, [{"role": "user", "content": "hi"}])
+print(json.dumps({"prompt_tokens": len(service.tokenizer.encode(prompt)),
+                  "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")),
+                  "engine": sorted(m for m in sys.modules if m in ("llama_triton.engine.engine",
+                                                                   "llama_triton.llama"))}))
+"""
+
+
+def test_frontend_worker_never_imports_torch(default_model_dir: Path):
+    out = subprocess.run([sys.executable, "-c", WORKER, str(default_model_dir)], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["prompt_tokens"] > 3                  # the tokenizer and the chat template really ran
+    assert seen["torch"] == [], f"a frontend worker loaded torch: {seen['torch'][:5]}"
+    assert seen["engine"] == []
