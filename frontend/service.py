@@ -22,7 +22,7 @@ from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, i
 from frontend.settings import Settings
 from frontend.structured import StructuredOutputs, response_format_guide
 from frontend.tools import ToolCallParser, ToolPlan, check_combination
-from frontend.triton_client import DecoderBusy, DecoderError, DecoderUnavailable, TritonDecoder
+from frontend.triton_client import DecoderBusy, DecoderError, DecoderFailure, DecoderUnavailable, TritonDecoder
 from llama_triton.request_mapping import DecodeSettings, UnsupportedField, decoder_arrays
 from llama_triton.tokenization import Tokenizer
 
@@ -118,7 +118,12 @@ class CompletionService:
         except DecoderUnavailable as e:
             raise errors.APIError(503, f"The model is not available right now: {e}", errors.SERVER, None,
                                   "model_not_ready", {"Retry-After": "2"}) from None
+        except DecoderFailure as e:
+            # Failed mid-way while the decoder answers probes: a server error, not the client's fault.
+            raise errors.APIError(500, f"The decoder failed this request: {e}", errors.SERVER, None,
+                                  "decoder_error") from None
         except DecoderError as e:
+            # Refused before producing anything while the decoder answers probes (decoder_health.py).
             raise errors.bad_request(f"The decoder refused the request: {e}", None, "decoder_error") from None
 
     # ---- chat -------------------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""The pieces of self-healing that need no Triton: the launcher's restart policy and process
+watching (llama_triton/supervisor.py) and the frontend's decoder health state machine
+(frontend/decoder_health.py) driven by fake probes. tests/integration/test_self_heal.py and
+test_chaos.py run them for real."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from frontend import decoder_health
+from frontend.decoder_health import DecoderHealth, ProbeFailed
+from llama_triton.supervisor import CrashLoop, RestartPolicy, dead, failure_report, write_failure_report
+
+# ----------------------------------------------------------------------------- restart policy
+
+
+def test_restart_delays_back_off_and_reset_after_a_stable_run():
+    p = RestartPolicy("x", max_crashes=100, window=1000)
+    delays = []
+    for i in range(8):
+        p.started(i * 10.0)
+        delays.append(p.crashed(i * 10.0 + 1))
+    assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    p.started(100.0)
+    assert p.crashed(100.0 + p.stable_after) == 0.0        # ran a minute: at once again
+
+
+def test_crash_budget_gives_up_loudly():
+    p = RestartPolicy("frontend worker 0", max_crashes=3, window=60)
+    for t in (0.0, 1.0, 2.0):
+        p.crashed(t)
+    with pytest.raises(CrashLoop, match="frontend worker 0 died 4 times within 60 s"):
+        p.crashed(3.0)
+    # Crashes older than the window do not count.
+    q = RestartPolicy("x", max_crashes=2, window=10)
+    for t in (0.0, 20.0, 40.0, 60.0):
+        q.crashed(t)
+
+
+def test_dead_sees_killed_and_zombie_processes():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        watched = {child.pid: "tensorrt_llm"}
+        assert dead(watched) == {}
+        child.kill()
+        deadline = time.monotonic() + 10
+        while not dead(watched) and time.monotonic() < deadline:   # a zombie until reaped
+            time.sleep(0.01)
+        assert dead(watched) == watched
+    finally:
+        child.kill()
+        child.wait()
+    assert dead(watched) == watched                              # reaped: gone
+
+
+def test_failure_report_is_read_only_when_newer(tmp_path):
+    path = tmp_path / "decoder-failed"
+    assert failure_report(path, 0.0) is None
+    write_failure_report(str(path), "the decoder cannot generate: CUDA error")
+    assert "CUDA error" in failure_report(path, time.time() - 60)
+    assert failure_report(path, time.time() + 60) is None          # from before the last restart
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- decoder health
+
+
+class FakeDecoder:
+    """Probe answers on demand: 'ok', 'fail' or 'hang'."""
+
+    def __init__(self):
+        self.reach_answer = "ok"
+        self.work_answer = "ok"
+        self.calls = []
+
+    async def _answer(self, kind, answer):
+        self.calls.append(kind)
+        if answer == "fail":
+            raise ProbeFailed(f"{kind} failed")
+        if answer == "hang":
+            await asyncio.sleep(3600)
+
+    async def reach(self):
+        await self._answer("reach", self.reach_answer)
+
+    async def work(self):
+        await self._answer("work", self.work_answer)
+
+
+def make_health(fake, reports=None):
+    return DecoderHealth(fake.reach, fake.work, (reports.append if reports is not None else None))
+
+
+@pytest.fixture(autouse=True)
+def fast_timings(monkeypatch):
+    monkeypatch.setattr(decoder_health, "REACH_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(decoder_health, "WORK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(decoder_health, "SILENCE_S", 0.05)
+    monkeypatch.setattr(decoder_health, "PROBE_EVERY_S", 0.05)
+    monkeypatch.setattr(decoder_health, "RECHECK_S", 0.05)
+    monkeypatch.setattr(decoder_health, "TICK_S", 0.01)
+
+
+async def until(predicate, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        await asyncio.sleep(0.005)
+
+
+def test_a_silent_stream_and_a_failed_probe_end_every_open_request_then_recovery():
+    async def scenario():
+        fake = FakeDecoder()
+        h = make_health(fake)
+        ended = []
+        a = h.track(lambda reason: ended.append(("a", reason)))
+        h.track(lambda reason: ended.append(("b", reason)))
+        await until(lambda: fake.calls)            # silent streams: the watchdog probes
+        assert h.ready and not ended               # probe passed: a quiet stream is no failure
+        fake.reach_answer = "fail"
+        await until(lambda: len(ended) == 2)
+        assert not h.ready and "reach failed" in h.down_reason
+        assert {name for name, _ in ended} == {"a", "b"}
+        h.untrack(a)
+        fake.reach_answer = "ok"
+        await until(lambda: h.ready)               # rechecked while down
+        assert h.open_requests == 0
+        await h.stop()
+    asyncio.run(scenario())
+
+
+def test_hung_decoder_is_down_after_repeated_unanswered_probes():
+    async def scenario():
+        fake = FakeDecoder()
+        fake.reach_answer = "hang"
+        h = make_health(fake)
+        ended = []
+        h.track(ended.append)
+        assert await h.reach() is None and h.ready      # one unanswered probe: no verdict
+        assert await h.reach() is False and not h.ready
+        assert ended and "answered no probe" in ended[0]
+        await h.stop()
+    asyncio.run(scenario())
+
+
+def test_is_broken_tells_a_refusal_from_a_broken_decoder():
+    async def scenario():
+        fake = FakeDecoder()
+        reports = []
+        h = make_health(fake, reports)
+        assert await h.is_broken() is False               # both probes pass: the request's fault
+        fake.work_answer = "hang"
+        assert await h.is_broken() is False and h.ready   # a slow queue is a decoder at work
+        fake.work_answer = "fail"                         # GPU: executor fails, backend answers
+        assert await h.is_broken() is True and not h.ready
+        assert reports and "cannot generate" in reports[0]   # told to the launcher
+        # Back only when the work probe passes again, not the reach probe alone.
+        h.ensure_watchdog()
+        await asyncio.sleep(0.2)
+        assert not h.ready
+        fake.work_answer = "ok"
+        await until(lambda: h.ready)
+        fake.reach_answer = "fail"
+        reports.clear()
+        assert await h.is_broken() is True and not reports    # dead stub: the launcher sees it itself
+        await h.stop()
+    asyncio.run(scenario())
+
+
+def test_suspect_probes_at_once():
+    async def scenario():
+        fake = FakeDecoder()
+        h = make_health(fake)
+        h.ensure_watchdog()
+        await asyncio.sleep(0.05)
+        assert fake.calls == []                   # nothing open, nothing suspected: no probes
+        fake.reach_answer = "fail"
+        h.suspect()
+        await until(lambda: not h.ready)
+        await h.stop()
+    asyncio.run(scenario())
