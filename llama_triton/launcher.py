@@ -154,6 +154,7 @@ class Supervisor:
         self.triton_ready_wall = 0.0
         self.stubs: dict[int, str] = {}
         self.decoder_dead_since: Optional[float] = None
+        self.triton_policy = RestartPolicy("tritonserver", args.max_restarts, args.restart_window)
 
     def triton_security_args(self) -> list[str]:
         """Loopback: nothing. --expose-triton: admin protocols behind a key (env or generated)."""
@@ -423,7 +424,7 @@ class Supervisor:
             self.triton.kill()
             self.triton.wait()
         self.reap_triton_group()
-        loud(f"{why}; restarting tritonserver in {delay:.0f} s ({self.triton_policy.recent_crashes} of at most "
+        loud(f"{why}; restarting in {delay:.0f} s ({self.triton_policy.recent_crashes} of at most "
              f"{self.triton_policy.max_crashes} restarts within {self.triton_policy.window:.0f} s)")
         if self.triton_state != "starting":
             self.triton_down_at = now
@@ -432,8 +433,6 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGTERM, self.stop)
-        a = self.args
-        self.triton_policy = RestartPolicy("tritonserver", a.max_restarts, a.restart_window)
         try:
             cmd = self.prepare()
             log("starting tritonserver (the first start copies the server and loads the model) ...")

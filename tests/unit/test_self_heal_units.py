@@ -184,3 +184,38 @@ def test_suspect_probes_at_once():
         await until(lambda: not h.ready)
         await h.stop()
     asyncio.run(scenario())
+
+
+# ----------------------------------------------------------------------------- the launcher's decision
+
+
+def test_launcher_restarts_tritonserver_for_a_dead_stub_or_a_reported_decoder(tmp_path):
+    """Supervisor.triton_failure on a stand-in tritonserver with a stand-in stub under it."""
+    from llama_triton.launcher import Supervisor, build_parser
+    args = build_parser().parse_args(["serve", "--work-dir", str(tmp_path), "--decoder-restart-delay", "0.5"])
+    sup = Supervisor(args)
+    sup.state_dir.mkdir(parents=True)
+    sup.triton = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stub = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        sup.triton_ready(0.0)
+        sup.stubs = {stub.pid: "tensorrt_llm"}       # decoder_processes() finds real stubs by name
+        assert sup.triton_failure(1.0) is None
+        # A frontend's report from before this tritonserver was ready is old news.
+        write_failure_report(str(sup.failure_file), "old")
+        os.utime(sup.failure_file, (sup.triton_ready_wall - 10, sup.triton_ready_wall - 10))
+        assert sup.triton_failure(1.0) is None
+        write_failure_report(str(sup.failure_file), "the decoder cannot generate: CUDA error")
+        assert "a frontend reported the decoder broken" in sup.triton_failure(1.0)
+        sup.failure_file.unlink()
+        stub.kill()
+        stub.wait()
+        assert sup.triton_failure(2.0) is None                   # --decoder-restart-delay 0.5
+        assert sup.triton_failure(2.6) == "a decoder process (Python backend stub) died"
+        sup.triton.kill()
+        sup.triton.wait()
+        assert sup.triton_failure(3.0).startswith("tritonserver exited with code")
+    finally:
+        for p in (sup.triton, stub):
+            p.kill()
+            p.wait()
