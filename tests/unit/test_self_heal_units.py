@@ -219,3 +219,41 @@ def test_launcher_restarts_tritonserver_for_a_dead_stub_or_a_reported_decoder(tm
         for p in (sup.triton, stub):
             p.kill()
             p.wait()
+
+
+def test_launcher_restarts_a_dead_frontend_worker_alone_then_gives_up(tmp_path, monkeypatch, capsys):
+    from llama_triton.launcher import Supervisor, build_parser
+    args = build_parser().parse_args(["serve", "--work-dir", str(tmp_path), "--frontend-workers", "2",
+                                      "--max-restarts", "1"])
+    sup = Supervisor(args)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    spawned = []
+
+    def spawn(i):
+        sup.frontends[i] = subprocess.Popen(sleeper)
+        sup.frontend_policies[i].started(time.monotonic())
+        spawned.append(i)
+    monkeypatch.setattr(sup, "spawn_frontend", spawn)
+    sup.frontends = [None, None]
+    sup.frontend_policies = [RestartPolicy(f"frontend worker {i}", 1, 300) for i in range(2)]
+    sup.frontend_due = [0.0, 0.0]
+    try:
+        spawn(0)
+        spawn(1)
+        other = sup.frontends[1]
+        sup.frontends[0].kill()
+        sup.frontends[0].wait()
+        sup.supervise_frontends(100.0)          # noticed: restart due at once (first death)
+        assert sup.frontends[0] is None
+        sup.supervise_frontends(100.2)          # restarted, alone
+        assert spawned == [0, 1, 0] and sup.frontends[1] is other
+        assert "ERROR frontend worker 0" in capsys.readouterr().err
+        sup.frontends[0].kill()
+        sup.frontends[0].wait()
+        with pytest.raises(CrashLoop, match="frontend worker 0 died 2 times"):
+            sup.supervise_frontends(101.0)      # --max-restarts 1: the launcher gives up
+    finally:
+        for p in sup.frontends:
+            if p is not None:
+                p.kill()
+                p.wait()
