@@ -23,8 +23,8 @@ When they run:
   decoder's refusal of a bad request and a broken decoder are told apart by probing, not by
   the message: the probes pass -> the request's fault (400, or 500 once tokens were produced);
   a probe fails -> the decoder's (503);
-* an open stream has had no event for SILENCE_S: the watchdog sends a reach probe (at most every
-  PROBE_EVERY_S; streams wait silently in the decoder's queue under load, which is normal);
+* an open stream has had no event for SILENCE_S (0.3 s): the watchdog sends a reach probe (at most
+  every PROBE_EVERY_S; streams wait silently in the decoder's queue under load, which is normal);
 * a request lost its stream (Triton unreachable): a reach probe at once;
 * while the decoder is down: a probe every RECHECK_S, to notice when it is back.
 
@@ -46,10 +46,10 @@ from typing import Awaitable, Callable, Optional
 
 log = logging.getLogger("frontend.health")
 
-SILENCE_S = 0.5          # an open stream this quiet makes the watchdog probe
+SILENCE_S = 0.3          # an open stream this quiet makes the watchdog probe
 PROBE_EVERY_S = 0.5      # at most one reach probe this often while the decoder is up
 RECHECK_S = 1.0          # while it is down, a probe this often
-TICK_S = 0.25
+TICK_S = 0.1
 REACH_TIMEOUT_S = 2.5    # a dead stub answers in ~1 s; an unanswered probe counts only when repeated
 REACH_TIMEOUTS_DOWN = 2  # consecutive unanswered reach probes that mark the decoder down (a hung stub)
 WORK_TIMEOUT_S = 5.0
@@ -193,6 +193,7 @@ class DecoderHealth:
         """Something went wrong (a stream lost): have the watchdog probe now."""
         self._suspected = True
         self._wake.set()
+        self.ensure_watchdog()
 
     # ---- watchdog -------------------------------------------------------------------------------
     def ensure_watchdog(self) -> None:

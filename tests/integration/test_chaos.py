@@ -14,7 +14,8 @@ timeout:
   (their text must be exactly that token repeated; no two requests in flight share one), and a
   sample of seeded sampled requests is replayed alone afterwards and must match;
 * every kill is followed by recovery: chat answers 200 again (the decoder or tritonserver within
-  120 s, a frontend worker within 30 s); the next kill waits for it.
+  120 s) and a killed frontend worker is replaced (within 30 s; the other one serves meanwhile);
+  the next kill waits for it.
 
 Counts and recovery times are printed (`pytest -s`). CHAOS_SEED picks another schedule.
 """
@@ -141,6 +142,16 @@ def chat_ok(stack) -> bool:
         return False
 
 
+def recovered(stack, kill: Kill) -> bool:
+    """Chat answers 200, and after a frontend kill the launcher has replaced the dead worker (the
+    other one served meanwhile)."""
+    if kill.kind == "frontend":
+        pids = {p.pid for p in stack.processes()["frontend"]}
+        if len(pids) < 2 or kill.pid in pids:
+            return False
+    return chat_ok(stack)
+
+
 def victim(stack, kind: str, rng: random.Random) -> int | None:
     if kind == "decoder":
         pids = [pid for pid, model in stack.stub_names().items() if model == "tensorrt_llm"]
@@ -192,7 +203,7 @@ def test_chaos(chaos_stack, forced_pieces):  # noqa: F811
                     kill = Kill(kind, pid, time.monotonic())
                     os.kill(pid, signal.SIGKILL)
                     kills.append(kill)
-                    await asyncio.to_thread(wait_for, lambda: chat_ok(stack), RECOVERY_S[kind] + 30, 0.5,
+                    await asyncio.to_thread(wait_for, lambda: recovered(stack, kill), RECOVERY_S[kind] + 30, 0.5,
                                             f"recovery after killing the {kind}")
                     kill.recovered_after = time.monotonic() - kill.at
                 await asyncio.sleep(3.0)         # a little normal serving after the last recovery

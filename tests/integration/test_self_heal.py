@@ -186,5 +186,5 @@ def test_frontend_worker_killed(heal_stack):
     assert "ERROR frontend worker" in log and "tritonserver and the other workers are untouched" in log
     print(f"\nkill -9 of one of two workers: {len(statuses)} requests meanwhile, {statuses.count(200)} answered 200, "
           f"{len(failed_at)} reset with the dying worker; "
-          f"restarted after {restarted:.1f} s. kill -9 of both: chat 200 again after {back:.1f} s, same "
+          f"respawned after {restarted:.1f} s. kill -9 of both: chat 200 again after {back:.1f} s, same "
           f"tritonserver pid {triton_pid}")
