@@ -257,3 +257,39 @@ def test_launcher_restarts_a_dead_frontend_worker_alone_then_gives_up(tmp_path, 
             if p is not None:
                 p.kill()
                 p.wait()
+
+
+# ----------------------------------------------------------------------------- the two health endpoints
+
+
+def test_readiness_and_liveness_endpoints(default_model_dir, default_tokenizer):
+    """/health is 503 as soon as the decoder is down; /health/live only once it has been down
+    longer than --liveness-timeout (the replica is no longer healing itself)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from frontend.app import SERVICE, create_app
+    from frontend.settings import parse_args
+
+    settings = parse_args(["--model-dir", str(default_model_dir), "--triton-grpc", "127.0.0.1:1",
+                           "--liveness-timeout", "30"])
+
+    async def scenario():
+        app = create_app(settings, default_tokenizer)
+        async with TestClient(TestServer(app)) as client:
+            health = app[SERVICE].decoder.health
+            assert (await client.get("/health/live")).status == 200
+            health.mark_down("the decoder failed a probe: Stub process 'tensorrt_llm_0_0' is not healthy.")
+            r = await client.get("/health")
+            assert r.status == 503
+            r = await client.get("/health/live")
+            assert r.status == 200 and (await r.json())["status"] == "alive"
+            health.down_since -= 31
+            r = await client.get("/health/live")
+            body = await r.json()
+            assert r.status == 503 and body["status"] == "dead" and "not healthy" in body["reason"]
+            # A new request while down: 503 with Retry-After.
+            r = await client.post("/v1/chat/completions", json={
+                "model": settings.served_model_name, "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status == 503 and "Retry-After" in r.headers
+            assert (await r.json())["error"]["code"] == "model_not_ready"
+    asyncio.run(scenario())
