@@ -140,6 +140,10 @@ def listening(stack) -> set[int]:
 
 def test_frontend_worker_killed(heal_stack):
     stack = heal_stack
+    # Each worker notices on its own that the decoder is back (a probe every second while down):
+    # wait until both say so (every /health is a new connection, spread over the two).
+    wait_for(lambda: all(health(stack.base_url) == 200 for _ in range(8)), timeout=60, interval=0.5,
+             what="both workers ready")
     triton_pid = triton_process(stack).pid
     before = frontend_pids(stack)
     assert len(before) == 2
