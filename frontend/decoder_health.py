@@ -75,13 +75,11 @@ class DecoderHealth:
         self.down_reason: Optional[str] = None
         self.down_since: Optional[float] = None
         self._down_kind = ""                     # "reach" | "work": which probe must pass to come back
-        self._open: set[int] = set()
         self._requests: dict[int, OpenRequest] = {}
         self._next_id = 0
         self._last_probe = -1e9
         self._reach_timeouts = 0
         self._reach_task: Optional[asyncio.Task] = None
-        self._reach_started = -1e9
         self._watchdog: Optional[asyncio.Task] = None
         self._suspected = False
         self._wake = asyncio.Event()
@@ -139,7 +137,6 @@ class DecoderHealth:
     async def reach(self) -> Optional[bool]:
         """One reach probe (shared by concurrent callers): True passed, False failed, None no answer."""
         if self._reach_task is None or self._reach_task.done():
-            self._reach_started = self.clock()
             self._reach_task = asyncio.ensure_future(self._run_reach())
         return await asyncio.shield(self._reach_task)
 
