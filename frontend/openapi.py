@@ -87,6 +87,10 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
         "summary": "Readiness: 200 once Triton and the model are ready", "operationId": "health",
         "tags": ["operations"], "security": [],
         "responses": {"200": {"description": "Ready"}, **_error_responses(error, ["503"])}}}
+    paths["/health/live"] = {"get": {
+        "summary": "Liveness: 200 while the replica can still heal itself (docs/OPERATIONS.md)",
+        "operationId": "liveness", "tags": ["operations"], "security": [],
+        "responses": {"200": {"description": "Alive"}, "503": {"description": "Decoder down too long"}}}}
     paths["/metrics"] = {"get": {
         "summary": "Prometheus metrics (text exposition format)", "operationId": "metrics",
         "tags": ["operations"], "security": [],

@@ -27,6 +27,8 @@ class Settings:
     log_format: str = "json"                # json (one object per line) or text
     reuse_port: bool = False                # one of several workers on the same port (SO_REUSEPORT)
     ready_file: Optional[str] = None        # touched once listening (the launcher waits for every worker)
+    decoder_failure_file: Optional[str] = None  # where to tell the launcher the decoder is broken
+    liveness_timeout: float = 900.0         # /health/live fails once the decoder has been down this long
 
 
 def load_api_keys(env_value: Optional[str], keys_file: Optional[str]) -> frozenset[str]:
@@ -64,8 +66,14 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p.add_argument("--reuse-port", action="store_true",
                    help="bind with SO_REUSEPORT, for several worker processes on one port")
     p.add_argument("--ready-file", default=None, help="file created once the frontend is listening")
+    p.add_argument("--decoder-failure-file", default=None,
+                   help="file written when the decoder fails its work probe while Triton calls it ready "
+                        "(the launcher watches it and restarts tritonserver)")
+    p.add_argument("--liveness-timeout", type=float, default=900.0,
+                   help="seconds the decoder may stay down (the launcher restarting it, a GPU engine "
+                        "loading) before GET /health/live answers 503 (docs/OPERATIONS.md)")
     a = p.parse_args(argv)
-    for name in ("request_timeout", "write_timeout"):
+    for name in ("request_timeout", "write_timeout", "liveness_timeout"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if a.shutdown_grace < 0:
@@ -76,4 +84,5 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                     api_keys=load_api_keys(os.environ.get("API_KEYS"), a.api_keys_file),
                     cors_origins=tuple(a.cors_origin), request_timeout=a.request_timeout,
                     shutdown_grace=a.shutdown_grace, write_timeout=a.write_timeout, log_format=a.log_format,
-                    reuse_port=a.reuse_port, ready_file=a.ready_file)
+                    reuse_port=a.reuse_port, ready_file=a.ready_file,
+                    decoder_failure_file=a.decoder_failure_file, liveness_timeout=a.liveness_timeout)

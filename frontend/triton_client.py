@@ -96,6 +96,9 @@ class TritonDecoder:
         self._active = 0                        # decoder requests this frontend has open
         self._capacity: Optional[int] = None    # max_batch_size + max_queue_size, when declared
         self._requested: dict[tuple[bool, bool], list[grpcclient.InferRequestedOutput]] = {}
+        # frontend/decoder_health.py, wired by app.py: tells a broken decoder from a bad request,
+        # watches open streams, ends them when the decoder is down. None: no health tracking.
+        self.health = None
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -103,10 +106,19 @@ class TritonDecoder:
             self._client = grpcclient.InferenceServerClient(self.grpc_url, channel_args=CHANNEL_ARGS)
         return self._client
 
+    async def _judge(self, err: DecoderError, produced: bool) -> Exception:
+        """An error answer of the decoder: its refusal of this request, or the decoder broken?"""
+        if await self.health.is_broken():
+            return DecoderUnavailable(f"the decoder failed: {err}")
+        # Failed after producing tokens while the decoder answers probes: the server's fault (500).
+        return DecoderError(str(err), internal=True) if produced and not err.internal else err
+
     def _lost(self, err: Exception) -> Exception:
         """Bookkeeping for a failure: Triton may come back with another configuration."""
         if isinstance(err, DecoderUnavailable):
             self._caps = None
+            if self.health is not None:
+                self.health.suspect()   # have the watchdog probe now
         if self.metrics is not None:
             kind = {DecoderBusy: "busy", DecoderUnavailable: "unavailable"}.get(type(err), "error")
             self.metrics.decoder_errors.labels(kind).inc()
@@ -118,6 +130,8 @@ class TritonDecoder:
             self._client = None
 
     async def is_ready(self) -> bool:
+        if self.health is not None and not self.health.ready:
+            return False
         try:
             ready = bool(await self.client.is_model_ready(self.model_name, client_timeout=HEALTH_TIMEOUT_S))
         except Exception:
@@ -170,6 +184,9 @@ class TritonDecoder:
         round trip to a decoder that would refuse it anyway: under overload this answer is what
         most clients get, and it must stay cheap.
         """
+        health = self.health
+        if health is not None and not health.ready:
+            raise self._lost(DecoderUnavailable(health.down_reason))
         if self._capacity is not None and self._active >= self._capacity:
             raise self._lost(DecoderBusy(f"queue full: {self._active} requests in flight "
                                          f"(decoder capacity {self._capacity})"))
@@ -196,15 +213,30 @@ class TritonDecoder:
         self._active += 1
         stream = None
         finished = False
+        produced = False
+        aborted: list[str] = []     # the health watchdog's reason, once it ended this request
+
+        def abort(reason: str) -> None:
+            aborted.append(reason)
+            if stream is not None:
+                stream.cancel()     # wakes the read below with CancelledError
+
+        key = health.track(abort) if health is not None else None
         try:
             stream = self.client.stream_infer(requests())
             async for result, error in stream:
+                if key is not None:
+                    health.heard(key)
                 if queued:
                     metrics.decoder_queued.dec()
                     queued = False
                 if error is not None:
                     finished = True
-                    raise self._lost(_classify(error))
+                    err = _classify(error)
+                    if type(err) is DecoderError and health is not None:
+                        # Triton's stream errors carry no code: probing tells whose fault it was.
+                        err = await self._judge(err, produced)
+                    raise self._lost(err)
                 resp = result.get_response()
                 final = resp.parameters["triton_final_response"].bool_param \
                     if "triton_final_response" in resp.parameters else False
@@ -216,6 +248,7 @@ class TritonDecoder:
                         break
                     continue
                 parsed = self._parse(resp, final)
+                produced = True
                 if ctx is not None:
                     ctx.completion_tokens += len(parsed.token_ids)
                 yield parsed
@@ -224,6 +257,12 @@ class TritonDecoder:
             else:
                 finished = True   # the stream ended without a final response: Triton went away
                 raise self._lost(DecoderUnavailable("the decoder stream ended early"))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if aborted and not (task is not None and task.cancelling()):
+                finished = True     # the watchdog ended it: the decoder is down
+                raise self._lost(DecoderUnavailable(aborted[0])) from None
+            raise
         except InferenceServerException as e:
             finished = True
             raise self._lost(_classify(e)) from None
@@ -236,6 +275,8 @@ class TritonDecoder:
                 err = DecoderUnavailable(f"lost the decoder stream: {e}")
             raise self._lost(err) from None
         finally:
+            if key is not None:
+                health.untrack(key)
             done.set()
             self._active -= 1
             if metrics is not None:
@@ -244,7 +285,8 @@ class TritonDecoder:
                     metrics.decoder_queued.dec()
             if not finished and stream is not None:
                 stream.cancel()
-                await self.stop(request_id)
+                if health is None or health.ready:    # a down decoder would not answer it
+                    await self.stop(request_id)
 
     @staticmethod
     def _parse(resp, final: bool) -> DecoderResponse:

@@ -1,10 +1,19 @@
 """`llama-triton serve`: renders the model repository, starts tritonserver, then the frontend.
 
-The launcher owns both processes: it waits until Triton's models are ready before starting the
-frontend, restarts a crashed tritonserver with backoff (the frontend keeps running and answers
-503 meanwhile, and serves again as soon as the models are back), and on SIGINT/SIGTERM drains the
-frontend first (it stops accepting, in-flight requests get `--shutdown-grace` seconds, then the
-rest are cancelled), then stops Triton.
+The launcher owns every process of the replica (llama_triton/serve/supervisor.py, docs/OPERATIONS.md):
+it waits until Triton's models are ready before starting the frontend, then
+
+* restarts tritonserver with backoff when it dies, when one of its Python backend stubs dies (the
+  CPU decoder runs in the `tensorrt_llm` stub; Triton keeps the model "ready" without it), or when
+  a frontend reports the decoder broken (GPU: an executor that fails every request); the frontend
+  keeps running, answers 503 meanwhile and serves again as soon as the models are back;
+* restarts a frontend worker that died, alone, with backoff: tritonserver and the other workers
+  are untouched;
+* gives up on a process that dies more than `--max-restarts` times within `--restart-window`
+  seconds: it says so loudly, stops the replica and exits with status 3;
+
+and on SIGINT/SIGTERM drains the frontend first (it stops accepting, in-flight requests get
+`--shutdown-grace` seconds, then the rest are cancelled), then stops Triton.
 
 `--frontend-workers N` runs N frontend processes on the same port (SO_REUSEPORT: the kernel
 spreads connections over them). One Python process streams about 4,000 tokens/s per core
@@ -29,9 +38,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.serve import multigpu
+from llama_triton.serve.supervisor import CrashLoop, RestartPolicy, dead, decoder_processes, failure_report
 from llama_triton.serve.repository import RepositorySettings, TemplateError, render_repository
 from llama_triton.serve.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC_ADMIN_METADATA, TritonNotFound,
                                        find_tritonserver, restricted_args, server_command)
@@ -39,7 +50,7 @@ from llama_triton.serve.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC
 DEFAULT_MODEL_DIR = "var/models/llama2-tiny"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
 ADMIN_KEY_ENV = "LLAMA_TRITON_ADMIN_KEY"
-MAX_RESTART_BACKOFF_S = 30.0
+EXIT_GAVE_UP = 3            # exit status when a process used up its crash budget
 # Logged once every frontend worker listens: what a supervising process waits for (served_stack.py).
 SERVING_LINE = b"serving the OpenAI API at"
 
@@ -50,6 +61,11 @@ class LaunchError(RuntimeError):
 
 def log(msg: str) -> None:
     print(f"[llama-triton] {msg}", file=sys.stderr, flush=True)
+
+
+def loud(msg: str) -> None:
+    """A failure of the replica's own processes: one line an operator's log search finds."""
+    print(f"[llama-triton] ERROR {msg}", file=sys.stderr, flush=True)
 
 
 def port_free(host: str, port: int) -> bool:
@@ -130,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT before they are cancelled")
     s.add_argument("--frontend-workers", type=int, default=int(os.environ.get("FRONTEND_WORKERS", "1")),
                    help="frontend processes sharing --port (SO_REUSEPORT); about one per 4,000 streamed tokens/s")
+    s.add_argument("--max-restarts", type=int, default=5,
+                   help="a process (tritonserver, a frontend worker) that dies more often than this within "
+                        "--restart-window seconds is not restarted: the launcher stops and exits with status 3")
+    s.add_argument("--restart-window", type=float, default=300.0,
+                   help="seconds over which --max-restarts is counted")
+    s.add_argument("--decoder-restart-delay", type=float, default=0.0,
+                   help="seconds between seeing a decoder (Python backend stub) process die and restarting "
+                        "tritonserver; the frontend ends the open requests on its own meanwhile")
     multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/serve/multigpu.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
     return p
@@ -140,11 +164,20 @@ class Supervisor:
         self.args = args
         self.stopping = False
         self.triton: subprocess.Popen | None = None
-        self.frontends: list[subprocess.Popen] = []
+        self.frontends: list[Optional[subprocess.Popen]] = []
         self.env = dict(os.environ)
         # The Python backend stub runs the first python3 on PATH: make it ours.
         self.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", "")])
         self.restarts = 0
+        self.frontend_restarts = 0
+        self.frontend_policies: list[RestartPolicy] = []
+        self.frontend_due: list[float] = []
+        self.triton_state = "running"             # running | waiting (backoff) | starting
+        self.triton_due = self.triton_started = self.triton_down_at = 0.0
+        self.triton_ready_wall = 0.0
+        self.stubs: dict[int, str] = {}
+        self.decoder_dead_since: Optional[float] = None
+        self.triton_policy = RestartPolicy("tritonserver", args.max_restarts, args.restart_window)
 
     def triton_security_args(self) -> list[str]:
         """Loopback: nothing. --expose-triton: admin protocols behind a key (env or generated)."""
@@ -254,30 +287,55 @@ class Supervisor:
         if not self.stopping:
             raise LaunchError(f"Triton models not ready after {timeout:.0f} s")
 
-    def start_frontend(self) -> None:
-        """Starts the frontend worker(s) and returns once every one of them is listening."""
+    def frontend_command(self) -> tuple[list[str], dict]:
+        """The frontend worker command (without its --ready-file) and environment."""
         a = self.args
         cmd = [sys.executable, "-m", "frontend", "--host", a.host, "--port", str(a.port),
                "--triton-grpc", f"127.0.0.1:{a.triton_grpc_port}",
                "--triton-http", f"127.0.0.1:{a.triton_http_port}",
-               "--max-tokens-cap", str(a.max_tokens_cap), "--shutdown-grace", f"{a.shutdown_grace:g}"]
+               "--max-tokens-cap", str(a.max_tokens_cap), "--shutdown-grace", f"{a.shutdown_grace:g}",
+               # how a frontend tells us the decoder is broken though its process lives (supervisor.py)
+               "--decoder-failure-file", str(self.failure_file)]
         cmd += ["--model-dir", str(self.tokenizer_dir())]
         if a.served_model_name:
             cmd += ["--served-model-name", a.served_model_name]
         extra = [x for x in a.frontend_args if x != "--"]
-        state = Path(a.work_dir) / "frontend"
-        shutil.rmtree(state, ignore_errors=True)
-        (state / "metrics").mkdir(parents=True)
         env = dict(self.env)
         if a.frontend_workers > 1:
             cmd += ["--reuse-port"]
             # prometheus_client reads this at import: every worker writes its samples there and
             # /metrics, from whichever worker answers, sums them all.
-            env["PROMETHEUS_MULTIPROC_DIR"] = str((state / "metrics").resolve())
-        ready = []
+            env["PROMETHEUS_MULTIPROC_DIR"] = str((self.state_dir / "metrics").resolve())
+        return cmd + extra, env
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.args.work_dir) / "frontend"
+
+    @property
+    def failure_file(self) -> Path:
+        return (self.state_dir / "decoder-failed").resolve()
+
+    def spawn_frontend(self, i: int) -> None:
+        cmd, env = self.frontend_command()
+        ready = self.state_dir / f"ready-{i}"
+        ready.unlink(missing_ok=True)
+        cmd = cmd[:3] + ["--ready-file", str(ready)] + cmd[3:]     # cmd[:3]: python -m frontend
+        self.frontends[i] = subprocess.Popen(cmd, env=env)
+        self.frontend_policies[i].started(time.monotonic())
+
+    def start_frontend(self) -> None:
+        """Starts the frontend worker(s) and returns once every one of them is listening."""
+        a = self.args
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        (self.state_dir / "metrics").mkdir(parents=True)
+        self.frontends = [None] * a.frontend_workers
+        self.frontend_policies = [RestartPolicy(f"frontend worker {i}", a.max_restarts, a.restart_window)
+                                  for i in range(a.frontend_workers)]
+        self.frontend_due = [0.0] * a.frontend_workers
         for i in range(a.frontend_workers):
-            ready.append(state / f"ready-{i}")
-            self.frontends.append(subprocess.Popen(cmd + ["--ready-file", str(ready[-1])] + extra, env=env))
+            self.spawn_frontend(i)
+        ready = [self.state_dir / f"ready-{i}" for i in range(a.frontend_workers)]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             self.check_frontends()
@@ -287,9 +345,30 @@ class Supervisor:
         raise LaunchError("frontend did not become healthy within 120 s")
 
     def check_frontends(self) -> None:
+        """At start-up a frontend that exits is an error (bad options, port taken): no restarts."""
         for proc in self.frontends:
-            if proc.poll() is not None:
+            if proc is not None and proc.poll() is not None:
                 raise LaunchError(f"frontend exited with code {proc.returncode}")
+
+    def supervise_frontends(self, now: float) -> None:
+        """Restarts a worker that died, alone and after its backoff; the others keep serving."""
+        for i, proc in enumerate(self.frontends):
+            if proc is not None and proc.poll() is not None:
+                policy = self.frontend_policies[i]
+                delay = policy.crashed(now)          # raises CrashLoop past the budget
+                loud(f"frontend worker {i} (pid {proc.pid}) exited with code {proc.returncode}; restarting it "
+                     f"in {delay:.0f} s ({policy.recent_crashes} of at most {policy.max_crashes} restarts "
+                     f"within {policy.window:.0f} s; tritonserver and the other workers are untouched)")
+                self.frontends[i] = None
+                self.frontend_due[i] = now + delay
+                if self.args.frontend_workers > 1:
+                    # Its "live" gauges (requests in flight, open streams) would otherwise stay summed in.
+                    from prometheus_client import multiprocess
+                    multiprocess.mark_process_dead(proc.pid, str((self.state_dir / "metrics").resolve()))
+            elif proc is None and now >= self.frontend_due[i]:
+                self.spawn_frontend(i)
+                self.frontend_restarts += 1
+                log(f"frontend worker {i} restarted (pid {self.frontends[i].pid})")
 
     def stop(self, *_):
         self.stopping = True
@@ -312,6 +391,70 @@ class Supervisor:
         if self.triton is not None:
             self.reap_triton_group()
 
+    # ---- tritonserver and its decoder processes ----------------------------------------------
+    def triton_ready(self, now: float) -> None:
+        self.triton_state = "running"
+        self.triton_ready_wall = time.time()
+        self.triton_policy.started(now)
+        self.stubs = decoder_processes(self.triton.pid)
+        self.decoder_dead_since = None
+
+    def triton_failure(self, now: float) -> Optional[str]:
+        """Why the running tritonserver must be restarted, or None."""
+        if self.triton.poll() is not None:
+            return f"tritonserver exited with code {self.triton.returncode}"
+        gone = dead(self.stubs)
+        if gone:
+            if self.decoder_dead_since is None:
+                self.decoder_dead_since = now
+                names = ", ".join(f"{m} (pid {pid})" for pid, m in gone.items())
+                loud(f"decoder process died: Python backend stub of {names}; Triton still calls the model "
+                     f"ready but cannot serve it")
+            if now - self.decoder_dead_since >= self.args.decoder_restart_delay:
+                return "a decoder process (Python backend stub) died"
+            return None
+        report = failure_report(self.failure_file, self.triton_ready_wall)
+        if report is not None:
+            return f"a frontend reported the decoder broken: {report}"
+        return None
+
+    def supervise_triton(self, now: float, cmd: list[str]) -> None:
+        a = self.args
+        if self.triton_state == "running":
+            why = self.triton_failure(now)
+            if why is None:
+                return
+            self.triton_crashed(now, why)
+        elif self.triton_state == "waiting":
+            if now >= self.triton_due:
+                self.restarts += 1
+                self.failure_file.unlink(missing_ok=True)
+                self.start_triton(cmd)
+                self.triton_state, self.triton_started = "starting", now
+        elif self.triton_state == "starting":
+            if self.triton.poll() is not None:
+                self.triton_crashed(now, f"tritonserver exited with code {self.triton.returncode} while loading models")
+            elif http_ok(f"http://127.0.0.1:{a.triton_http_port}/v2/health/ready", timeout=0.5):
+                self.triton_ready(now)
+                log(f"tritonserver is back (restart {self.restarts}, {now - self.triton_down_at:.1f} s after it "
+                    f"failed)")
+            elif now - self.triton_started > a.ready_timeout:
+                self.triton_crashed(now, f"Triton models not ready after {a.ready_timeout:.0f} s")
+
+    def triton_crashed(self, now: float, why: str) -> None:
+        delay = self.triton_policy.crashed(now)      # raises CrashLoop past the budget
+        if self.triton.poll() is None:
+            # Alive but useless (a dead stub, a broken executor, stuck loading): SIGKILL, not SIGTERM,
+            # since Triton would wait for in-flight requests the dead decoder never finishes.
+            self.triton.kill()
+            self.triton.wait()
+        self.reap_triton_group()
+        loud(f"{why}; restarting in {delay:.0f} s ({self.triton_policy.recent_crashes} of at most "
+             f"{self.triton_policy.max_crashes} restarts within {self.triton_policy.window:.0f} s)")
+        if self.triton_state != "starting":
+            self.triton_down_at = now
+        self.triton_state, self.triton_due = "waiting", now + delay
+
     def run(self) -> int:
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGTERM, self.stop)
@@ -325,33 +468,17 @@ class Supervisor:
             workers = self.args.frontend_workers
             log(f"Triton models ready; starting the frontend ({workers} worker{'s' if workers > 1 else ''})")
             self.start_frontend()
+            self.triton_ready(time.monotonic())
             log(f"{SERVING_LINE.decode()} http://{self.args.host}:{self.args.port}/v1")
-            backoff = 1.0
             while not self.stopping:
                 time.sleep(0.2)
-                self.check_frontends()
-                if self.triton.poll() is not None:
-                    log(f"tritonserver exited with code {self.triton.returncode}; restarting in {backoff:.0f} s")
-                    self.reap_triton_group()
-                    deadline = time.monotonic() + backoff
-                    while time.monotonic() < deadline and not self.stopping:
-                        time.sleep(0.1)
-                    if self.stopping:
-                        break
-                    self.restarts += 1
-                    self.start_triton(cmd)
-                    try:
-                        self.wait_triton_ready(self.args.ready_timeout)
-                        if not self.stopping:
-                            log(f"tritonserver is back (restart {self.restarts})")
-                        backoff = 1.0
-                    except LaunchError as e:
-                        log(str(e))
-                        backoff = min(backoff * 2, MAX_RESTART_BACKOFF_S)
-                        if self.triton.poll() is None:   # hung while loading: end it, the loop restarts it
-                            self.triton.kill()
-                            self.triton.wait()
+                now = time.monotonic()
+                self.supervise_frontends(now)
+                self.supervise_triton(now, cmd)
             return 0
+        except CrashLoop as e:
+            loud(f"{e}. Stopping the replica: whatever supervises it should replace it.")
+            return EXIT_GAVE_UP
         except (LaunchError, TritonNotFound, TemplateError) as e:
             log(f"error: {e}")
             return 1
