@@ -143,7 +143,18 @@ def test_page_headers_size_and_parameters(stack, page):
     assert "up to 48" in page.inner_text("#params")       # the session stack's cap, from /v1/models
 
 
+def throttle_downloads(page, bytes_per_s: int) -> None:
+    """Chromium's own network throttling: the stream's events then reach the page spread over
+    seconds, so its incremental rendering is observable however loaded the machine is (on a busy
+    machine a fast stream can otherwise arrive in one read)."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
+                                                  "downloadThroughput": bytes_per_s, "uploadThroughput": -1})
+
+
 def test_streamed_multi_turn_chat_with_usage_and_logprobs(stack, page):
+    throttle_downloads(page, 8000)
     # Record every state the reply's text goes through, as the browser renders it.
     page.evaluate("""() => {
         window.seen = [];
