@@ -37,7 +37,9 @@ def _scalar(name: str, dtype: str, ensemble_name: Optional[str] = None, **kw) ->
 
 # Inputs both decoders declare.
 COMMON_INPUTS: tuple[Tensor, ...] = (
-    Tensor("input_ids", "TYPE_INT32", (-1,), optional=False, from_preprocessing="INPUT_ID", ragged=True),
+    # Optional as upstream declares it (config.pbtxt:43-48; encoder models send
+    # encoder_input_features instead): a request without it gets the decoder's own error.
+    Tensor("input_ids", "TYPE_INT32", (-1,), from_preprocessing="INPUT_ID", ragged=True),
     _scalar("input_lengths", "TYPE_INT32", optional=False, from_preprocessing="REQUEST_INPUT_LEN"),
     _scalar("request_output_len", "TYPE_INT32", optional=False, from_preprocessing="REQUEST_OUTPUT_LEN"),
     _scalar("num_return_sequences", "TYPE_INT32", "num_return_sequences"),
