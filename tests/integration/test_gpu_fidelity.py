@@ -104,6 +104,11 @@ def _inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
     return out
 
 
+# Long enough to hold their places, short enough that a full CPU batch (64 x this) fits the
+# session stacks' 32768-token KV cache without preemption.
+FLOOD_TOKENS = 450
+
+
 @both_modes
 def test_decoder_queue_full_is_429(stack):
     """Finding 4: the decoder's own queue-full error is a 429, whatever words the decoder uses
@@ -118,7 +123,7 @@ def test_decoder_queue_full_is_429(stack):
         # Long requests straight at the decoder (no frontend gate in the way): capacity of them
         # run or queue, the rest are refused by the decoder itself.
         for i in range(flood):
-            client.async_stream_infer(DECODER, _inputs(_arrays(PROMPT, 1000, streaming=True)),
+            client.async_stream_infer(DECODER, _inputs(_arrays(PROMPT, FLOOD_TOKENS, streaming=True)),
                                       request_id=f"flood-{uuid.uuid4().hex}")
         errors: list[str] = []
 
@@ -133,14 +138,16 @@ def test_decoder_queue_full_is_429(stack):
         if decoder_mode(stack) == "gpu":
             assert any(f"Maximum queue size of {queue_size} has been reached, please try again later" in e
                        for e in errors), errors[:3]
-        for _ in range(5):
-            status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": USER, "max_tokens": 4})
-            if status != 200:
-                break
-            # A flood request finished before ours arrived: fill the freed places again.
-            for _ in range(batch):
-                client.async_stream_infer(DECODER, _inputs(_arrays(PROMPT, 1000, streaming=True)),
+        if hasattr(stack, "metrics_port"):
+            # Queued requests move into the batch as it fills, freeing queue places: wait for a
+            # full batch, then fill the queue again (the excess is refused).
+            wait_for(lambda: stack.engine_stats()["num_running"] >= batch, timeout=60, what="a full batch")
+            refused_before = len(errors)
+            for _ in range(batch + 4):
+                client.async_stream_infer(DECODER, _inputs(_arrays(PROMPT, FLOOD_TOKENS, streaming=True)),
                                           request_id=f"flood-{uuid.uuid4().hex}")
+            wait_for(lambda: refused() and len(errors) > refused_before, timeout=60, what="the queue full again")
+        status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": USER, "max_tokens": 4})
         assert status == 429, body
         assert body["error"]["code"] == "queue_full"
     finally:
