@@ -64,6 +64,23 @@ def test_streamed_log_probs_equal_non_streamed(stack, openai_client):
 
 
 @both_modes
+def test_log_probs_are_the_decoders_per_token_values(stack, openai_client):
+    """Finding 2, exactly: the frontend streams from the decoder even for non-streamed requests,
+    so misaligned log-probs were wrong on both paths alike. Compare with the decoder's own
+    non-streamed answer for the same prompt ids and seed."""
+    r = openai_client.completions.create(model=stack.model_name, prompt=PROMPT, max_tokens=8, temperature=1.0,
+                                         seed=5, logprobs=0)
+    got = run_decoder(stack.grpc_url, _arrays(PROMPT, 8, temperature=np.float32(1.0), runtime_top_k=np.int32(0),
+                                              runtime_top_p=np.float32(1.0), seed=np.uint64(5), end_id=np.int32(2),
+                                              return_log_probs=True),
+                      outputs=("output_ids", "sequence_length", "output_log_probs"))
+    direct = got.responses[-1].as_numpy("output_log_probs").reshape(-1).tolist()
+    assert len(r.choices[0].logprobs.token_logprobs) == len(direct) == 8
+    assert np.allclose(r.choices[0].logprobs.token_logprobs, direct, atol=1e-4), \
+        (r.choices[0].logprobs.token_logprobs, direct)
+
+
+@both_modes
 def test_cached_tokens_on_a_repeated_prompt(stack, openai_client):
     """cached_tokens on GPU: kv_cache_reused_blocks (return_perf_metrics) x tokens_per_block."""
     messages = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "lorem ipsum dolor sit amet " * 12}]
