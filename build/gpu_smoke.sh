@@ -18,6 +18,10 @@
 #   SKIP_INSTALL=1             the frontend's dependencies are installed already
 #   SKIP_SUITE=1               stop after the probes
 #
+# It must finish within 10 minutes on one H100/H200 after the engine build; the issue 11 probes
+# (sampling defaults, streamed log-probs, perf metrics, overload 429) take under a minute with
+# the tiny model.
+#
 # The integration suite is pointed at this stack with LLAMA_TRITON_EXTERNAL_URL (the frontend)
 # and LLAMA_TRITON_EXTERNAL_GRPC (Triton's gRPC endpoint); see docs/GPU.md.
 set -euo pipefail
@@ -181,6 +185,111 @@ assert status == 200, body
 answer = json.loads(body)["choices"][0]["message"]["content"]
 print("guided, response_format (regex yes|no):", repr(answer))
 assert answer.strip() in ("yes", "no"), f"response_format not honoured by the frontend: {answer!r}"
+EOF
+
+step "probes: issue 11 (sampling defaults, streamed log-probs, perf metrics, overload 429)"
+SMOKE_URL="http://127.0.0.1:$PORT" SMOKE_GRPC="127.0.0.1:$GRPC_PORT" $PY - <<'EOF'
+import json, os, queue, time, urllib.error, urllib.request, uuid
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+url, grpc_url = os.environ["SMOKE_URL"], os.environ["SMOKE_GRPC"]
+model = json.load(urllib.request.urlopen(f"{url}/v1/models"))["data"][0]["id"]
+msgs = [{"role": "user", "content": "Tell me a story about a fox."}]
+
+
+def post(body, messages=msgs):
+    req = urllib.request.Request(f"{url}/v1/chat/completions",
+                                 data=json.dumps(dict(model=model, messages=messages, **body)).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+# Finding 1: without runtime_top_k/top_p TensorRT-LLM is greedy (n choices identical).
+status, body = post({"n": 2, "temperature": 1.0, "seed": 11, "max_tokens": 16})
+assert status == 200, body
+texts = [c["message"]["content"] for c in json.loads(body)["choices"]]
+print("seeded n=2 at temperature 1:", texts)
+assert texts[0] != texts[1], texts
+
+# Finding 2: streamed responses carry cumulative log-probs; the frontend takes the new tokens'.
+lp = {"temperature": 1.0, "seed": 3, "max_tokens": 12, "logprobs": True}
+status, body = post(lp)
+assert status == 200, body
+full = [(t["token"], t["logprob"]) for t in json.loads(body)["choices"][0]["logprobs"]["content"]]
+status, body = post({**lp, "stream": True})
+assert status == 200, body
+streamed = [(t["token"], t["logprob"]) for line in body.splitlines() if line.startswith("data: {")
+            for c in json.loads(line[6:]).get("choices", []) for t in ((c.get("logprobs") or {}).get("content") or [])]
+print("log-probs, non-streamed:", full)
+print("log-probs, streamed:    ", streamed)
+assert [t for t, _ in streamed] == [t for t, _ in full], (streamed, full)
+assert np.allclose([v for _, v in streamed], [v for _, v in full], atol=1e-4), (streamed, full)
+
+
+def tensor(name, arr):
+    t = grpcclient.InferInput(name, list(arr.shape), {np.int32: "INT32", np.bool_: "BOOL"}[arr.dtype.type])
+    t.set_data_from_numpy(arr)
+    return t
+
+
+def arrays(ids, max_tokens, **flags):
+    a = [tensor("input_ids", np.array([ids], np.int32)), tensor("input_lengths", np.array([[len(ids)]], np.int32)),
+         tensor("request_output_len", np.array([[max_tokens]], np.int32))]
+    return a + [tensor(k, np.array([[v]], np.bool_)) for k, v in flags.items()]
+
+
+# Finding 3: return_perf_metrics writes outputs the config must declare (else the request fails).
+perf = ["kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks", "arrival_time_ns",
+        "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns", "acceptance_rate",
+        "total_accepted_draft_tokens", "total_draft_tokens"]
+prompt = list(range(100, 300))
+for attempt in range(2):
+    got = queue.Queue()
+    client = grpcclient.InferenceServerClient(grpc_url)
+    client.start_stream(callback=lambda result, error: got.put((result, error)))
+    client.async_stream_infer("tensorrt_llm", arrays(prompt, 2, return_perf_metrics=True), request_id=uuid.uuid4().hex,
+                              outputs=[grpcclient.InferRequestedOutput(n) for n in ["output_ids", "sequence_length"] + perf])
+    result, error = got.get(timeout=120)
+    client.stop_stream()
+    assert error is None, error
+    values = {n: result.as_numpy(n).reshape(-1)[0].item() for n in perf if result.as_numpy(n) is not None}
+    print(f"return_perf_metrics, run {attempt + 1}:", values)
+    assert set(values) == set(perf), set(perf) - set(values)
+cfg = grpcclient.InferenceServerClient(grpc_url).get_model_config("tensorrt_llm", as_json=True)["config"]
+tokens_per_block = int(cfg["parameters"]["tokens_per_block"]["string_value"])
+print("reused KV blocks on the repeat:", values["kv_cache_reused_blocks"], "x", tokens_per_block, "tokens")
+assert values["kv_cache_reused_blocks"] >= 1, values
+long_msgs = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "lorem ipsum dolor sit amet " * 20}]
+cached = [json.loads(post({"max_tokens": 1}, long_msgs)[1])["usage"]["prompt_tokens_details"]["cached_tokens"]
+          for _ in range(2)]
+print("cached_tokens, first and repeated prompt:", cached)
+assert cached[1] > 0, cached
+
+# Finding 4: the executor's "Maximum queue size of N has been reached" is a 429, not a 500.
+params = {k: v["string_value"] for k, v in cfg["parameters"].items()}
+if "max_queue_size" in params:      # the CPU decoder (these probes also run against --decoder-io gpu)
+    capacity = int(params["max_batch_size"]) + int(params["max_queue_size"])
+else:
+    capacity = int(cfg["max_batch_size"]) + int(cfg["dynamic_batching"]["default_queue_policy"]["max_queue_size"])
+errors = queue.Queue()
+client = grpcclient.InferenceServerClient(grpc_url)
+client.start_stream(callback=lambda result, error: errors.put(error) if error is not None else None)
+t0 = time.monotonic()
+for _ in range(capacity + 8):       # long requests straight at the decoder: the frontend gate is not in the way
+    client.async_stream_infer("tensorrt_llm", arrays([1, 450, 4996], 1000, streaming=True), request_id=uuid.uuid4().hex)
+first = errors.get(timeout=120)
+print(f"decoder refusal after {time.monotonic() - t0:.1f} s:", str(first).splitlines()[0][:200])
+status, body = post({"max_tokens": 4})
+print("frontend under overload:", status, body[:200])
+client.stop_stream(cancel_requests=True)
+assert "Maximum queue size of" in str(first), first
+assert status == 429, body
 EOF
 
 if [ -z "${SKIP_SUITE:-}" ]; then

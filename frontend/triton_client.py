@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
                               DecoderResponse, DecoderUnavailable)
 from frontend.logging_setup import current_request
-from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS
+from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS, PERF_METRIC_OUTPUTS
 
 log = logging.getLogger("frontend.triton")
 
@@ -49,10 +49,12 @@ CHANNEL_ARGS = [
 BASE_OUTPUTS = ("output_ids", "sequence_length", "sequence_index", "num_reused_tokens")
 LOG_PROB_OUTPUTS = ("output_log_probs",)
 TOP_LOG_PROB_OUTPUTS = ("top_log_prob_ids", "top_log_probs")
+# TensorRT-LLM's stand-in for num_reused_tokens (with return_perf_metrics): reused KV blocks.
+PERF_OUTPUTS = ("kv_cache_reused_blocks",)
 # Their element formats (struct codes) as the decoder's tensor contract declares them.
 _FORMAT_OF_DTYPE = {"TYPE_INT32": "i", "TYPE_INT64": "q", "TYPE_FP32": "f"}
-OUTPUT_FORMATS = {t.name: _FORMAT_OF_DTYPE[t.dtype] for t in COMMON_OUTPUTS + CPU_ONLY_OUTPUTS
-                  if t.name in BASE_OUTPUTS + LOG_PROB_OUTPUTS + TOP_LOG_PROB_OUTPUTS}
+OUTPUT_FORMATS = {t.name: _FORMAT_OF_DTYPE[t.dtype] for t in COMMON_OUTPUTS + CPU_ONLY_OUTPUTS + PERF_METRIC_OUTPUTS
+                  if t.name in BASE_OUTPUTS + LOG_PROB_OUTPUTS + TOP_LOG_PROB_OUTPUTS + PERF_OUTPUTS}
 
 
 def _classify(err: Exception) -> Exception:
@@ -62,13 +64,30 @@ def _classify(err: Exception) -> Exception:
         return DecoderUnavailable(f"lost the decoder stream: {err.code().name}: {err.details()}")
     msg = str(err)
     low = msg.lower()
-    if "queue full" in low or "exceeds maximum queue size" in low:
+    # "Maximum queue size of N has been reached, please try again later": TensorRT-LLM's executor
+    # (executorImpl.cpp enqueueRequests), passed on by the tensorrtllm backend as INTERNAL.
+    if "queue full" in low or "exceeds maximum queue size" in low or "maximum queue size of" in low:
         return DecoderBusy(msg)
     if any(s in low for s in ("unavailable", "failed to connect", "connection refused", "not ready",
                               "socket closed", "connection reset", "unknown model", "is not found")):
         return DecoderUnavailable(msg)
     # The engine words its own failures "internal error: ..." (llama_triton/engine/engine.py).
     return DecoderError(msg, internal="internal error" in low)
+
+
+def decoder_capacity(cfg: dict, params: dict) -> Optional[int]:
+    """Requests the decoder holds at once: running batch plus queue. The CPU decoder states both
+    as parameters; TensorRT-LLM's config has them as max_batch_size and dynamic_batching's
+    default_queue_policy.max_queue_size, which its backend makes the executor's queue bound
+    (tensorrtllm_backend model_instance_state.cc:659-675)."""
+    batch, queue = params.get("max_batch_size") or "", params.get("max_queue_size") or ""
+    if batch.isdigit() and queue.isdigit():
+        return int(batch) + int(queue)
+    policy = cfg.get("dynamic_batching", {}).get("default_queue_policy", {})
+    batch, queue = str(cfg.get("max_batch_size", "")), str(policy.get("max_queue_size", ""))
+    if batch.isdigit() and queue.isdigit() and int(queue) > 0:
+        return int(batch) + int(queue)
+    return None
 
 
 def _values(buffers: dict[str, bytes], name: str) -> Optional[list]:
@@ -95,6 +114,7 @@ class TritonDecoder:
         self._caps: Optional[DecoderCapabilities] = None
         self._active = 0                        # decoder requests this frontend has open
         self._capacity: Optional[int] = None    # max_batch_size + max_queue_size, when declared
+        self._block_tokens = 0                  # tokens per KV block (GPU: cached tokens from reused blocks)
         self._requested: dict[tuple[bool, bool], list[grpcclient.InferRequestedOutput]] = {}
         # frontend/decoder_health.py, wired by app.py: tells a broken decoder from a bad request,
         # watches open streams, ends them when the decoder is down. None: no health tracking.
@@ -150,8 +170,9 @@ class TritonDecoder:
             params = {k: v.get("string_value") for k, v in cfg.get("parameters", {}).items()}
             self._caps = DecoderCapabilities(frozenset(i["name"] for i in cfg.get("input", [])),
                                              frozenset(o["name"] for o in cfg.get("output", [])), params)
-            batch, queue = params.get("max_batch_size") or "", params.get("max_queue_size") or ""
-            self._capacity = int(batch) + int(queue) if batch.isdigit() and queue.isdigit() else None
+            self._capacity = decoder_capacity(cfg, params)
+            tokens_per_block = params.get("tokens_per_block") or ""
+            self._block_tokens = int(tokens_per_block) if tokens_per_block.isdigit() else 0
             self._requested = {}
         return self._caps
 
@@ -159,10 +180,11 @@ class TritonDecoder:
         """The outputs this request reads, of those the decoder declares (None: all, caps unknown)."""
         if self._caps is None:
             return None
-        key = ("return_log_probs" in arrays, "num_top_log_probs" in arrays)
+        key = ("return_log_probs" in arrays, "num_top_log_probs" in arrays, "return_perf_metrics" in arrays)
         outputs = self._requested.get(key)
         if outputs is None:
-            names = BASE_OUTPUTS + (LOG_PROB_OUTPUTS if key[0] else ()) + (TOP_LOG_PROB_OUTPUTS if key[1] else ())
+            names = BASE_OUTPUTS + (LOG_PROB_OUTPUTS if key[0] else ()) + (TOP_LOG_PROB_OUTPUTS if key[1] else ()) \
+                + (PERF_OUTPUTS if key[2] else ())
             outputs = [grpcclient.InferRequestedOutput(n) for n in names if n in self._caps.outputs]
             self._requested[key] = outputs
         return outputs
@@ -247,7 +269,7 @@ class TritonDecoder:
                         yield DecoderResponse(0, [], None, None, None, None, True)
                         break
                     continue
-                parsed = self._parse(resp, final)
+                parsed = self._parse(resp, final, self._block_tokens)
                 produced = True
                 if ctx is not None:
                     ctx.completion_tokens += len(parsed.token_ids)
@@ -289,7 +311,7 @@ class TritonDecoder:
                     await self.stop(request_id)
 
     @staticmethod
-    def _parse(resp, final: bool) -> DecoderResponse:
+    def _parse(resp, final: bool, block_tokens: int = 0) -> DecoderResponse:
         """One ModelInferResponse -> DecoderResponse, straight from its raw output buffers.
 
         This runs once per streamed token: reading the protobuf directly costs a fraction of
@@ -304,10 +326,19 @@ class TritonDecoder:
         seq = _values(buffers, "sequence_index")
         lps = _values(buffers, "output_log_probs")
         reused = _values(buffers, "num_reused_tokens")
+        if reused is None and block_tokens:
+            # TensorRT-LLM counts reused KV blocks; whole blocks of the prompt were served from cache.
+            blocks = _values(buffers, "kv_cache_reused_blocks")
+            reused = [blocks[0] * block_tokens] if blocks else None
+        if lps is not None and len(lps) > n:
+            # A streamed TensorRT-LLM response holds the new ids but the log-probs of every token
+            # so far (llmRequest.cpp createResult; tensorrtllm_backend issue #632): the new
+            # tokens' are the last n.
+            lps = lps[len(lps) - n:]
         return DecoderResponse(
             sequence_index=seq[0] if seq else 0,
             token_ids=tokens,
-            log_probs=lps[:n] if lps is not None else None,
+            log_probs=lps,
             top_ids=_rows(buffers, "top_log_prob_ids", n),
             top_log_probs=_rows(buffers, "top_log_probs", n),
             num_reused_tokens=reused[0] if reused else None,

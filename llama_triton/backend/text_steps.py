@@ -74,8 +74,10 @@ class StreamDetokenizers:
         """Text for one decoder response.
 
         `is_final` is the CPU decoder's flag for a sequence's last response; None where the
-        decoder has no such output (TensorRT-LLM), in which case state lives until idle eviction
-        and a trailing incomplete UTF-8 sequence of the last response is not flushed.
+        decoder has no such output (TensorRT-LLM). Then a response of several tokens is a whole
+        non-streamed sequence (decoded and flushed at once), and a stream's state lives until idle
+        eviction: a streamed request that reuses the id of an earlier stream within
+        `idle_seconds`, or a one-token non-streamed response, is the documented gap.
         """
         if not request_id:
             # No key to keep state under: each response is decoded alone (documented limitation).
@@ -85,6 +87,11 @@ class StreamDetokenizers:
         with self._lock:
             entry = self._streams.pop(key, None)
             self._evict(now)
+        if is_final is None and len(ids) > 1:
+            # TensorRT-LLM streams one new token per response (llmRequest.cpp createResult, no
+            # speculative decoding here): more is a whole non-streamed sequence. Decode it with its
+            # tail flushed, and drop what an earlier request with the same id left behind.
+            return decode(self.tokenizer, ids)
         if entry is None and is_final:
             return decode(self.tokenizer, ids)     # the whole sequence in one response
         detok = entry[0] if entry else IncrementalDetokenizer(self.tokenizer)

@@ -154,6 +154,9 @@ def checkpoint_command(spec: EngineSpec, dtype: str, kv: str, ckpt: Path) -> tup
     return "quantize.py (ModelOpt)", argv
 
 
+TOKENS_PER_BLOCK = 32   # KV cache block size of the engines we build (trtllm-build --tokens_per_block)
+
+
 def build_command(spec: EngineSpec, kv: str, ckpt: Path, engine: Path, max_input_len: int,
                   max_seq_len: int) -> list[str]:
     workers = spec.workers or min(spec.world_size, GPUS_PER_NODE)
@@ -165,7 +168,10 @@ def build_command(spec: EngineSpec, kv: str, ckpt: Path, engine: Path, max_input
             "--use_paged_context_fmha", "enable",
             "--max_batch_size", str(spec.max_batch_size), "--max_input_len", str(max_input_len),
             "--max_seq_len", str(max_seq_len), "--max_num_tokens", str(spec.max_num_tokens),
-            "--max_beam_width", "1", "--workers", str(workers)]
+            "--max_beam_width", "1", "--workers", str(workers),
+            # Stated, not left to the release default: the frontend turns the backend's
+            # kv_cache_reused_blocks into cached tokens with it (the config's tokens_per_block).
+            "--tokens_per_block", str(TOKENS_PER_BLOCK)]
     if spec.quant == "fp8" and kv == "fp8":
         argv += ["--use_fp8_context_fmha", "enable"]    # Hopper: FP8 attention over the FP8 KV cache
     return argv
@@ -224,6 +230,7 @@ def plan_build(spec: EngineSpec, shape: ModelShape) -> BuildPlan:
         max_seq_len=max_seq_len,
         engine_dir=str(deploy / ENGINE_DIR), xgrammar_tokenizer_info_path=str(deploy / TOKENIZER_INFO),
         kv_cache_free_gpu_mem_fraction=spec.kv_cache_free_gpu_mem_fraction,
+        tokens_per_block=TOKENS_PER_BLOCK,
         extra={"max_num_tokens": kv_cap if kv_cap else ""})
 
     serve = ["llama-triton", "serve", "--repository", str(deploy / REPOSITORY_DIR), "--model-dir", tokenizer_dir]

@@ -48,6 +48,8 @@ def _tensor_block(tensors: tuple[Tensor, ...], *, inputs: bool) -> str:
             extra += " optional: true"
         if inputs and t.reshape_scalar:
             extra += " reshape: { shape: [ ] }"
+        if inputs and t.ragged:
+            extra += " allow_ragged_batch: true"
         lines.append(f'  {{ name: "{t.name}" data_type: {t.dtype} dims: [ {_dims(t)} ]{extra} }}')
     return ",\n".join(lines)
 
@@ -99,6 +101,9 @@ class RepositorySettings:
     kv_cache_free_gpu_mem_fraction: float = 0.9
     enable_chunked_context: bool = True
     max_queue_delay_microseconds: int = 0
+    # KV block size, stated in both configs: the frontend reports cached prompt tokens on GPU as
+    # kv_cache_reused_blocks x tokens_per_block (the CPU engine's blocks are 16 tokens).
+    tokens_per_block: int = 16
     extra: dict[str, object] = field(default_factory=dict)
 
     def values(self) -> dict[str, object]:
@@ -124,6 +129,10 @@ class RepositorySettings:
             "kv_cache_free_gpu_mem_fraction": self.kv_cache_free_gpu_mem_fraction,
             "enable_chunked_context": str(self.enable_chunked_context).lower(),
             "max_queue_delay_microseconds": self.max_queue_delay_microseconds,
+            "tokens_per_block": self.tokens_per_block,
+            # The CPU decoder rendered with TensorRT-LLM's tensor list also behaves like it
+            # (llama_triton/backend/trtllm_emulation.py).
+            "emulate_tensorrt_llm": str(self.decoder == "cpu" and io_name == "gpu").lower(),
         }
         v.update(ensemble_blocks(inputs, outputs))
         v.update(self.extra)

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from llama_triton.backend import trtllm_emulation
 from llama_triton.engine.types import GUIDE_TYPES, GenerationRequest, RequestError, SamplingParams, SequenceOutput
 from llama_triton.trtllm.word_lists import WordListError, from_word_list
 
@@ -65,21 +66,24 @@ def _words(get: Getter, name: str) -> list[list[int]]:
         raise RequestError(f"{name}: {e}") from None
 
 
-def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool = True
+def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool = True, trtllm: bool = False
                   ) -> tuple[GenerationRequest | StopRequest, bool]:
-    """Returns the request and whether its output must exclude the prompt."""
+    """Returns the request and whether its output must exclude the prompt.
+
+    `trtllm`: TensorRT-LLM's defaults and error texts (llama_triton/backend/trtllm_emulation.py).
+    """
     if _scalar(get, "stop", bool, False):
         return StopRequest(request_id), True
     ids = get("input_ids")
     if ids is None:
-        raise RequestError("input_ids: required")
+        raise RequestError(trtllm_emulation.MISSING_INPUT_IDS if trtllm else "input_ids: required")
     ids = np.asarray(ids).reshape(-1)
     length = _scalar(get, "input_lengths", int, len(ids))
     if length < 1 or length > len(ids):
         raise RequestError(f"input_lengths: {length} does not fit input_ids of length {len(ids)}")
     out_len = get("request_output_len")
     if out_len is None:
-        raise RequestError("request_output_len: required")
+        raise RequestError(trtllm_emulation.MISSING_OUTPUT_LEN if trtllm else "request_output_len: required")
     max_new = _scalar(get, "request_output_len", int, 0)
     if max_new < 0:
         raise RequestError(f"request_output_len: must be >= 0, got {max_new}")
@@ -102,16 +106,21 @@ def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool =
     if guide_type is not None and guide_type != "json" and not guide:
         raise RequestError(f"guided_decoding_guide: required for guide type {guide_type}")
     end_id = _scalar(get, "end_id", int, None)
+    top_k = _scalar(get, "runtime_top_k", int, None)
+    top_p = _scalar(get, "runtime_top_p", float, None)
+    if trtllm:
+        top_k, top_p = trtllm_emulation.sampling_top_k_top_p(top_k, top_p)
     params = SamplingParams(
         max_new_tokens=max_new,
         temperature=_scalar(get, "temperature", float, 1.0),
-        top_k=_scalar(get, "runtime_top_k", int, 0),
-        top_p=_scalar(get, "runtime_top_p", float, 1.0),
+        top_k=0 if top_k is None else top_k,
+        top_p=1.0 if top_p is None else top_p,
         min_p=_scalar(get, "min_p", float, 0.0),
         repetition_penalty=_scalar(get, "repetition_penalty", float, 1.0),
         presence_penalty=_scalar(get, "presence_penalty", float, 0.0),
         frequency_penalty=_scalar(get, "frequency_penalty", float, 0.0),
-        seed=_scalar(get, "seed", int, 0) % UINT64,
+        # Absent: 0 in both modes, TensorRT-LLM's fixed default (trtllm_emulation.DEFAULT_SEED).
+        seed=_scalar(get, "seed", int, trtllm_emulation.DEFAULT_SEED) % UINT64,
         end_id=end_id if end_id is not None and end_id >= 0 else None,
         stop_words=_words(get, "stop_words_list"),
         bad_words=_words(get, "bad_words_list"),

@@ -72,6 +72,8 @@ def decoder_arrays(s: DecodeSettings, declared: frozenset[str]) -> dict[str, np.
         "request_output_len": _scalar(s.max_new_tokens, np.int32),
         "streaming": _scalar(True, bool),
         "exclude_input_in_output": _scalar(True, bool),
+        # Always a seed: TensorRT-LLM's default is a fixed 0 (defaultDecodingParams.h getSeed), so
+        # unseeded requests would all sample alike.
         "seed": _scalar(normalize_seed(s.seed), np.uint64),
     }
     if s.temperature == 0:
@@ -80,10 +82,12 @@ def decoder_arrays(s: DecodeSettings, declared: frozenset[str]) -> dict[str, np.
         a["temperature"] = _scalar(1.0, np.float32)
     else:
         a["temperature"] = _scalar(s.temperature, np.float32)
-        if s.top_k:
-            a["runtime_top_k"] = _scalar(s.top_k, np.int32)
-        if s.top_p < 1.0:
-            a["runtime_top_p"] = _scalar(s.top_p, np.float32)
+        # Always both: TensorRT-LLM reads an absent top_k as 0 and an absent top_p as 0.0, and its
+        # top-k layer turns k == 0 && p == 0 into k = 1, i.e. greedy (tensorrtllm_backend
+        # inflight_batcher_llm/src/utils.cc:555-563; TensorRT-LLM defaultDecodingParams.h and the
+        # top-k setup kernel). top_k 0 with top_p 1.0 is plain sampling over the whole vocabulary.
+        a["runtime_top_k"] = _scalar(s.top_k, np.int32)
+        a["runtime_top_p"] = _scalar(s.top_p, np.float32)
         if need("min_p", "min_p", s.min_p == 0.0):
             a["min_p"] = _scalar(s.min_p, np.float32)
     if s.repetition_penalty != 1.0:
@@ -103,6 +107,9 @@ def decoder_arrays(s: DecodeSettings, declared: frozenset[str]) -> dict[str, np.
         a["min_tokens"] = _scalar(s.min_tokens, np.int32)
     if s.logprobs:
         a["return_log_probs"] = _scalar(True, bool)
+    if "return_perf_metrics" in declared:
+        # TensorRT-LLM reports prompt-cache hits only as perf metrics (kv_cache_reused_blocks).
+        a["return_perf_metrics"] = _scalar(True, bool)
     if s.top_logprobs and need("top_logprobs", "num_top_log_probs", False):
         a["num_top_log_probs"] = _scalar(s.top_logprobs, np.int32)
     if s.logit_bias and need("logit_bias", "embedding_bias", False):

@@ -25,6 +25,10 @@ class Tensor:
     from_preprocessing: Optional[str] = None  # preprocessing output that feeds it instead
     reshape_scalar: bool = False          # dims [1] inputs that TensorRT-LLM reshapes to scalars
     to_postprocessing: Optional[str] = None   # decoder output that postprocessing also reads
+    # Inputs whose length differs between requests: TensorRT-LLM's config marks them
+    # allow_ragged_batch (tensorrtllm_backend c2e65b8 all_models/inflight_batcher_llm/tensorrt_llm/
+    # config.pbtxt:46,136,143,150,452,459) so Triton may batch requests of different lengths.
+    ragged: bool = False
 
 
 def _scalar(name: str, dtype: str, ensemble_name: Optional[str] = None, **kw) -> Tensor:
@@ -33,15 +37,17 @@ def _scalar(name: str, dtype: str, ensemble_name: Optional[str] = None, **kw) ->
 
 # Inputs both decoders declare.
 COMMON_INPUTS: tuple[Tensor, ...] = (
-    Tensor("input_ids", "TYPE_INT32", (-1,), optional=False, from_preprocessing="INPUT_ID"),
+    # Optional as upstream declares it (config.pbtxt:43-48; encoder models send
+    # encoder_input_features instead): a request without it gets the decoder's own error.
+    Tensor("input_ids", "TYPE_INT32", (-1,), from_preprocessing="INPUT_ID", ragged=True),
     _scalar("input_lengths", "TYPE_INT32", optional=False, from_preprocessing="REQUEST_INPUT_LEN"),
     _scalar("request_output_len", "TYPE_INT32", optional=False, from_preprocessing="REQUEST_OUTPUT_LEN"),
     _scalar("num_return_sequences", "TYPE_INT32", "num_return_sequences"),
     _scalar("end_id", "TYPE_INT32", from_preprocessing="OUT_END_ID"),
     _scalar("pad_id", "TYPE_INT32", from_preprocessing="OUT_PAD_ID"),
-    Tensor("stop_words_list", "TYPE_INT32", (2, -1), from_preprocessing="STOP_WORDS_IDS"),
-    Tensor("bad_words_list", "TYPE_INT32", (2, -1), from_preprocessing="BAD_WORDS_IDS"),
-    Tensor("embedding_bias", "TYPE_FP32", (-1,), from_preprocessing="EMBEDDING_BIAS"),
+    Tensor("stop_words_list", "TYPE_INT32", (2, -1), from_preprocessing="STOP_WORDS_IDS", ragged=True),
+    Tensor("bad_words_list", "TYPE_INT32", (2, -1), from_preprocessing="BAD_WORDS_IDS", ragged=True),
+    Tensor("embedding_bias", "TYPE_FP32", (-1,), from_preprocessing="EMBEDDING_BIAS", ragged=True),
     _scalar("beam_width", "TYPE_INT32", "beam_width"),
     _scalar("temperature", "TYPE_FP32", "temperature"),
     _scalar("runtime_top_k", "TYPE_INT32", "top_k"),
@@ -55,8 +61,9 @@ COMMON_INPUTS: tuple[Tensor, ...] = (
     _scalar("exclude_input_in_output", "TYPE_BOOL", "exclude_input_in_output"),
     _scalar("stop", "TYPE_BOOL"),
     _scalar("streaming", "TYPE_BOOL", "stream"),
-    Tensor("guided_decoding_guide_type", "TYPE_STRING", (1,), ensemble_name="guided_decoding_guide_type"),
-    Tensor("guided_decoding_guide", "TYPE_STRING", (1,), ensemble_name="guided_decoding_guide"),
+    Tensor("guided_decoding_guide_type", "TYPE_STRING", (1,), ensemble_name="guided_decoding_guide_type",
+           ragged=True),
+    Tensor("guided_decoding_guide", "TYPE_STRING", (1,), ensemble_name="guided_decoding_guide", ragged=True),
 )
 
 # Only the CPU reference decoder has these (TensorRT-LLM's C++ backend lacks min_p and top-N
@@ -66,20 +73,19 @@ CPU_ONLY_INPUTS: tuple[Tensor, ...] = (
     _scalar("num_top_log_probs", "TYPE_INT32", "num_top_log_probs"),
 )
 
-# Only the GPU backend has these (beam search, decaying top-p, perf metrics, LoRA).
+# Only the GPU backend has these (beam search, decaying top-p, perf metrics).
+# Not declared although upstream's config has them (tensorrtllm_backend c2e65b8, issue 11):
+# - runtime_top_p_min: the backend reads "runtime_top_k_min" instead
+#   (inflight_batcher_llm/src/utils.h:86), so the declared name does nothing; we never send it.
+# - lora_task_id/lora_weights/lora_config, return_context_logits/return_generation_logits: our
+#   engine build enables neither LoRA nor gathered logits (build/engine.py), so they cannot work.
 GPU_ONLY_INPUTS: tuple[Tensor, ...] = (
-    _scalar("runtime_top_p_min", "TYPE_FP32"),
     _scalar("runtime_top_p_decay", "TYPE_FP32"),
     _scalar("runtime_top_p_reset_ids", "TYPE_INT32"),
     _scalar("len_penalty", "TYPE_FP32", "length_penalty"),
     _scalar("early_stopping", "TYPE_BOOL"),
     _scalar("beam_search_diversity_rate", "TYPE_FP32"),
-    _scalar("return_context_logits", "TYPE_BOOL"),
-    _scalar("return_generation_logits", "TYPE_BOOL"),
     _scalar("return_perf_metrics", "TYPE_BOOL", "return_perf_metrics"),
-    _scalar("lora_task_id", "TYPE_UINT64"),
-    Tensor("lora_weights", "TYPE_FP16", (-1, -1)),
-    Tensor("lora_config", "TYPE_INT32", (-1, 3)),
 )
 
 COMMON_OUTPUTS: tuple[Tensor, ...] = (
@@ -104,9 +110,10 @@ CPU_ONLY_OUTPUTS: tuple[Tensor, ...] = (
     Tensor("is_final", "TYPE_BOOL", (1,), to_postprocessing="IS_FINAL"),
 )
 
-GPU_ONLY_OUTPUTS: tuple[Tensor, ...] = (
-    Tensor("context_logits", "TYPE_FP32", (-1, -1)),
-    Tensor("generation_logits", "TYPE_FP32", (-1, -1, -1)),
+# With return_perf_metrics the backend writes every one of these on every response, requested or
+# not (model_instance_state.cc:1255-1306 at c2e65b8); one the config lacks fails the request
+# ("Could not get response output for output tensor ...", utils.h:331).
+PERF_METRIC_OUTPUTS: tuple[Tensor, ...] = (
     Tensor("kv_cache_alloc_new_blocks", "TYPE_INT32", (1,), ensemble_name="kv_cache_alloc_new_blocks"),
     Tensor("kv_cache_reused_blocks", "TYPE_INT32", (1,), ensemble_name="kv_cache_reused_blocks"),
     Tensor("kv_cache_alloc_total_blocks", "TYPE_INT32", (1,), ensemble_name="kv_cache_alloc_total_blocks"),
@@ -114,6 +121,14 @@ GPU_ONLY_OUTPUTS: tuple[Tensor, ...] = (
     Tensor("first_scheduled_time_ns", "TYPE_INT64", (1,)),
     Tensor("first_token_time_ns", "TYPE_INT64", (1,)),
     Tensor("last_token_time_ns", "TYPE_INT64", (1,)),
+    Tensor("acceptance_rate", "TYPE_FP32", (1,)),
+    Tensor("total_accepted_draft_tokens", "TYPE_INT32", (1,)),
+    Tensor("total_draft_tokens", "TYPE_INT32", (1,)),
+)
+
+GPU_ONLY_OUTPUTS: tuple[Tensor, ...] = PERF_METRIC_OUTPUTS + (
+    # Written for disaggregated context-only requests; declared as upstream does (config.pbtxt:525).
+    Tensor("context_phase_params", "TYPE_UINT8", (-1,)),
 )
 
 DECODER_IO = {

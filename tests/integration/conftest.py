@@ -16,6 +16,7 @@ class ExternalStack:
         with urllib.request.urlopen(f"{self.base_url}/v1/models", timeout=30) as r:
             self.model_name = json.loads(r.read())["data"][0]["id"]
         self.port = int(self.base_url.rsplit(":", 1)[1])
+        self.decoder_io = "gpu"
 
     def engine_stats(self):
         pytest.skip("engine counters are the CPU reference decoder's; not available on an external stack")
@@ -24,23 +25,68 @@ class ExternalStack:
         pass
 
 
+# The decoder modes the frontend's suites run against (issue 11): the CPU reference decoder, and
+# the same decoder rendered with TensorRT-LLM's tensor list, where it behaves like the C++ backend
+# (llama_triton/backend/trtllm_emulation.py). A module opts in with
+#     pytestmark = pytest.mark.parametrize("stack", DECODER_MODES, indirect=True)
+# and its tests then run once per mode, each mode's stack shared by the whole session.
+DECODER_MODES = ("cpu", "gpu")
+# The GPU-mode stack's decoder holds 8 running sequences and 8 queued requests, small enough for
+# the overload test to fill it with a handful of requests.
+GPU_MODE_LIMITS = ("--decoder-io", "gpu", "--max-batch-size", "8", "--max-queue-size", "8")
+
+
+def _external():
+    url = os.environ.get("LLAMA_TRITON_EXTERNAL_URL")
+    return ExternalStack(url, os.environ.get("LLAMA_TRITON_EXTERNAL_GRPC", "127.0.0.1:8001")) if url else None
+
+
 @pytest.fixture(scope="session")
-def stack(default_model_dir, tmp_path_factory):
+def cpu_stack(default_model_dir, tmp_path_factory):
     """The real stack on the default model, with a low max_tokens cap as CI budgets require.
 
     LLAMA_TRITON_EXTERNAL_URL / LLAMA_TRITON_EXTERNAL_GRPC point the suite at a running stack
     instead (docs/GPU.md).
     """
-    external = os.environ.get("LLAMA_TRITON_EXTERNAL_URL")
+    external = _external()
     if external:
-        yield ExternalStack(external, os.environ.get("LLAMA_TRITON_EXTERNAL_GRPC", "127.0.0.1:8001"))
+        yield external
         return
     s = start_stack(str(default_model_dir), tmp_path_factory.mktemp("stack"),
                     *TEST_LIMITS, "--max-num-tokens", "32768")
+    s.decoder_io = "cpu"
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="session")
+def gpu_stack(default_model_dir, tmp_path_factory):
+    """The CPU decoder in GPU mode: TensorRT-LLM's tensors, defaults, responses and errors."""
+    external = _external()
+    if external:
+        yield external          # a real GPU deployment (build/gpu_smoke.sh)
+        return
+    s = start_stack(str(default_model_dir), tmp_path_factory.mktemp("gpu-stack"),
+                    *TEST_LIMITS, *GPU_MODE_LIMITS, "--max-num-tokens", "32768")
+    s.decoder_io = "gpu"
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(request):
+    """The CPU stack, or the stack of the decoder mode a module is parametrized with."""
+    mode = getattr(request, "param", "cpu")
+    if mode == "cpu" and hasattr(request, "param") and _external() is not None:
+        pytest.skip("the external stack is a GPU deployment: its runs are the [gpu] ones")
+    return request.getfixturevalue(f"{mode}_stack")
+
+
+def decoder_mode(stack) -> str:
+    """"cpu" or "gpu": which tensor list (and behaviour) the stack's decoder has."""
+    return getattr(stack, "decoder_io", "cpu")
+
+
+@pytest.fixture(scope="module")
 def openai_client(stack):
     return openai_client_for(stack, os.environ.get("LLAMA_TRITON_API_KEY", "unused"))

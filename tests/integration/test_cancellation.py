@@ -5,7 +5,10 @@ import time
 
 import pytest
 
+from tests.integration.conftest import DECODER_MODES
 from tests.integration.stack import wait_for
+
+pytestmark = pytest.mark.parametrize("stack", DECODER_MODES, indirect=True)
 
 
 def idle(stack):

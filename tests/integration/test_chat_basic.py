@@ -4,6 +4,10 @@ import urllib.request
 
 import pytest
 
+from tests.integration.conftest import DECODER_MODES
+
+pytestmark = pytest.mark.parametrize("stack", DECODER_MODES, indirect=True)
+
 
 def post(stack, path, body, headers=None):
     req = urllib.request.Request(f"{stack.base_url}{path}", data=json.dumps(body).encode(),

@@ -6,8 +6,11 @@ import urllib.request
 import openai
 import pytest
 
+from tests.integration.conftest import DECODER_MODES, decoder_mode
 from tests.integration.frontends import extra_frontend
 from tests.integration.http_helpers import post_json as post
+
+pytestmark = pytest.mark.parametrize("stack", DECODER_MODES, indirect=True)
 
 USER = [{"role": "user", "content": "Hi"}]
 
@@ -41,6 +44,11 @@ def test_range_edges(stack, field, good, bad):
     for value in good:
         body = {"model": stack.model_name, "messages": USER, "max_tokens": 2, field: value}
         status, resp, _ = post(stack.base_url, "/v1/chat/completions", body)
+        if field == "min_p" and value and decoder_mode(stack) == "gpu":
+            # TensorRT-LLM has no min_p: a 400 naming it, never a silently dropped field.
+            assert status == 400, (field, value, resp)
+            assert_envelope(resp, field)
+            continue
         assert status == 200, (field, value, resp)
         assert len(resp["choices"]) == (value if field == "n" else 1)
         if field in ("max_tokens", "max_completion_tokens") and value:
@@ -58,6 +66,11 @@ def test_range_edges(stack, field, good, bad):
 def test_top_logprobs_edges(stack):
     ok = post(stack.base_url, "/v1/chat/completions", {"model": stack.model_name, "messages": USER, "max_tokens": 2,
                                                       "logprobs": True, "top_logprobs": 20})
+    if decoder_mode(stack) == "gpu":
+        # TensorRT-LLM returns no alternatives per token: top_logprobs > 0 is a 400 naming it.
+        assert ok[0] == 400
+        assert_envelope(ok[1], "top_logprobs")
+        return
     assert ok[0] == 200
     content = ok[1]["choices"][0]["logprobs"]["content"]
     assert len(content) == 2 and all(len(t["top_logprobs"]) == 20 for t in content)
@@ -163,8 +176,13 @@ def test_stream_usage_options(stack):
 
 
 def test_completions_endpoint(stack, openai_client):
+    if decoder_mode(stack) == "gpu":
+        # logprobs=2 asks for two alternatives per token, which TensorRT-LLM cannot return.
+        with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+            openai_client.completions.create(model=stack.model_name, prompt="Once upon", max_tokens=4, seed=3,
+                                             logprobs=2, echo=True)
     r = openai_client.completions.create(model=stack.model_name, prompt="Once upon", max_tokens=4, seed=3,
-                                         logprobs=2, echo=True)
+                                         logprobs=0 if decoder_mode(stack) == "gpu" else 2, echo=True)
     assert r.choices[0].text.startswith("Once upon")
     assert len(r.choices[0].logprobs.tokens) == 4
     ids = openai_client.completions.create(model=stack.model_name, prompt=[1, 9038, 2501], max_tokens=3, seed=3)

@@ -20,6 +20,7 @@ import aiohttp
 import psutil
 import pytest
 
+from tests.integration.conftest import DECODER_MODES, decoder_mode
 from tests.integration.frontends import extra_frontend
 from tests.integration.stack import start_stack, wait_for
 
@@ -146,12 +147,15 @@ async def wait_async(predicate, timeout, what):
 # ----------------------------------------------------------------------------- the module stack
 
 
-@pytest.fixture(scope="module")
-def fault_stack(default_model_dir, tmp_path_factory):
-    s = start_stack(str(default_model_dir), tmp_path_factory.mktemp("faults"),
+@pytest.fixture(scope="module", params=DECODER_MODES)
+def fault_stack(request, default_model_dir, tmp_path_factory):
+    # Both decoder modes (issue 11): the GPU-mode decoder errs and ends streams as TensorRT-LLM does.
+    mode = ("--decoder-io", request.param) if request.param != "cpu" else ()
+    s = start_stack(str(default_model_dir), tmp_path_factory.mktemp("faults"), *mode,
                     "--max-tokens-cap", "4096", "--max-seq-len", "4096", "--max-num-tokens", "65536",
                     "--shutdown-grace", str(SHUTDOWN_GRACE),
                     frontend_args=("--write-timeout", str(WRITE_TIMEOUT)))
+    s.decoder_io = request.param
     yield s
     s.stop()
 
@@ -211,8 +215,10 @@ def test_slow_client_is_cut_off_with_bounded_memory(fault_stack):
     fe = frontend_process(stack)
     before = wait_for(lambda: idle(stack), what="idle decoder")
     rss0 = rss(fe)
-    # Large events (4 choices, 20 top logprobs per token) and a tiny receive window.
-    body = json.dumps(chat_body(stack.model_name, n=4, logprobs=True, top_logprobs=20)).encode()
+    # Large events (4 choices, 20 top logprobs per token; GPU mode has no top logprobs) and a tiny
+    # receive window.
+    top = {} if decoder_mode(stack) == "gpu" else {"top_logprobs": 20}
+    body = json.dumps(chat_body(stack.model_name, n=4, logprobs=True, **top)).encode()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", stack.port))

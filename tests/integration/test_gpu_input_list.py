@@ -4,17 +4,13 @@ cannot honour: a 400 naming the field, never a silently dropped parameter."""
 import pytest
 
 from tests.integration.http_helpers import post_chat as post
-from tests.integration.stack import start_stack
 
 USER = [{"role": "user", "content": "Hi"}]
 
 
 @pytest.fixture(scope="module")
-def gpu_io_stack(default_model_dir, tmp_path_factory):
-    s = start_stack(str(default_model_dir), tmp_path_factory.mktemp("gpu-io"), "--decoder-io", "gpu",
-                    "--max-tokens-cap", "16", "--max-seq-len", "512", "--max-num-tokens", "8192")
-    yield s
-    s.stop()
+def gpu_io_stack(gpu_stack):
+    return gpu_stack      # the session's GPU-mode stack (tests/integration/conftest.py)
 
 
 @pytest.mark.parametrize("extra,param", [

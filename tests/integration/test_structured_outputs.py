@@ -14,7 +14,10 @@ import jsonschema
 import openai
 import pytest
 
+from tests.integration.conftest import DECODER_MODES
 from tests.integration.http_helpers import post_chat
+
+pytestmark = pytest.mark.parametrize("stack", DECODER_MODES, indirect=True)
 
 MESSAGES = [{"role": "user", "content": "Describe a colour as JSON."}]
 SCHEMA = {

@@ -13,7 +13,11 @@ from collections import defaultdict
 import jsonschema
 import pytest
 
+from tests.integration.conftest import DECODER_MODES
 from tests.integration.stack import TEST_LIMITS, openai_client_for, start_stack
+
+# The tests on the session stack run in both decoder modes (the Llama-3 ones on their own stack).
+both_modes = pytest.mark.parametrize("stack", DECODER_MODES, indirect=True)
 
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris, and what time is it?"}]
 WEATHER_PARAMS = {"type": "object",
@@ -83,6 +87,7 @@ def run_both(client, **kwargs):
 
 # ---- Llama-2 ---------------------------------------------------------------------------------
 
+@both_modes
 def test_required_single_call_n2(stack, openai_client):
     full, _ = run_both(openai_client, model=stack.model_name, messages=MESSAGES, tools=TOOLS, tool_choice="required",
                        parallel_tool_calls=False, seed=3, n=2)
@@ -93,6 +98,7 @@ def test_required_single_call_n2(stack, openai_client):
         check_call(name, arguments)
 
 
+@both_modes
 def test_required_parallel_calls(stack, openai_client):
     full, _ = run_both(openai_client, model=stack.model_name, messages=MESSAGES, tools=TOOLS,
                        tool_choice="required", seed=3, n=2)
@@ -104,6 +110,7 @@ def test_required_parallel_calls(stack, openai_client):
             check_call(name, arguments)
 
 
+@both_modes
 def test_named_function_n2(stack, openai_client):
     full, _ = run_both(openai_client, model=stack.model_name, messages=MESSAGES, tools=TOOLS, tool_choice=NAMED,
                        seed=4, n=2)
@@ -114,6 +121,7 @@ def test_named_function_n2(stack, openai_client):
         check_call(name, arguments)
 
 
+@both_modes
 def test_none_is_plain_text_without_tools_in_the_prompt(stack, openai_client):
     plain = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, seed=5, max_tokens=6)
     full, _ = run_both(openai_client, model=stack.model_name, messages=MESSAGES, tools=TOOLS, tool_choice="none",
@@ -143,6 +151,7 @@ def auto_seeds(stack, openai_client, default_tokenizer):
     pytest.fail(f"no seed in 0..50 gave both a call ({call_seed}) and text ({text_seed})")
 
 
+@both_modes
 def test_auto_call_and_text(stack, openai_client, auto_seeds):
     bias, call_seed, text_seed = auto_seeds
     common = dict(model=stack.model_name, messages=MESSAGES, tools=TOOLS, logit_bias=bias,
@@ -159,6 +168,7 @@ def test_auto_call_and_text(stack, openai_client, auto_seeds):
     assert streamed[0]["content"] == choice.message.content
 
 
+@both_modes
 def test_auto_n2_parses_each_choice(stack, openai_client, auto_seeds):
     bias, call_seed, _ = auto_seeds
     full, _ = run_both(openai_client, model=stack.model_name, messages=MESSAGES, tools=TOOLS, logit_bias=bias,
@@ -170,6 +180,7 @@ def test_auto_n2_parses_each_choice(stack, openai_client, auto_seeds):
             assert choice.finish_reason in ("stop", "length") and choice.message.content
 
 
+@both_modes
 def test_round_trip(stack, openai_client):
     first = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, tools=TOOLS,
                                                   tool_choice="required", parallel_tool_calls=False, seed=3)

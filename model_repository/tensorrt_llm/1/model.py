@@ -12,6 +12,7 @@ import uuid
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from llama_triton.backend import trtllm_emulation as trtllm
 from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
 from llama_triton.engine.types import QueueFull, RequestError
 from llama_triton.backend.engine_setup import build_engine, EngineMetrics
@@ -24,6 +25,9 @@ class TritonPythonModel:
         self.declared_inputs = frozenset(i["name"] for i in config["input"])
         self.declared_outputs = frozenset(o["name"] for o in config["output"])
         self.exclude_input_default = params.get("exclude_input_in_output", "true") == "true"
+        # GPU mode: behave as TensorRT-LLM's C++ backend does (llama_triton/backend/trtllm_emulation.py).
+        self.trtllm = params.get("emulate_tensorrt_llm", "false") == "true"
+        self.block_size = int(params.get("tokens_per_block", "16"))
         self.engine = build_engine(params)
         self.metrics = EngineMetrics(pb_utils, self.engine)
         self.lock = threading.Lock()
@@ -64,10 +68,21 @@ class TritonPythonModel:
             return None if t is None else t.as_numpy()
 
         try:
-            parsed, exclude_input = parse_request(get, engine_id, exclude_input_default=self.exclude_input_default)
+            parsed, exclude_input = parse_request(get, engine_id, exclude_input_default=self.exclude_input_default,
+                                                  trtllm=self.trtllm)
         except RequestError as e:
             return self._fail(sender, str(e))
         if isinstance(parsed, StopRequest):
+            if self.trtllm:
+                if not rid:
+                    return self._fail(sender, trtllm.STOP_WITHOUT_ID)
+                self.engine.cancel(parsed.request_id)
+                # An empty response with the final flag, not a bare flag (tensorrtllm_backend
+                # model_instance_state.cc:903-904, sendEnqueueResponse): a client sees it even
+                # without triton_enable_empty_final_response.
+                sender.send(pb_utils.InferenceResponse(output_tensors=[]),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return
             self.engine.cancel(parsed.request_id)
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
@@ -76,6 +91,12 @@ class TritonPythonModel:
         # Build only what the caller reads (the frontend asks for four outputs): every tensor
         # costs a copy through shared memory to the Triton process per streamed token.
         wanted = self.declared_outputs.intersection(request.requested_output_names()) or self.declared_outputs
+        shaper = None
+        if self.trtllm:
+            shaper = trtllm.ResponseShaper(
+                num_sequences=params.num_return_sequences, streaming=parsed.streaming,
+                prompt_len=len(parsed.prompt_ids), block_size=self.block_size, declared=self.declared_outputs,
+                perf_metrics=trtllm.wants_perf_metrics(get))
         remaining = {"n": params.num_return_sequences}
         cum_log_probs = [0.0] * params.num_return_sequences   # running totals, as TensorRT-LLM reports
         if rid:
@@ -87,6 +108,8 @@ class TritonPythonModel:
                 self.live[rid] = (request, sender)
 
         def on_output(out):
+            if remaining["n"] < 0:
+                return      # failed already (GPU mode: an undeclared perf-metric output)
             if out.error is not None:
                 self._forget(rid, request)
                 return self._fail(sender, out.error)
@@ -98,6 +121,14 @@ class TritonPythonModel:
                                    if 0 <= out.sequence_index < len(cum_log_probs) else 0.0,
                                    with_log_probs=params.return_log_probs, num_top=params.top_logprobs,
                                    declared=wanted)
+            if shaper is not None:
+                try:
+                    arrays = {k: v for k, v in shaper.shape(out, arrays).items() if k in wanted}
+                except trtllm.MissingOutput as e:
+                    self.engine.cancel(engine_id)
+                    self._forget(rid, request)
+                    remaining["n"] = -1     # the error response was the final one
+                    return self._fail(sender, str(e))
             tensors = [pb_utils.Tensor(k, v) for k, v in arrays.items()]
             last = False
             if out.finished:
@@ -112,7 +143,11 @@ class TritonPythonModel:
             self.engine.submit(parsed, on_output)
         except (RequestError, QueueFull) as e:
             self._forget(rid, request)
-            self._fail(sender, str(e) if isinstance(e, RequestError) else f"queue full: {e}")
+            if self.trtllm:
+                self._fail(sender, trtllm.queue_full_text(self.engine.config.max_queue_size)
+                           if isinstance(e, QueueFull) else trtllm.executor_error_text(str(e)))
+            else:
+                self._fail(sender, str(e) if isinstance(e, RequestError) else f"queue full: {e}")
 
     def _forget(self, rid, request):
         if rid:
