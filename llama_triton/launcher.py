@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frontend processes sharing --port (SO_REUSEPORT); about one per 4,000 streamed tokens/s")
     multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/multigpu.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
+    from llama_triton import cluster   # `llama-triton cluster`: replicas behind a router (cluster.py)
+    cluster.add_parser(sub)
     return p
 
 
@@ -339,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return Supervisor(args).run()
+    if args.command == "cluster":
+        from llama_triton.cluster import Cluster
+        return Cluster(args).run()
     return 2
 
 
