@@ -113,6 +113,8 @@ class Load:
         self.outcomes: list[StreamOutcome] = []
         self.live: list[StreamOutcome] = []      # streams in flight, their events so far
         self.stopping = False
+        self.resumed = asyncio.Event()           # cleared: clients wait before their next request
+        self.resumed.set()
 
     def body(self) -> dict:
         words = os.urandom(8).hex()
@@ -122,6 +124,9 @@ class Load:
 
     async def client(self, session):
         while not self.stopping:
+            await self.resumed.wait()
+            if self.stopping:
+                break
             out = StreamOutcome(time.monotonic())
             self.live.append(out)
             await stream_once(session, self.cluster.base_url, self.body(), auth(), out)
@@ -141,6 +146,7 @@ class Load:
                 return await scenario(self)
             finally:
                 self.stopping = True
+                self.resumed.set()
                 await asyncio.gather(*clients)
 
     def counts(self, since: float = 0.0) -> dict[str, int]:

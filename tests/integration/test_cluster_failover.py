@@ -60,7 +60,13 @@ def kill_under_load(cluster, role: str) -> dict:
         t = {"killed": time.monotonic()}
         proc.kill()
         t["marked_down"] = await poll(lambda: victim not in cluster.healthy_workers(), 30, "router marks it down")
+        # Enough requests after that to see the router avoid it, then a quiet machine while the
+        # replica reloads (two cores: the load would only slow its tritonserver's start).
+        sent = len(load.outcomes)
+        await poll(lambda: len(load.outcomes) >= sent + 4 * CONCURRENCY, 120, "requests after the replica went")
+        load.resumed.clear()
         t["back"] = await poll(lambda: victim in cluster.healthy_workers(), 300, "replica healthy again")
+        load.resumed.set()
         routed = cluster.routed().get(victim, 0)
         t["routed_again"] = await poll(lambda: cluster.routed().get(victim, 0) >= routed + 3, 60,
                                        "requests routed to the returned replica")
