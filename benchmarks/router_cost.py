@@ -21,7 +21,7 @@ from typing import Any, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (DEFAULT_MODEL_DIR, ROOT, CpuMeter, log, machine_info, plt, rel, results_dir, save_fig,
+from benchmarks.common import (DEFAULT_MODEL_DIR, ROOT, CpuMeter, log, machine_info, plt, rel, save_fig,
                                self_process, write_json)
 from benchmarks.workload import Length, make_requests
 

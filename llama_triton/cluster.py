@@ -281,6 +281,9 @@ class Cluster:
     def shutdown(self) -> None:
         # Router first (no new requests reach a draining replica), then every replica at once:
         # each drains its frontend (--shutdown-grace) and stops its tritonserver.
+        if self.replicas and any(r.proc is not None for r in self.replicas):
+            log(f"stopping: the router, then {len(self.replicas)} replica(s) (each drains for up to "
+                f"{self.args.shutdown_grace:g} s)")
         if self.router is not None and self.router.poll() is None:
             self.router.send_signal(signal.SIGTERM)
             try:
@@ -303,8 +306,7 @@ class Cluster:
                 f.close()
 
     def run(self) -> int:
-        signal.signal(signal.SIGINT, self.stop)
-        signal.signal(signal.SIGTERM, self.stop)
+        previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.prepare()
             a = self.args
@@ -331,3 +333,5 @@ class Cluster:
             return 1
         finally:
             self.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
