@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -47,7 +48,8 @@ def process_groups(cluster) -> dict[str, Any]:
                 except Exception:
                     continue
                 cmd = " ".join(argv)
-                if kind == "smg" and argv and (Path(argv[0]).name == "smg" or "-m smg" in cmd):
+                # smg retitles its process (setproctitle): "smg::router"
+                if kind == "smg" and ((argv and argv[0].startswith("smg")) or "-m smg" in cmd):
                     out.append(p)
                 elif kind == "frontend" and "-m frontend" in cmd:
                     out.append(p)
@@ -70,7 +72,7 @@ def run_path(label: str, base_url: str, cluster, args, specs) -> dict[str, Any]:
     cpu: dict = {}
     r = run_load(cfg, specs, on_start=meter.start, on_stop=lambda: cpu.update(meter.stop()))
     tokens, wall = r["output_tokens"], r["duration_s"]
-    per_k = {k: round(1000 * v["cpu_s"] / tokens, 2) if tokens else None for k, v in cpu.items()}
+    per_k = {k: round(1e6 * v["cpu_s"] / tokens, 1) if tokens else None for k, v in cpu.items()}   # CPU-ms per 1k tokens
     serving = [k for k in cpu if k != "client (load generator)"]
     serving_cpu = sum(cpu[k]["cpu_s"] for k in serving)
     replica_cpu = sum(cpu[k]["cpu_s"] for k in ("frontend", "tritonserver + stubs"))
@@ -78,8 +80,8 @@ def run_path(label: str, base_url: str, cluster, args, specs) -> dict[str, Any]:
             "streamed_tokens_per_s": round(tokens / wall, 1) if wall else None,
             "completed": r["completed"], "errors": r["errors"], "ttft_ms": r["ttft_ms"], "itl_ms": r["itl_ms"],
             "cpu": cpu, "cpu_ms_per_1k_tokens": per_k,
-            "serving_cpu_ms_per_1k_tokens": round(1000 * serving_cpu / tokens, 2) if tokens else None,
-            "replica_cpu_ms_per_1k_tokens": round(1000 * replica_cpu / tokens, 2) if tokens else None}
+            "serving_cpu_ms_per_1k_tokens": round(1e6 * serving_cpu / tokens, 1) if tokens else None,
+            "replica_cpu_ms_per_1k_tokens": round(1e6 * replica_cpu / tokens, 1) if tokens else None}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -90,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--num-requests", type=int, default=0, help="per round and path (default: 3 x concurrency)")
     ap.add_argument("--prompt-len", default="64")
     ap.add_argument("--output-len", default="256")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating direct / router rounds")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating direct / router rounds")
     ap.add_argument("--max-duration", type=float, default=60.0, help="seconds per round before it stops sending")
     ap.add_argument("--name", default=NAME)
     args = ap.parse_args(argv)
@@ -131,6 +133,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             "throughput_ratio_router_over_direct": round(rt["streamed_tokens_per_s"] / d["streamed_tokens_per_s"], 3),
             "throughput_ratio_per_round": [round(b["streamed_tokens_per_s"] / a["streamed_tokens_per_s"], 3)
                                            for a, b in pairs],
+            "throughput_ratio_median": round(statistics.median(b["streamed_tokens_per_s"] / a["streamed_tokens_per_s"]
+                                                               for a, b in pairs), 3),
+            "serving_cpu_ratio_median": round(statistics.median(b["serving_cpu_ms_per_1k_tokens"]
+                                                                / a["serving_cpu_ms_per_1k_tokens"] for a, b in pairs), 3),
             "serving_cpu_ratio_router_over_direct": round(rt["serving_cpu_ms_per_1k_tokens"]
                                                           / d["serving_cpu_ms_per_1k_tokens"], 3),
             "router_cpu_ms_per_1k_tokens": rt["cpu_ms_per_1k_tokens"].get("router (smg)"),
@@ -138,9 +144,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             "replica_cpu_ms_per_1k_tokens_via_router": rt["replica_cpu_ms_per_1k_tokens"],
             "direct_tokens_per_s": d["streamed_tokens_per_s"], "router_tokens_per_s": rt["streamed_tokens_per_s"],
         }
-        log(f"router / direct: throughput x{summary['throughput_ratio_router_over_direct']} "
-            f"(per round {summary['throughput_ratio_per_round']}), serving CPU per token "
-            f"x{summary['serving_cpu_ratio_router_over_direct']}; SMG {summary['router_cpu_ms_per_1k_tokens']} "
+        log(f"router / direct: throughput x{summary['throughput_ratio_router_over_direct']} best/best, "
+            f"x{summary['throughput_ratio_median']} median of rounds {summary['throughput_ratio_per_round']}; "
+            f"serving CPU per token x{summary['serving_cpu_ratio_router_over_direct']} best/best, "
+            f"x{summary['serving_cpu_ratio_median']} median; SMG {summary['router_cpu_ms_per_1k_tokens']} "
             f"CPU-ms per 1k tokens")
     write_json(args.name, {
         "benchmark": NAME, "machine": machine_info(),
