@@ -7,6 +7,7 @@ by worker URL); the requests here run one at a time, so a counter's step is that
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import pytest
 
 from llama_triton.cluster import ROUTING_KEY_HEADER, find_smg, router_command
 from llama_triton.launcher import free_port, http_ok
-from tests.integration.cluster_fixtures import CLUSTER_KEYS, openai_client
+from llama_triton.served_cluster import scrape
+from tests.integration.cluster_fixtures import CLUSTER_KEYS, auth, openai_client
 from tests.integration.stack import wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -109,8 +111,16 @@ def round_robin_router(cluster):
     log = open(cluster.work_dir / "round-robin-router.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+
+    def registered() -> int:   # both replicas registered and healthy (else it would round-robin over one)
+        try:
+            workers = json.loads(scrape(f"{base}/workers", headers=auth()))["workers"]
+        except OSError:
+            return 0
+        return sum(1 for w in workers if w.get("is_healthy"))
     try:
-        wait_for(lambda: proc.poll() is not None or http_ok(f"{base}/health"), timeout=60, what="round_robin SMG up")
+        wait_for(lambda: proc.poll() is not None or (http_ok(f"{base}/health") and registered() == 2),
+                 timeout=60, what="round_robin SMG up with both replicas")
         assert proc.poll() is None, (cluster.work_dir / "round-robin-router.log").read_text()[-2000:]
         yield base
     finally:
