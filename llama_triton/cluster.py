@@ -176,7 +176,9 @@ class Cluster:
         r.work_dir.mkdir(parents=True, exist_ok=True)
         if r.log_file is not None:
             r.log_file.close()
-        r.log_file = open(r.log_path, "ab")
+        # A new cluster starts a new log (its "serving" line is what wait_replicas looks for);
+        # a restart appends to it.
+        r.log_file = open(r.log_path, "ab" if r.restarts else "wb")
         r.log_file.write(f"\n==== replica {r.index} start {r.restarts} ====\n".encode())
         r.log_file.flush()
         r.proc = subprocess.Popen(self.replica_command(r), stdout=r.log_file, stderr=subprocess.STDOUT,
