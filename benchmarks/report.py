@@ -146,8 +146,30 @@ def peers(d: dict) -> list[str]:
     return out
 
 
+def router_cost(d: dict) -> list[str]:
+    rows = [[f"{r['path']} #{r['round']}", num(r["streamed_tokens_per_s"]), pair(r["ttft_ms"], digits=0),
+             pair(r["itl_ms"], digits=1), num(r["serving_cpu_ms_per_1k_tokens"], 1),
+             num(r["cpu_ms_per_1k_tokens"].get("router (smg)"), 1), num(r["replica_cpu_ms_per_1k_tokens"], 1),
+             str(r["errors"] or 0)] for r in d["results"]]
+    s, sm = d["setup"], d.get("summary") or {}
+    out = [f"### Router cost: SMG vs direct to one replica, zero-cost decoder, concurrency {s['concurrency']}, "
+           f"{s['output_len']} tokens per request (`results/router_cost/`)", "", machine_line(d), "",
+           *table(["path, round", "streamed tok/s", "TTFT ms p50 / p99", "ITL ms p50 / p99",
+                   "serving CPU-ms per 1k tokens", "of which SMG", "replica (frontend + Triton)", "errors"], rows)]
+    if sm:
+        out += ["", f"Through the router / direct: throughput x{num(sm['throughput_ratio_router_over_direct'], 2)} "
+                    f"best round against best round, x{num(sm['throughput_ratio_median'], 2)} median of the rounds "
+                    f"({', '.join(num(x, 2) for x in sm['throughput_ratio_per_round'])}); serving CPU per token "
+                    f"x{num(sm['serving_cpu_ratio_router_over_direct'], 2)} best/best, "
+                    f"x{num(sm['serving_cpu_ratio_median'], 2)} median; SMG itself "
+                    f"{num(sm['router_cpu_ms_per_1k_tokens'], 1)} CPU-ms per 1,000 streamed tokens. Load average "
+                    f"before the run {', '.join(f'{x:.2f}' for x in s['load_average_before_start'])}."]
+    return out
+
+
 SECTIONS = (("engine", engine), ("triton_perf", triton_perf), ("openai_load", openai_load),
-            ("layer_cost", layer_cost), ("serving_capacity", serving_capacity), ("peers", peers))
+            ("layer_cost", layer_cost), ("serving_capacity", serving_capacity), ("peers", peers),
+            ("router_cost", router_cost))
 
 
 def render() -> str:

@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tritonserver; the frontend ends the open requests on its own meanwhile")
     multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/serve/multigpu.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
+    from llama_triton import cluster   # `llama-triton cluster`: replicas behind a router (cluster.py)
+    cluster.add_parser(sub)
     return p
 
 
@@ -490,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return Supervisor(args).run()
+    if args.command == "cluster":
+        from llama_triton.serve.cluster import Cluster
+        return Cluster(args).run()
     return 2
 
 

@@ -4,6 +4,7 @@ import urllib.request
 
 import pytest
 
+from tests.integration.cluster_fixtures import cluster  # noqa: F401  (the cluster tests' session cluster)
 from tests.integration.stack import TEST_LIMITS, openai_client_for, start_stack
 
 
