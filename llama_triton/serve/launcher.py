@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tritonserver; the frontend ends the open requests on its own meanwhile")
     multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/serve/multigpu.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
-    from llama_triton import cluster   # `llama-triton cluster`: replicas behind a router (cluster.py)
+    from llama_triton.serve import cluster   # `llama-triton cluster`: replicas behind a router (cluster.py)
     cluster.add_parser(sub)
     return p
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import defaultdict
 
 import pytest
@@ -385,6 +386,11 @@ def test_background_thread_sleeps_when_idle(checkpoint):
         for t in threads:
             t.join()
         assert col.done.wait(60)
+        # The last output is delivered inside the step that finishes it: wait until that step has
+        # ended (nothing running or waiting), then no further step may come.
+        deadline = time.monotonic() + 30
+        while (engine.num_running or engine.num_waiting) and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
         steps = engine.num_steps
         threading.Event().wait(0.3)
         assert engine.num_steps == steps  # no busy stepping while idle
