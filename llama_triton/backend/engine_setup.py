@@ -1,6 +1,6 @@
 """Builds the CPU decoder's engine from the Triton model parameters and exports its counters.
 
-Used by model_repository/tensorrt_llm/1/model.py. The counters become Triton custom metrics
+Used by llama_triton/backend/decoder_model.py. The counters become Triton custom metrics
 (`llama_triton_engine_*` at Triton's /metrics), which is how tests and operators see batching,
 queueing and cancellation at work.
 """

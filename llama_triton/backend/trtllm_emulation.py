@@ -1,7 +1,7 @@
 """The CPU decoder's GPU mode: what a client of TensorRT-LLM's C++ `tensorrtllm` backend observes.
 
 When the repository renders the CPU decoder with TensorRT-LLM's tensor list (`--decoder-io gpu`,
-parameter `emulate_tensorrt_llm`), model_repository/tensorrt_llm/1/model.py routes requests and
+parameter `emulate_tensorrt_llm`), llama_triton/backend/decoder_model.py routes requests and
 responses through this module, so the suite's GPU-mode runs fail where a GPU deployment would.
 Each behaviour cites the upstream lines it copies (docs/GPU.md has the table):
 

@@ -1,6 +1,6 @@
 """The engine's request and output types: the only things that cross the engine boundary.
 
-The Triton `tensorrt_llm` model (model_repository/tensorrt_llm/1/model.py) turns TensorRT-LLM
+The Triton `tensorrt_llm` model (llama_triton/backend/decoder_model.py) turns TensorRT-LLM
 tensors into a `GenerationRequest` and each `SequenceOutput` back into response tensors.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ OutputCallback = Callable[[SequenceOutput], None]
 
 
 class DecoderEngine(Protocol):
-    """What the Triton decoder model (model_repository/tensorrt_llm/1/model.py) drives: `Engine` (the
+    """What the Triton decoder model (llama_triton/backend/decoder_model.py) drives: `Engine` (the
     model) and `ZeroCostEngine` (no model) both implement it. `submit` raises RequestError or QueueFull;
     outputs arrive on the engine thread through `callback`. Counters (`num_steps`, ...) are optional:
     llama_triton/backend/engine_setup.py exports those an engine has."""

@@ -1,4 +1,4 @@
-"""model_repository/tensorrt_llm/1/model.py's request bookkeeping, without Triton.
+"""The decoder model's request bookkeeping (llama_triton/backend/decoder_model.py), without Triton.
 
 A stand-in `triton_python_backend_utils` and a recording engine replace the stub process and the
 CPU engine; the tensor parsing (llama_triton/trtllm/request_decoding.py) is the real one.
@@ -105,22 +105,37 @@ class RecordingEngine:
         self.cancelled.append(request_id)
 
 
+CONFIG = {"parameters": {}, "input": [{"name": n} for n in ("input_ids", "input_lengths", "request_output_len",
+                                                            "streaming", "stop")],
+          "output": [{"name": "output_ids"}, {"name": "sequence_length"}]}
+
+
 @pytest.fixture
-def model(monkeypatch):
+def model():
+    from llama_triton.backend.decoder_model import DecoderModel
+    engine = RecordingEngine()
+    m = DecoderModel(_fake_pb_utils(), CONFIG, engine_factory=lambda params: engine)
+    m.engine_under_test = engine
+    yield m
+    m.finalize()
+
+
+def test_the_triton_model_file_is_a_shell_over_decoder_model(monkeypatch):
+    """What Triton loads delegates every call: the logic above is the logic that serves."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
     spec = importlib.util.spec_from_file_location("tensorrt_llm_model_under_test", MODEL_PY)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     engine = RecordingEngine()
-    monkeypatch.setattr(module, "build_engine", lambda params: engine)
-    m = module.TritonPythonModel()
-    config = {"parameters": {}, "input": [{"name": n} for n in ("input_ids", "input_lengths", "request_output_len",
-                                                                 "streaming", "stop")],
-              "output": [{"name": "output_ids"}, {"name": "sequence_length"}]}
-    m.initialize({"model_config": json.dumps(config)})
-    m.engine_under_test = engine
-    yield m
-    m.finalize()
+    from llama_triton.backend import decoder_model
+    monkeypatch.setattr(decoder_model, "build_engine", lambda params: engine)
+    shell = module.TritonPythonModel()
+    shell.initialize({"model_config": json.dumps(CONFIG)})
+    assert isinstance(shell.model, decoder_model.DecoderModel) and shell.model.engine is engine
+    request = _generate("s1")
+    assert shell.execute([request]) is None
+    assert [r.request_id for r, _ in engine.submitted] == ["s1"]
+    shell.finalize()
 
 
 def _generate(rid):

@@ -1,0 +1,171 @@
+"""The CPU reference decoder model: TensorRT-LLM's `tensorrt_llm` tensors over llama_triton's engine.
+
+model_repository/tensorrt_llm/1/model.py is a shell around `DecoderModel`; Triton's module
+(`triton_python_backend_utils`) is passed in, so this runs without Triton in the unit tests.
+Tensor parsing lives in llama_triton.trtllm.request_decoding, batching in the engine. A request
+with `stop=true` cancels the in-flight request with the same id (TensorRT-LLM's way); Triton's own
+cancellation is honoured too, checked before every engine step.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Callable, Optional
+
+from llama_triton.backend import trtllm_emulation as trtllm
+from llama_triton.backend.engine_setup import EngineMetrics, build_engine
+from llama_triton.engine.types import DecoderEngine, QueueFull, RequestError
+from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
+
+
+class DecoderModel:
+    """One instance of the `tensorrt_llm` model: its engine, and which live request id is whose."""
+
+    def __init__(self, pb_utils, config: dict,
+                 engine_factory: Optional[Callable[[dict[str, str]], DecoderEngine]] = None):
+        self.pb = pb_utils
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.declared_inputs = frozenset(i["name"] for i in config["input"])
+        self.declared_outputs = frozenset(o["name"] for o in config["output"])
+        self.exclude_input_default = params.get("exclude_input_in_output", "true") == "true"
+        # GPU mode: behave as TensorRT-LLM's C++ backend does (llama_triton/backend/trtllm_emulation.py).
+        self.trtllm = params.get("emulate_tensorrt_llm", "false") == "true"
+        self.block_size = int(params.get("tokens_per_block", "16"))
+        self.engine = (engine_factory or build_engine)(params)
+        self.metrics = EngineMetrics(pb_utils, self.engine)
+        self.lock = threading.Lock()
+        self.live = {}  # request id -> (triton request, response sender); Triton-cancel polling
+        self.last_cancel_poll = 0.0
+        self.engine.add_step_listener(self._before_step)
+        self.engine.add_step_listener(self.metrics.update, at_end=True)
+        self.engine.start()
+
+    def _before_step(self):
+        # is_cancelled() is a round trip to the Triton process per request: poll at most every
+        # 100 ms, as TensorRT-LLM's backend does (cancellation_check_period_ms).
+        now = time.monotonic()
+        if now - self.last_cancel_poll < 0.1:
+            return
+        self.last_cancel_poll = now
+        with self.lock:
+            cancelled = [rid for rid, (req, _) in self.live.items() if req.is_cancelled()]
+        for rid in cancelled:
+            self.engine.cancel(rid)
+
+    def execute(self, requests):
+        for request in requests:
+            self._admit(request)
+        return None
+
+    def _admit(self, request):
+        sender = request.get_response_sender()
+        rid = request.request_id()
+        # Requests without an id (allowed by Triton) still need a unique engine key; they just
+        # cannot be cancelled by a later stop request.
+        engine_id = rid or f"anonymous-{uuid.uuid4().hex}"
+
+        def get(name):
+            if name not in self.declared_inputs:
+                return None
+            t = self.pb.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
+
+        try:
+            parsed, exclude_input = parse_request(get, engine_id, exclude_input_default=self.exclude_input_default,
+                                                  trtllm=self.trtllm)
+        except RequestError as e:
+            return self._fail(sender, str(e))
+        if isinstance(parsed, StopRequest):
+            if self.trtllm:
+                if not rid:
+                    return self._fail(sender, trtllm.STOP_WITHOUT_ID)
+                self.engine.cancel(parsed.request_id)
+                # An empty response with the final flag, not a bare flag (tensorrtllm_backend
+                # model_instance_state.cc:903-904, sendEnqueueResponse): a client sees it even
+                # without triton_enable_empty_final_response.
+                sender.send(self.pb.InferenceResponse(output_tensors=[]),
+                            flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return
+            self.engine.cancel(parsed.request_id)
+            sender.send(flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        params = parsed.params
+        prompt = None if exclude_input else parsed.prompt_ids
+        # Build only what the caller reads (the frontend asks for four outputs): every tensor
+        # costs a copy through shared memory to the Triton process per streamed token.
+        wanted = self.declared_outputs.intersection(request.requested_output_names()) or self.declared_outputs
+        shaper = None
+        if self.trtllm:
+            shaper = trtllm.ResponseShaper(
+                num_sequences=params.num_return_sequences, streaming=parsed.streaming,
+                prompt_len=len(parsed.prompt_ids), block_size=self.block_size, declared=self.declared_outputs,
+                perf_metrics=trtllm.wants_perf_metrics(get))
+        remaining = {"n": params.num_return_sequences}
+        cum_log_probs = [0.0] * params.num_return_sequences   # running totals, as TensorRT-LLM reports
+        if rid:
+            with self.lock:
+                # A second request under a live id would take over the original's entry (its
+                # Triton cancellation) and its engine slot: refuse it, as the engine would.
+                if rid in self.live:
+                    return self._fail(sender, f"request id {rid!r} is already in flight")
+                self.live[rid] = (request, sender)
+
+        def on_output(out):
+            if remaining["n"] < 0:
+                return      # failed already (GPU mode: an undeclared perf-metric output)
+            if out.error is not None:
+                self._forget(rid, request)
+                return self._fail(sender, out.error)
+            # Streaming responses carry only the new tokens, as TensorRT-LLM's do.
+            if out.log_probs and 0 <= out.sequence_index < len(cum_log_probs):
+                cum_log_probs[out.sequence_index] += float(sum(out.log_probs))
+            arrays = output_arrays(out, prompt_ids=None if parsed.streaming else prompt,
+                                   cum_log_prob=cum_log_probs[out.sequence_index]
+                                   if 0 <= out.sequence_index < len(cum_log_probs) else 0.0,
+                                   with_log_probs=params.return_log_probs, num_top=params.top_logprobs,
+                                   declared=wanted)
+            if shaper is not None:
+                try:
+                    arrays = {k: v for k, v in shaper.shape(out, arrays).items() if k in wanted}
+                except trtllm.MissingOutput as e:
+                    self.engine.cancel(engine_id)
+                    self._forget(rid, request)
+                    remaining["n"] = -1     # the error response was the final one
+                    return self._fail(sender, str(e))
+            tensors = [self.pb.Tensor(k, v) for k, v in arrays.items()]
+            last = False
+            if out.finished:
+                remaining["n"] -= 1
+                last = remaining["n"] == 0
+            if last:
+                self._forget(rid, request)
+            sender.send(self.pb.InferenceResponse(output_tensors=tensors),
+                        flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
+
+        try:
+            self.engine.submit(parsed, on_output)
+        except (RequestError, QueueFull) as e:
+            self._forget(rid, request)
+            if self.trtllm:
+                self._fail(sender, trtllm.queue_full_text(self.engine.config.max_queue_size)
+                           if isinstance(e, QueueFull) else trtllm.executor_error_text(str(e)))
+            else:
+                self._fail(sender, str(e) if isinstance(e, RequestError) else f"queue full: {e}")
+
+    def _forget(self, rid, request):
+        if rid:
+            with self.lock:
+                entry = self.live.get(rid)
+                if entry is not None and entry[0] is request:
+                    del self.live[rid]
+
+    def _fail(self, sender, message):
+        sender.send(self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(message)),
+                    flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def finalize(self):
+        self.engine.shutdown()
+        # Drop the metric objects while the stub can still write them back; destroying them
+        # during interpreter shutdown crashed the stub now and then.
+        self.metrics = None
