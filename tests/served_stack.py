@@ -50,6 +50,17 @@ class ServedStack:
                 stats[label] = float(line.rsplit(" ", 1)[1])
         return stats
 
+    def listening_frontends(self) -> set[int]:
+        """Pids of the frontend workers that listen (each writes its pid to its ready file then)
+        and are still alive."""
+        pids = set()
+        for f in (self.log_path.parent / "frontend").glob("ready-*"):
+            try:
+                pids.add(int(f.read_text().split()[0]))
+            except (OSError, ValueError, IndexError):
+                pass
+        return pids & {p.pid for p in self.processes()["frontend"]}
+
     def processes(self) -> dict[str, list]:
         """The stack's processes by role: launcher, frontend, tritonserver, python_stubs."""
         import psutil

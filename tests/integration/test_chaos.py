@@ -146,21 +146,10 @@ def recovered(stack, kill: Kill) -> bool:
     """Chat answers 200, and after a frontend kill the launcher has replaced the dead worker (the
     other one served meanwhile)."""
     if kill.kind == "frontend":
-        pids = listening_workers(stack)
+        pids = stack.listening_frontends()
         if len(pids) < 2 or kill.pid in pids:
             return False
     return chat_ok(stack)
-
-
-def listening_workers(stack) -> set[int]:
-    """Pids of the frontend workers that listen: each writes its pid to its ready file then."""
-    pids = set()
-    for f in (stack.log_path.parent / "frontend").glob("ready-*"):
-        try:
-            pids.add(int(f.read_text().split()[0]))
-        except (OSError, ValueError, IndexError):
-            pass
-    return pids
 
 
 def victim(stack, kind: str, rng: random.Random) -> int | None:

@@ -127,17 +127,6 @@ def frontend_pids(stack) -> set[int]:
     return {p.pid for p in stack.processes()["frontend"]}
 
 
-def listening(stack) -> set[int]:
-    """Pids of the workers that listen (each writes its pid to its ready file then), if still alive."""
-    pids = set()
-    for f in (stack.log_path.parent / "frontend").glob("ready-*"):
-        try:
-            pids.add(int(f.read_text().split()[0]))
-        except (OSError, ValueError, IndexError):
-            pass
-    return pids & frontend_pids(stack)
-
-
 def test_frontend_worker_killed(heal_stack):
     stack = heal_stack
     # Each worker notices on its own that the decoder is back (a probe every second while down):
@@ -168,7 +157,7 @@ def test_frontend_worker_killed(heal_stack):
         victim = min(before)
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        pids = wait_for(lambda: (lambda p: p if len(p) == 2 and victim not in p else None)(listening(stack)),
+        pids = wait_for(lambda: (lambda p: p if len(p) == 2 and victim not in p else None)(stack.listening_frontends()),
                         timeout=FRONTEND_RECOVERY_S, interval=0.1, what="worker restarted")
         n = len(statuses)
         wait_for(lambda: len(statuses) >= n + 3, timeout=60, what="requests after the restart")
