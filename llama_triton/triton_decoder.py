@@ -18,9 +18,10 @@ def build_engine(params: dict[str, str]):
         max_queue_size=int(params.get("max_queue_size", "256")),
         prefill_chunk_size=int(params.get("prefill_chunk_size", "512")),
         enable_prefix_reuse=params.get("enable_kv_cache_reuse", "true") == "true",
-        # One intra-op thread: tiny matmuls across threads cost more than they save, and the
-        # frontend and Triton's own threads share the same cores.
-        num_threads=int(params.get("num_threads", "1")),
+        # 0: one intra-op thread for small models (tiny matmuls across threads cost more than they
+        # save, and the frontend and Triton share the cores), every core for real sizes.
+        num_threads=int(params.get("num_threads", "0")),
+        dtype=params.get("dtype", "auto"),
     )
     if kind == "zero_cost":
         from llama_triton.engine.zero_cost import ZeroCostEngine
