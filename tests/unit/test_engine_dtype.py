@@ -93,5 +93,9 @@ def test_dtype_reaches_the_decoder_parameters(tmp_path, monkeypatch):
     assert build_parser().parse_args(["serve", "--dtype", "bfloat16"]).dtype == "bfloat16"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--dtype", "float16"])
-    repo = render_repository(RepositorySettings(model_dir=str(tmp_path), dtype="bfloat16"), tmp_path / "repo")
-    assert 'key: "dtype" value: { string_value: "bfloat16" }' in (repo / "tensorrt_llm" / "config.pbtxt").read_text()
+    assert build_parser().parse_args(["serve", "--decoder-threads", "3"]).decoder_threads == 3
+    repo = render_repository(RepositorySettings(model_dir=str(tmp_path), dtype="bfloat16", num_threads=3),
+                             tmp_path / "repo")
+    text = (repo / "tensorrt_llm" / "config.pbtxt").read_text()
+    assert 'key: "dtype" value: { string_value: "bfloat16" }' in text
+    assert 'key: "num_threads" value: { string_value: "3" }' in text
