@@ -34,6 +34,7 @@ from benchmarks.openai_load import LoadConfig, describe, run_load, strip_samples
 from benchmarks.workload import Length, make_requests
 
 NAME = "real-size"
+RSS_KV_TOKENS = 8192
 MODEL_DIR = "var/models/tinyllama-1.1b-random"
 TINYLLAMA_SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32, num_kv_heads=4,
                        max_position_embeddings=2048)
@@ -45,21 +46,31 @@ def build_model(out: Path, dtype: str = "bfloat16") -> Path:
     return load_build_script("make_default_model").build_model(out, dtype=dtype, **TINYLLAMA_SHAPE)
 
 
-def decoder_rss_mb() -> Optional[float]:
-    """RSS of the triton_python_backend_stub processes (the CPU decoder), summed, in MB."""
+def decoder_rss_mb(stack) -> Optional[dict[str, float]]:
+    """Resident memory of this stack's decoder: the triton_python_backend_stub serving the
+    tensorrt_llm model, found among the launcher's descendants (other stacks on the machine have
+    their own stubs). MB, total and split into anonymous memory (weights, KV cache, heap) and
+    file-backed pages (shared libraries, mapped files)."""
     import psutil
-    total, found = 0, False
-    for p in psutil.process_iter(["name", "cmdline"]):
+    try:
+        procs = psutil.Process(stack.proc.pid).children(recursive=True)
+    except psutil.Error:
+        return None
+    for p in procs:
         try:
-            if "triton_python_backend_stub" in (p.info["name"] or "") or any(
-                    "triton_python_backend_stub" in a for a in (p.info["cmdline"] or [])[:1]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                if "tensorrt_llm" in cmd:          # the decoder's stub, not pre/postprocessing's
-                    total += p.memory_info().rss
-                    found = True
-        except psutil.Error:
+            cmd = p.cmdline()
+            if cmd and "triton_python_backend_stub" in cmd[0] and any("tensorrt_llm" in a for a in cmd):
+                status = {}
+                with open(f"/proc/{p.pid}/status", encoding="utf-8") as f:
+                    for line in f:
+                        key, _, value = line.partition(":")
+                        if key in ("VmRSS", "RssAnon", "RssFile"):
+                            status[key] = round(int(value.split()[0]) / 1024, 1)
+                return {"rss": status.get("VmRSS"), "anon": status.get("RssAnon"), "file": status.get("RssFile"),
+                        "pid": p.pid}
+        except (psutil.Error, OSError):
             continue
-    return round(total / 2**20, 1) if found else None
+    return None
 
 
 class _Ours:
@@ -95,15 +106,22 @@ def start(target: str, model_dir: str, threads: int, install: bool):
 
 
 def measure_rss(model_dir: str) -> dict[str, Any]:
-    """Decoder RSS with the model loaded (after one request), bf16 then fp32."""
+    """Decoder RSS with the model loaded (after one request), bf16 then fp32. The KV cache is
+    allocated up front, so the stacks run with --max-num-tokens 8192 (the default 65536 would add
+    1.5 GB in bf16, 3 GB in fp32); `kv_cache_mb` says what it adds."""
     import openai
     out = {}
     for dtype in ("bfloat16", "float32"):
-        stack = start_stack(model_dir, work_name=f"real-size-rss-{dtype}", extra=("--dtype", dtype))
+        stack = start_stack(model_dir, work_name=f"real-size-rss-{dtype}",
+                            extra=("--dtype", dtype, "--max-num-tokens", str(RSS_KV_TOKENS)))
         try:
             client = openai.OpenAI(base_url=stack.api_url, api_key="unused", max_retries=0, timeout=600)
             client.completions.create(model=stack.model_name, prompt="Hello", max_tokens=4)
-            out[dtype] = decoder_rss_mb()
+            out[dtype] = decoder_rss_mb(stack)
+            if out[dtype] is not None:
+                # K and V, 22 layers, 4 KV heads x 64 dims, per token
+                out[dtype]["kv_cache_mb"] = round(RSS_KV_TOKENS * 2 * 22 * 4 * 64 * (2 if dtype == "bfloat16" else 4)
+                                                  / 2**20, 1)
             log(f"decoder RSS with {dtype} weights: {out[dtype]} MB")
         finally:
             stack.stop()

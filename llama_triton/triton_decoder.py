@@ -27,7 +27,11 @@ def build_engine(params: dict[str, str]):
         from llama_triton.engine.zero_cost import ZeroCostEngine
         return ZeroCostEngine(params["model_dir"], config)
     from llama_triton.engine.engine import Engine
-    return Engine(params["model_dir"], config)
+    engine = Engine(params["model_dir"], config)
+    import torch
+    # one line in Triton's log: what the decoder holds its weights in and how many threads it runs
+    print(f"llama-triton CPU decoder: dtype {engine.dtype}, {torch.get_num_threads()} torch thread(s)", flush=True)
+    return engine
 
 
 COUNTERS = ("num_steps", "num_forward_passes", "num_decode_passes", "num_prefill_tokens",

@@ -99,3 +99,15 @@ def test_dtype_reaches_the_decoder_parameters(tmp_path, monkeypatch):
     text = (repo / "tensorrt_llm" / "config.pbtxt").read_text()
     assert 'key: "dtype" value: { string_value: "bfloat16" }' in text
     assert 'key: "num_threads" value: { string_value: "3" }' in text
+
+
+def test_build_script_dtype_option(make_default_model):
+    """--dtype in build/make_default_model.py: float32 builds keep their old completion marker
+    (no rebuild, no --force for existing checkpoints); others are recorded; auto is resolved."""
+    m = make_default_model
+    assert "dtype" not in m.recorded_options(m.ModelOptions())
+    assert m.recorded_options(m.ModelOptions(dtype="bfloat16"))["dtype"] == "bfloat16"
+    assert m.resolve_dtype("auto") == dtypes.resolve_dtype("auto")
+    assert m._parse_args(["--dtype", "bfloat16"]).dtype == "bfloat16"
+    with pytest.raises(m.BuildError, match="--dtype"):
+        m.ModelOptions(dtype="int8").validate()
