@@ -262,3 +262,14 @@ def test_bad_tensors_name_the_file(llama2_chat_dir, tmp_path):
     save_file({"model.embed_tokens.weight": torch.zeros(32000, 64)}, str(q / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"model\.embed_tokens\.weight in model\.safetensors: shape"):
         load_model(str(q))
+
+
+def test_serve_refuses_a_bad_file_set_naming_the_file(llama2_chat_dir, tmp_path):
+    """`llama-triton serve` checks the file set before starting Triton: one error line, the file's name."""
+    from tests.unit.test_launcher_errors import error_lines, serve
+    d = clone(llama2_chat_dir, tmp_path / "missing-shard")
+    name = _bad("missing-shard", d)
+    r = serve("--model-dir", str(d), "--work-dir", str(tmp_path / "run"))
+    assert r.returncode == 1
+    [line] = error_lines(r)
+    assert name in line and "model.safetensors.index.json" in line
