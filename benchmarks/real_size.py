@@ -78,12 +78,11 @@ class _Ours:
     ignore_eos = "min_tokens"
 
     def __init__(self, model_dir: str, dtype: str, threads: int):
-        # num_threads is a decoder parameter, not a launcher flag: the auto default uses every core
-        # for a model this size, which is what `threads` defaults to as well
-        self.stack = start_stack(model_dir, work_name=f"real-size-{dtype}", extra=("--dtype", dtype))
+        self.stack = start_stack(model_dir, work_name=f"real-size-{dtype}",
+                                 extra=("--dtype", dtype, "--decoder-threads", str(threads)))
         self.base_url = self.stack.api_url
         self.model_name = self.stack.model_name
-        self.notes = f"llama-triton serve --dtype {dtype} (CPU decoder, intra-op threads: auto = all cores)"
+        self.notes = f"llama-triton serve --dtype {dtype} --decoder-threads {threads}"
 
     def stop(self) -> None:
         self.stack.stop()
@@ -139,6 +138,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-duration", type=float, default=180.0)
     ap.add_argument("--no-install", action="store_true", help="leave vLLM out unless it is installed already")
     ap.add_argument("--no-rss", action="store_true", help="skip the bf16/fp32 resident-memory measurement")
+    ap.add_argument("--name", default=NAME, help="results/<name>/: another name keeps the default run's files")
     args = ap.parse_args(argv)
 
     build_model(ROOT / args.model_dir)
@@ -170,13 +170,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             server.stop()
     rss = {} if args.no_rss or "ours" not in args.targets.split(",") else measure_rss(args.model_dir)
     table = summarise(results)
-    write_json(NAME, {"benchmark": NAME, "machine": machine_info(),
+    write_json(args.name, {"benchmark": NAME, "machine": machine_info(),
                       "setup": {"model_dir": args.model_dir, "shape": TINYLLAMA_SHAPE, "prompt_len": args.prompt_len,
                                 "output_len": args.output_len, "threads": args.threads},
                       "targets": targets, "table": table, "decoder_rss_mb": rss,
                       "results": [strip_samples(r) for r in results]})
     if table:
-        plot(table)
+        plot(table, args.name)
     for row in table:
         log(" | ".join(f"{k} {v}" for k, v in row.items()))
     return 0
@@ -197,7 +197,7 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-def plot(table: list[dict]) -> None:
+def plot(table: list[dict], name: str = NAME) -> None:
     pyplot = plt()
     cols = [("c1_tok_s", "c=1 output tok/s"), ("c1_ttft_p50_ms", "c=1 TTFT p50 (ms)"),
             ("c1_itl_p50_ms", "c=1 ITL p50 (ms)"), ("c8_tok_s", "c=8 output tok/s"),
@@ -211,7 +211,7 @@ def plot(table: list[dict]) -> None:
             ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
         ax.set_title(title, fontsize=10)
     fig.suptitle("1.1B random-weight Llama (TinyLlama shape), bf16, 128-token prompts, 32 output tokens")
-    save_fig(fig, NAME, f"{NAME}.png")
+    save_fig(fig, name, f"{name}.png")
 
 
 if __name__ == "__main__":
