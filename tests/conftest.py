@@ -17,6 +17,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "var" / "models"
 MODEL_DIR_ENV = "LLAMA_TRITON_MODEL_DIR"
+# Every stack the suite starts serves the tiny models in float32 (the launcher's --dtype default
+# comes from this variable; `auto` would pick bf16 on CPUs that have it): integration tests compare
+# the decoder with transformers' float32 logits to ~1e-6. bf16 parity has its own unit tests.
+os.environ.setdefault("LLAMA_TRITON_DTYPE", "float32")
 
 
 def load_build_script(name: str) -> ModuleType:

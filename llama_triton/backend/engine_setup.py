@@ -23,9 +23,10 @@ def build_engine(params: dict[str, str]) -> DecoderEngine:
         prefill_chunk_size=int(params.get("prefill_chunk_size", "512")),
         block_size=int(params.get("tokens_per_block", "16")),
         enable_prefix_reuse=params.get("enable_kv_cache_reuse", "true") == "true",
-        # One intra-op thread: tiny matmuls across threads cost more than they save, and the
-        # frontend and Triton's own threads share the same cores.
-        num_threads=int(params.get("num_threads", "1")),
+        # 0: one intra-op thread for small models (tiny matmuls across threads cost more than they
+        # save, and the frontend and Triton share the cores), every core for real sizes.
+        num_threads=int(params.get("num_threads", "0")),
+        dtype=params.get("dtype", "auto"),
     )
     if kind == "zero_cost":
         from llama_triton.engine.zero_cost import ZeroCostEngine
@@ -33,7 +34,11 @@ def build_engine(params: dict[str, str]) -> DecoderEngine:
                                             "made-up tokens (serving-path measurements only)")
         return ZeroCostEngine(params["model_dir"], config)
     from llama_triton.engine.engine import Engine
-    return Engine(params["model_dir"], config)
+    engine = Engine(params["model_dir"], config)
+    import torch
+    # one line in Triton's log: what the decoder holds its weights in and how many threads it runs
+    print(f"llama-triton CPU decoder: dtype {engine.dtype}, {torch.get_num_threads()} torch thread(s)", flush=True)
+    return engine
 
 
 COUNTERS = ("num_steps", "num_forward_passes", "num_decode_passes", "num_prefill_tokens",

@@ -16,8 +16,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..llama import AttentionMetadata, Llama, load_model
-from .config import EngineConfig
+from ..llama import AttentionMetadata, Llama, ModelConfig, load_model
+from ..llama.checkpoint import read_json_file
+from ..llama.dtype import resolve_dtype
+from .config import EngineConfig, auto_num_threads
 from .kv_cache import BlockManager, allocate_kv_cache, copy_blocks
 from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence, SequenceStatus
@@ -76,7 +78,10 @@ def _load_tokenizer(model_dir: str) -> Any:
     if not any(os.path.exists(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer.model")):
         return None
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(model_dir)
+
+    from llama_triton.text.sentencepiece_compat import align_converted_sentencepiece, ensure_sentencepiece_proto
+    ensure_sentencepiece_proto()  # a checkpoint with only tokenizer.model
+    return align_converted_sentencepiece(AutoTokenizer.from_pretrained(model_dir), model_dir)
 
 
 def _default_sampler_factory(vocab_size: int, hf_tokenizer: Any) -> Any:
@@ -97,9 +102,14 @@ class Engine:
 
     def __init__(self, model_dir: str, config: EngineConfig, sampler_factory: Optional[SamplerFactory] = None) -> None:
         self.config = config
+        self.dtype = resolve_dtype(config.dtype)
         if config.num_threads is not None:
-            torch.set_num_threads(config.num_threads)
-        self.model = load_model(model_dir, config.dtype)
+            threads = config.num_threads
+            if threads == 0:
+                model_config = ModelConfig.from_hf(read_json_file(model_dir, "config.json"))
+                threads = auto_num_threads(model_config.macs_per_token)
+            torch.set_num_threads(threads)
+        self.model = load_model(model_dir, self.dtype)
         self.model_config = self.model.config
         self.vocab_size = self.model_config.vocab_size
         self.max_seq_len = config.max_seq_len or self.model_config.max_position_embeddings

@@ -75,6 +75,14 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ValueError("head_dim must be even for rotary embeddings")
 
+    @property
+    def macs_per_token(self) -> int:
+        """Multiply-adds of the linear layers per token (attention over the context not counted)."""
+        qkv_out = (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
+        per_layer = self.hidden_size * (qkv_out + self.num_attention_heads * self.head_dim
+                                        + 3 * self.intermediate_size)
+        return self.num_hidden_layers * per_layer + self.hidden_size * self.vocab_size
+
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
         if hf.get("model_type") != "llama":

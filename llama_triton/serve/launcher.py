@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decoder-kind", choices=("llama", "zero_cost"), default="llama",
                    help="the CPU decoder: llama runs the model; zero_cost runs NO model and streams made-up tokens, "
                         "to measure the serving path alone (benchmarks)")
+    s.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default=os.environ.get("LLAMA_TRITON_DTYPE", "auto"),
+                   help="CPU decoder weights and KV cache (auto: bfloat16 on CPUs with AVX512-BF16 or AMX)")
+    s.add_argument("--decoder-threads", type=int, default=0,
+                   help="CPU decoder torch threads (0: 1 for tiny models, every core for real sizes)")
     s.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE, help="sequences the decoder runs at once")
     s.add_argument("--max-num-tokens", type=int, default=65536, help="KV cache capacity in tokens")
     s.add_argument("--max-seq-len", type=int, default=4096, help="prompt + output tokens per sequence")
@@ -208,6 +212,12 @@ class Supervisor:
         if a.repository is None and not (model_dir / "config.json").is_file():
             raise LaunchError(f"model directory {model_dir} not found (or has no config.json); "
                               "run `make model` or pass --model-dir")
+        if a.repository is None:
+            from llama_triton.llama.checkpoint import CheckpointError, inspect_checkpoint
+            try:
+                inspect_checkpoint(str(model_dir))  # a bad file set fails here, naming the file
+            except CheckpointError as e:
+                raise LaunchError(str(e)) from None
         bind = "0.0.0.0" if a.expose_triton else "127.0.0.1"
         for name, host, port in (("--port", a.host, a.port), ("--triton-grpc-port", bind, a.triton_grpc_port),
                                  ("--triton-http-port", bind, a.triton_http_port),
@@ -224,7 +234,8 @@ class Supervisor:
                 raise LaunchError(f"model repository {repo} not found")
         else:
             repo = render_repository(RepositorySettings(
-                model_dir=str(model_dir.resolve()), decoder_io=a.decoder_io, decoder_kind=a.decoder_kind,
+                model_dir=str(model_dir.resolve()), decoder_io=a.decoder_io, decoder_kind=a.decoder_kind, dtype=a.dtype,
+                num_threads=a.decoder_threads,
                 max_batch_size=a.max_batch_size, max_num_tokens=a.max_num_tokens, max_seq_len=a.max_seq_len,
                 max_queue_size=a.max_queue_size), work / "model_repository").resolve()
         log(f"tritonserver from {install.source}: {install.binary}")

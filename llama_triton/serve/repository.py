@@ -83,6 +83,8 @@ class RepositorySettings:
     decoder: str = "cpu"                 # which `tensorrt_llm` template: cpu | gpu
     decoder_io: str | None = None        # which tensor list it declares (default: same as decoder)
     decoder_kind: str = "llama"          # CPU decoder variant: llama | zero_cost
+    dtype: str = "auto"                  # CPU decoder weights and KV: auto | bfloat16 | float32
+    num_threads: int = 0                 # CPU decoder torch threads; 0: by model size
     triton_max_batch_size: int = MAX_BATCH_SIZE
     max_batch_size: int = MAX_BATCH_SIZE  # running sequences in the decoder
     max_num_tokens: int = 65536          # KV cache capacity in tokens
@@ -121,6 +123,8 @@ class RepositorySettings:
             "stream_state_idle_seconds": self.stream_state_idle_seconds,
             "add_special_tokens": str(self.add_special_tokens).lower(),
             "decoder_kind": self.decoder_kind,
+            "dtype": self.dtype,
+            "num_threads": self.num_threads,
             "decoder_inputs": _tensor_block(inputs, inputs=True),
             "decoder_outputs": _tensor_block(outputs, inputs=False),
             "engine_dir": self.engine_dir,

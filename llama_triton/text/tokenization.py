@@ -96,6 +96,8 @@ class Tokenizer:
         """Load the tokenizer saved in a checkpoint directory (no network access)."""
         import transformers
 
+        from llama_triton.text.sentencepiece_compat import align_converted_sentencepiece, ensure_sentencepiece_proto
+        ensure_sentencepiece_proto()  # a checkpoint with only tokenizer.model
         path = Path(path)
         if not path.is_dir():  # else transformers takes it for a hub repo id
             raise FileNotFoundError(f"no checkpoint directory at {path}")
@@ -109,6 +111,7 @@ class Tokenizer:
         if loader is None or not hasattr(loader, "from_pretrained"):
             loader = transformers.AutoTokenizer
         hf = loader.from_pretrained(str(path), local_files_only=True)
+        hf = align_converted_sentencepiece(hf, path)
         generation_path = path / "generation_config.json"
         generation = json.loads(generation_path.read_text()) if generation_path.is_file() else None
         return cls(hf, generation)
