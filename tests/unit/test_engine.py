@@ -385,11 +385,14 @@ def test_background_thread_sleeps_when_idle(checkpoint):
             t.start()
         for t in threads:
             t.join()
-        assert col.done.wait(60)
-        # The last output is delivered inside the step that finishes it: wait until that step has
-        # ended (nothing running or waiting), then no further step may come.
-        deadline = time.monotonic() + 30
-        while (engine.num_running or engine.num_waiting) and time.monotonic() < deadline:
+        # All six finished, and the engine has nothing left to do. (col.done alone can fire early:
+        # a request may finish before another thread has counted its own into col.expected.)
+        def idle_after_all():
+            finished = all(col.outputs[(f"t{i}", 0)] and col.outputs[(f"t{i}", 0)][-1].finished for i in range(6))
+            return finished and not engine.has_work
+        deadline = time.monotonic() + 60
+        while not idle_after_all():
+            assert time.monotonic() < deadline, "the six requests did not finish within 60 s"
             threading.Event().wait(0.01)
         steps = engine.num_steps
         threading.Event().wait(0.3)
