@@ -7,7 +7,9 @@ Each behaviour cites the upstream lines it copies (docs/GPU.md has the table):
 
   BE = triton-inference-server/tensorrtllm_backend at c2e65b8 (the v0.20 line; the same sources
        live in NVIDIA/TensorRT-LLM triton_backend/ from v0.20.0 on)
-  TL = NVIDIA/TensorRT-LLM cpp/ (executor, batch manager, sampling layers)
+  TL = NVIDIA/TensorRT-LLM cpp/tensorrt_llm/ (executor, batch manager, sampling layers). v0.20.0
+       is commit 7965842, which could not be read here; TL lines are cited as path:line@commit at
+       the stored commits docs/GPU.md 5.1 names, and show the code path, not v0.20.0's numbering.
 
 What cannot be emulated (beam search, speculative decoding, real scheduling times) is listed in
 docs/GPU.md.
@@ -30,9 +32,11 @@ _executor_ids = itertools.count(1)
 def sampling_top_k_top_p(top_k: Optional[int], top_p: Optional[float]) -> tuple[int, float]:
     """TensorRT-LLM's effective (top_k, top_p) for the inputs given (None: absent).
 
-    BE utils.cc:555-563: both optional, a top_p <= 0 is dropped. TL defaultDecodingParams.h:
-    absent means top_k 0 and top_p 0.0. TL top-k setup kernel: `k == 0 && p == 0` becomes k = 1
-    (greedy) and `k > 0 && p == 0` becomes p = 1.0. The CPU engine reads top_p 1.0 as off.
+    BE utils.cc:555-563: both optional, a top_p <= 0 is dropped. TL
+    layers/defaultDecodingParams.h:63-71@1020a8d and layers/topKSamplingLayer.cpp:73-74,100@0396172:
+    absent means top_k 0 and top_p 0.0. TL kernels/samplingTopKKernels.cu:376-391@0396172
+    (setupTopKRuntimeArgs): `k == 0 && p == 0` becomes k = 1 (greedy) and `k > 0 && p == 0`
+    becomes p = 1.0. The CPU engine reads top_p 1.0 as off.
     """
     p = top_p if top_p is not None and top_p > 0 else 0.0
     k = top_k if top_k is not None and top_k > 0 else 0
@@ -43,8 +47,9 @@ def sampling_top_k_top_p(top_k: Optional[int], top_p: Optional[float]) -> tuple[
     return k, p
 
 
-# TL defaultDecodingParams.h getSeed(): an absent seed is 0, the same for every request
-# (TL llmRequest.cpp createChildRequest: children of an unseeded request get 0 + sequence index).
+# TL layers/defaultDecodingParams.h:58-61@1020a8d getSeed(): an absent seed is 0, the same for every
+# request (TL batch_manager/llmRequest.cpp:334-341@119c6e6 createChildRequest: children of an
+# unseeded request get 0 + sequence index).
 DEFAULT_SEED = 0
 
 # Enqueue-time errors, as the backend words them (BE utils.cc:942, :949; sent as
@@ -56,13 +61,16 @@ STOP_WITHOUT_ID = "Trying to stop a request but request ID is not provided"
 
 
 def queue_full_text(max_queue_size: int) -> str:
-    """TL executorImpl.cpp Executor::Impl::enqueueRequests, thrown when the queue is full."""
+    """TL executor/executorImpl.cpp:941-943@b35ac1b Executor::Impl::enqueueRequests, thrown when the
+    queue plus this request and its child requests (:938) would pass max_queue_size."""
     return f"Maximum queue size of {max_queue_size} has been reached, please try again later"
 
 
 def executor_error_text(message: str) -> str:
-    """A request the executor refuses after enqueueing (TL llmRequest.cpp validate and the
-    like), as the backend reports it (BE model_instance_state.cc:1311-1314)."""
+    """A request the executor refuses after enqueueing (TL batch_manager/llmRequest.cpp:243-315@119c6e6
+    validate and the like), as the backend reports it (BE model_instance_state.cc:1311-1314).
+    Upstream the message inside is "Encountered an error when fetching new request: " + TL's text
+    (executor/executorImpl.cpp:1658@b35ac1b); here it is the CPU engine's own text, unprefixed."""
     return (f"Executor failed process requestId {next(_executor_ids)} due to the following error: "
             f"{message}")
 
@@ -105,9 +113,9 @@ class ResponseShaper:
         """`arrays`: output_arrays() of this response, built with every declared output."""
         i = out.sequence_index
         arrays = dict(arrays)
-        # TL llmRequest.cpp createResult: a streamed result holds only the new token ids but
-        # `logProbs = getLogProbs()`, every generated token's so far (backend issue #632);
-        # a non-streamed one holds them all anyway.
+        # TL batch_manager/llmRequest.cpp@119c6e6 createResult: a streamed result holds only the
+        # new token ids (:119, :137-147) but `logProbs = getLogProbs()` (:155), every generated
+        # token's so far (backend issue #632); a non-streamed one holds them all anyway.
         if "output_log_probs" in arrays:
             if self.streaming:
                 lps = self.log_probs.setdefault(i, [])
