@@ -94,6 +94,12 @@ class CompletionService:
             min_tokens=min(req.min_tokens, max_new), logprobs=logprobs, top_logprobs=top_logprobs,
             logit_bias=req.logit_bias, vocab_size=self.tokenizer.vocab_size,
             guide_type=guide[0], guide=guide[1])
+        for i, t in enumerate(req.stop_token_ids or []):
+            # Checked here, with the field's place: past the vocabulary the decoder would refuse it
+            # without naming the field, and past int32 the tensor could not even be built.
+            if t >= self.tokenizer.vocab_size:
+                raise errors.bad_request(f"stop_token_ids[{i}] = {t} is outside the vocabulary "
+                                         f"(size {self.tokenizer.vocab_size}).", f"stop_token_ids[{i}]")
         if settings.logit_bias:
             bad = [t for t in settings.logit_bias if t >= self.tokenizer.vocab_size]
             if bad:

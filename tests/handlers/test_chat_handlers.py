@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from frontend.decoder import DecoderBusy, DecoderError, DecoderUnavailable
 from tests.handlers.conftest import Harness, token_responses
 
@@ -115,6 +117,16 @@ def test_decoder_failures_before_the_first_token_keep_their_status(harness: Harn
         assert (status, body["error"]["type"]) == (400, "invalid_request_error")
         status, _, body = _fails_with(harness, DecoderError("internal error: boom", internal=True), stream)
         assert (status, body["error"]["type"]) == (500, "server_error")
+
+
+def test_stop_token_ids_outside_the_vocabulary_are_a_400_naming_the_entry(harness: Harness):
+    # 2**40 once reached the int32 word-list tensor and came back as a 500 (found by the fuzz test).
+    for bad in (harness.tokenizer.vocab_size, 2 ** 40):
+        for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+                           ("/v1/completions", {"prompt": "Hi"})):
+            status, _, raw = harness.post(path, {"model": harness.model, "stop_token_ids": [2, bad], **body})
+            error = orjson.loads(raw)["error"]
+            assert (status, error["param"]) == (400, "stop_token_ids[1]"), (path, bad, error)
 
 
 def test_decoder_down_when_reading_capabilities_is_503(harness: Harness):
