@@ -8,31 +8,24 @@ from collections import defaultdict
 
 import pytest
 import torch
-import transformers
 
 from llama_triton.engine import (Engine, EngineConfig, GenerationRequest, QueueFull, RequestError, SamplingParams,
                                  SequenceOutput)
+from tests.unit.tiny_models import tiny_llama, torch_threads
 
 VOCAB = 1000
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny matmuls: torch's thread pool only adds contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llama")
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   initializer_range=0.1)  # spread-out logits: no near-ties in greedy argmax
-    torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf = tiny_llama(VOCAB)
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
     hf.save_pretrained(str(path))

@@ -3,30 +3,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 
 from llama_triton.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from llama_triton.engine.config import auto_num_threads
 from llama_triton.llama import dtype as dtypes
 from llama_triton.llama.config import ModelConfig
+from tests.unit.tiny_models import tiny_llama, torch_threads
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-bf16")
-    cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   initializer_range=0.1)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(str(path))
+    tiny_llama().save_pretrained(str(path))
     return str(path)
 
 
