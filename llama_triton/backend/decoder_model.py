@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from llama_triton.backend import trtllm_emulation as trtllm
 from llama_triton.backend.engine_setup import EngineMetrics, build_engine
+from llama_triton.backend.response_pump import ResponsePump
 from llama_triton.engine.types import DecoderEngine, QueueFull, RequestError
 from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
 
@@ -33,6 +34,9 @@ class DecoderModel:
         self.trtllm = params.get("emulate_tensorrt_llm", "false") == "true"
         self.block_size = int(params.get("tokens_per_block", "16"))
         self.engine = (engine_factory or build_engine)(params)
+        # Responses leave from their own thread, several tokens per response when sending falls
+        # behind (CPU mode only: TensorRT-LLM's backend sends one per step).
+        self.pump = ResponsePump(coalesce=not self.trtllm)
         self.metrics = EngineMetrics(pb_utils, self.engine)
         self.lock = threading.Lock()
         self.live = {}  # request id -> (triton request, response sender); Triton-cancel polling
@@ -111,7 +115,7 @@ class DecoderModel:
                     return self._fail(sender, f"request id {rid!r} is already in flight")
                 self.live[rid] = (request, sender)
 
-        def on_output(out):
+        def send_output(out):
             if remaining["n"] < 0:
                 return      # failed already (GPU mode: an undeclared perf-metric output)
             if out.error is not None:
@@ -143,6 +147,11 @@ class DecoderModel:
             sender.send(self.pb.InferenceResponse(output_tensors=tensors),
                         flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
 
+        pump = self.pump
+
+        def on_output(out):     # engine thread
+            pump.put(send_output, out)
+
         try:
             self.engine.submit(parsed, on_output)
         except (RequestError, QueueFull) as e:
@@ -166,6 +175,7 @@ class DecoderModel:
 
     def finalize(self):
         self.engine.shutdown()
+        self.pump.close()
         # Drop the metric objects while the stub can still write them back; destroying them
         # during interpreter shutdown crashed the stub now and then.
         self.metrics = None

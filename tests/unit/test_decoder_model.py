@@ -166,6 +166,9 @@ def test_request_id_is_free_again_after_the_original_ends(model):
     (_, callback), = engine.submitted
     from llama_triton.engine.types import SequenceOutput
     callback(SequenceOutput("r2", 0, [5], finished=True, finish_reason="length"))
+    assert model.pump.drain()       # the final response has gone out: the id is free from then on
+    (_, flags), = first.sender.sent
+    assert flags == FINAL
     again = _generate("r2")
     model.execute([again])
     assert len(engine.submitted) == 2 and again.sender.sent == []

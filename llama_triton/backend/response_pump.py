@@ -1,0 +1,107 @@
+"""Sends the decoder's responses from a thread of their own, merging a stream's tokens when sending falls behind.
+
+Each Python-backend `send` is a round trip to the Triton process, and every response then costs
+Triton, the gRPC hop and the frontend once more. On the engine thread those sends sat between
+two forward passes: 64 streams cost 64 round trips per step. Here the engine thread only queues
+its outputs; this thread sends them. When it keeps up, every response carries one token, as
+before. When it does not (a large batch, a busy machine), the outputs a stream accumulated since
+its last response go out as one response with all of their tokens: the same tokens, log-probs and
+final flag, in fewer responses. vLLM's API server does the same with its per-request output
+collector when a consumer falls behind.
+
+`coalesce=False` keeps one response per engine output (GPU mode: TensorRT-LLM's backend sends
+one response per step, and the emulation answers as it does).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from llama_triton.engine.types import SequenceOutput
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[SequenceOutput], None]
+
+
+def merge_outputs(outs: list[SequenceOutput]) -> list[SequenceOutput]:
+    """Consecutive outputs of one sequence folded into as few as keep their meaning: runs of token
+    outputs become one; an error output stays on its own (it ends the request)."""
+    merged: list[SequenceOutput] = []
+    for out in outs:
+        prev = merged[-1] if merged else None
+        if prev is None or prev.error is not None or out.error is not None or prev.finished:
+            merged.append(out)
+            continue
+        merged[-1] = SequenceOutput(
+            prev.request_id, prev.sequence_index, prev.token_ids + out.token_ids,
+            None if prev.log_probs is None and out.log_probs is None
+            else (prev.log_probs or []) + (out.log_probs or []),
+            None if prev.top_logprobs is None and out.top_logprobs is None
+            else (prev.top_logprobs or []) + (out.top_logprobs or []),
+            out.finished, out.finish_reason, prev.num_reused_tokens or out.num_reused_tokens, None)
+    return merged
+
+
+class ResponsePump:
+    """One sender thread per decoder model instance; `put` is called on the engine thread."""
+
+    def __init__(self, coalesce: bool = True, name: str = "llama-triton-responses"):
+        self.coalesce = coalesce
+        self._cond = threading.Condition()
+        # (handler, sequence index) -> that stream's queued outputs; a handler is one request's,
+        # so a request id reused after the first request ended is another stream.
+        self._pending: dict[tuple[Handler, int], list[SequenceOutput]] = {}
+        self._closed = False
+        self._busy = False          # the thread is sending a batch it took
+        self.responses_sent = 0     # after merging
+        self.outputs_queued = 0     # before merging
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, handler: Handler, out: SequenceOutput) -> None:
+        """Queues `out` for `handler`; the outputs of one sequence reach it in order."""
+        key = (handler, out.sequence_index)
+        with self._cond:
+            queued = self._pending.get(key)
+            if queued is None:
+                self._pending[key] = [out]
+            else:
+                queued.append(out)
+            self.outputs_queued += 1
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, {}
+                self._busy = True
+            try:
+                for (handler, _), outs in batch.items():
+                    for out in merge_outputs(outs) if self.coalesce and len(outs) > 1 else outs:
+                        self.responses_sent += 1
+                        try:
+                            handler(out)
+                        except Exception:
+                            logger.exception("sending a response of request %s failed", out.request_id)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Waits until everything queued so far has been sent; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Sends what is queued, then stops the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
