@@ -289,7 +289,7 @@ class Engine:
             return
         if rows != list(range(logits.shape[0])):
             logits = logits[rows]
-        results = self.sampler.sample(logits, [s.sampling for s in targets])
+        results = self.sampler.sample(logits, [s.sampling for s in targets], overwrite=True)
         for seq, result in zip(targets, results):
             self._append_token(seq, result)
 

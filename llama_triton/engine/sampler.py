@@ -465,8 +465,20 @@ class Sampler:
                              f"got {list(logits.shape)}")
         return logits.detach().to(device="cpu", dtype=torch.float32)
 
+    @staticmethod
+    def _edits(seqs: Sequence[SequenceSampling]) -> bool:
+        """Whether steps 1-6 change any row (else the logits are used as they are, uncopied)."""
+        for s in seqs:
+            if (s.bias is not None or s.guide is not None or s.bad_single or s.bad_multi
+                    or (s._seen is not None and s._seen.n) or (s._counts is not None and s._counts.n)
+                    or (s.min_tokens_ids and len(s.generated) < s.min_tokens)):
+                return True
+        return False
+
     def _process(self, logits: torch.Tensor, seqs: Sequence[SequenceSampling]):
         raw = self._check_logits(logits, seqs)
+        if not self._edits(seqs):
+            return raw, (raw, None)
         x = raw.clone()
         V = self.vocab_size
 
@@ -566,18 +578,20 @@ class Sampler:
             y[pick] = 0.0
         row.copy_(y)
 
-    def _draw(self, x: torch.Tensor, rowmax: torch.Tensor, seqs: list[SequenceSampling]
-              ) -> torch.Tensor:
+    def _draw(self, x: torch.Tensor, rowmax: torch.Tensor, seqs: list[SequenceSampling],
+              scratch: bool = False) -> torch.Tensor:
         """Temperature, top-k, top-p, min-p and the draw, for non-greedy rows x [b, V] whose
-        row maxima (finite) are ``rowmax`` [b, 1]."""
+        row maxima (finite) are ``rowmax`` [b, 1]. ``scratch``: x may be overwritten."""
         b, V = x.shape
-        p = x - rowmax
+        k_rows = [j for j, s in enumerate(seqs) if s.top_k > 0]
+        # top-k reads x after p exists; otherwise p can take x's memory (a [64, 32000] float32
+        # allocation and pass fewer per step)
+        p = x.sub_(rowmax) if scratch and not k_rows else x - rowmax
         temps = [s.temperature for s in seqs]
         if any(t != 1.0 for t in temps):
             p.div_(torch.tensor(temps, dtype=torch.float32)[:, None])
         p.exp_()                     # unnormalised probabilities; the largest is exactly 1
 
-        k_rows = [j for j, s in enumerate(seqs) if s.top_k > 0]
         if k_rows:
             # on the logits: temperature does not change the order
             ks = torch.tensor([seqs[j].top_k for j in k_rows], dtype=torch.long)
@@ -608,17 +622,21 @@ class Sampler:
         u = torch.tensor([s._next_uniform() for s in seqs], dtype=torch.float64)[:, None]
         return _inverse_cdf(p, u)
 
-    def sample(self, logits: torch.Tensor, seqs: Sequence[SequenceSampling]
+    def sample(self, logits: torch.Tensor, seqs: Sequence[SequenceSampling], *, overwrite: bool = False
                ) -> list[SampleResult]:
         """Picks one token per row of ``logits`` [B, V] (row i belongs to ``seqs[i]``), records
-        it with ``seqs[i].accept``, and returns the tokens with their log-probs."""
+        it with ``seqs[i].accept``, and returns the tokens with their log-probs. ``overwrite``:
+        the caller is done with ``logits`` and they may be used as scratch space."""
         seqs = list(seqs)
         if not seqs:
             return []
         x, (raw, bitmask) = self._process(logits, seqs)
+        scratch = overwrite or x is not raw
         B = len(seqs)
         rowmax = x.amax(dim=-1, keepdim=True)                  # NaN if the row has a NaN
         bad = (~torch.isfinite(rowmax[:, 0])).nonzero()[:, 0].tolist()
+        if bad and not scratch:
+            x, scratch = x.clone(), True      # the repair writes rows; not into the caller's logits
         for i in bad:
             self._repair_row(x, raw, bitmask, i, seqs[i])
             rowmax[i] = x[i].max()
@@ -637,7 +655,7 @@ class Sampler:
                 tokens[greedy] = x[greedy].argmax(dim=-1)
             rest = [i for i, s in enumerate(seqs) if not s.greedy]
             if len(rest) == B:
-                tokens = self._draw(x, rowmax, seqs)
+                tokens = self._draw(x, rowmax, seqs, scratch=scratch)
             else:
                 tokens[rest] = self._draw(x[rest], rowmax[rest], [seqs[i] for i in rest])
         tok_list = tokens.tolist()

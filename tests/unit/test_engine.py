@@ -293,7 +293,7 @@ class ScriptedSampler:
     def new_sequence(self, params, sequence_index, prompt_ids):
         return ScriptedSampling(params.seed)
 
-    def sample(self, logits, seqs):
+    def sample(self, logits, seqs, **_):
         from llama_triton.engine.sampler import SampleResult
         tokens = logits.argmax(-1).tolist()
         for token, s in zip(tokens, seqs):
@@ -333,7 +333,7 @@ def test_step_failure_fails_the_batch_and_the_engine_goes_on(checkpoint):
     class FlakySampler(Sampler):
         fail_next = True
 
-        def sample(self, logits, seqs):
+        def sample(self, logits, seqs, **_):
             if FlakySampler.fail_next:
                 FlakySampler.fail_next = False
                 raise RuntimeError("boom")

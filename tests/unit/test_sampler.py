@@ -478,3 +478,21 @@ def test_edge_values_are_accepted():
                dict(embedding_bias=np.full(10, -np.inf, np.float32)), dict(max_new_tokens=0),
                dict(seed=0), dict(bad_words=[[]])]:
         s.new_sequence(mk(**kw), 0, [1])
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.8), dict(temperature=1.0, top_p=0.9), dict(top_k=5),
+                                dict(temperature=1.0, min_tokens=4, end_id=2), dict(repetition_penalty=1.3)])
+def test_overwrite_draws_the_same_tokens_and_without_it_the_logits_are_untouched(kw):
+    """The engine lets the sampler use its logits as scratch space (no copy per step); callers
+    that keep their logits get them back unchanged, and both ways draw the same tokens."""
+    V, B = 300, 5
+    s = Sampler(V)
+    gen = torch.Generator().manual_seed(3)
+    mine = [s.new_sequence(mk(seed=i, **kw), 0, [3, 4]) for i in range(B)]
+    scratch = [s.new_sequence(mk(seed=i, **kw), 0, [3, 4]) for i in range(B)]
+    for _ in range(6):
+        logits = torch.randn(B, V, generator=gen) * 3
+        kept = logits.clone()
+        got = [r.token_id for r in s.sample(logits, mine)]
+        assert torch.equal(logits, kept)
+        assert [r.token_id for r in s.sample(logits.clone(), scratch, overwrite=True)] == got
