@@ -109,7 +109,6 @@ _REJECTED_COMMON: dict[str, tuple[tuple[Any, ...], str]] = {
     "structured_outputs": ((), "'structured_outputs' is not supported; use response_format."),
     # vLLM sampling extensions whose non-default values change the output
     "use_beam_search": ((False,), "beam search is not supported."),
-    "ignore_eos": ((False,), "'ignore_eos' is not supported."),
     "include_stop_str_in_output": ((False,), "'include_stop_str_in_output' is not supported."),
     "skip_special_tokens": ((True,), "'skip_special_tokens: false' is not supported."),
     "bad_words": (([],), "'bad_words' is not supported."),
@@ -462,6 +461,10 @@ class _SamplingRequest(_RequestBase):
     # extensions
     min_tokens: TokenCount = Field(0, description="Extension: generate at least this many.")
     stop_token_ids: Optional[list[TokenId]] = Field(None, description="Token ids that end generation.")
+    ignore_eos: bool = Field(False, description=(
+        "Extension (vLLM, SGLang, trtllm-serve): do not stop at the model's end-of-sequence token(s); "
+        "generation runs to max_tokens, a stop string or stop_token_ids. An end token sampled on the way "
+        "counts in usage and adds no text."))
 
     @model_validator(mode="after")
     def _check_stream_options(self):

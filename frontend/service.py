@@ -88,9 +88,11 @@ class CompletionService:
             prompt_ids=prompt_ids, max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p,
             top_k=req.top_k, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty, seed=req.seed,
-            n=req.n, end_id=self.tokenizer.eos_id,
-            # Other end-of-turn ids (Llama-3.1's <|eom_id|>, <|end_of_text|>) stop as stop words.
-            stop_token_ids=sorted(set(req.stop_token_ids or []) | (set(self.tokenizer.eos_ids) - {self.tokenizer.eos_id})),
+            n=req.n, end_id=self.tokenizer.eos_id, ignore_eos=req.ignore_eos,
+            # Other end-of-turn ids (Llama-3.1's <|eom_id|>, <|end_of_text|>) stop as stop words, unless
+            # ignore_eos (as vLLM: only the request's own stop_token_ids then).
+            stop_token_ids=sorted(set(req.stop_token_ids or []) | (
+                set() if req.ignore_eos else set(self.tokenizer.eos_ids) - {self.tokenizer.eos_id})),
             min_tokens=min(req.min_tokens, max_new), logprobs=logprobs, top_logprobs=top_logprobs,
             logit_bias=req.logit_bias, vocab_size=self.tokenizer.vocab_size,
             guide_type=guide[0], guide=guide[1])

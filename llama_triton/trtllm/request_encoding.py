@@ -37,6 +37,7 @@ class DecodeSettings:
     seed: Optional[int] = None
     n: int = 1
     end_id: Optional[int] = None
+    ignore_eos: bool = False        # send end_id -1 (no end token); pad_id stays end_id
     stop_token_ids: list[int] = field(default_factory=list)
     min_tokens: int = 0
     logprobs: bool = False
@@ -99,11 +100,22 @@ def decoder_arrays(s: DecodeSettings, declared: frozenset[str]) -> dict[str, np.
     if s.n != 1 and need("n", "num_return_sequences", False):
         a["num_return_sequences"] = _scalar(s.n, np.int32)
     if s.end_id is not None:
-        a["end_id"] = _scalar(s.end_id, np.int32)
+        # ignore_eos: end_id -1, "no end token", as trtllm-serve does it (TensorRT-LLM
+        # tensorrt_llm/executor/base_worker.py:451-452@7b437aa, `end_id=-1 if
+        # request.sampling_params.ignore_eos else request.sampling_params.end_id`, pad_id unchanged).
+        # The backend passes end_id through (tensorrtllm_backend inflight_batcher_llm/src/utils.cc:952-953
+        # at c2e65b8), the executor accepts [-1, vocab) (batch_manager/llmRequest.cpp:249@119c6e6) and
+        # the sampling kernels end a sequence only on `id == endIds[slot]` (kernels/samplingTopKKernels.cu
+        # :264-274@0396172), which no token is. The CPU decoder reads -1 the same way.
+        a["end_id"] = _scalar(-1 if s.ignore_eos else s.end_id, np.int32)
         a["pad_id"] = _scalar(s.end_id, np.int32)
     if s.stop_token_ids:
         a["stop_words_list"] = to_word_list([[t] for t in s.stop_token_ids])[None]
-    if s.min_tokens and need("min_tokens", "min_tokens", False):
+    # Not with ignore_eos: TensorRT-LLM's min_tokens only masks the end token, at logits[endIds[slot]]
+    # (kernels/penaltyKernels.cu:200-205@249d93d), which with end_id -1 is logits[-1], outside the
+    # row. With no end token there is nothing for it to hold back; so in both modes such a request's
+    # stop_token_ids are not held back either (the CPU engine's min_tokens would mask them).
+    if s.min_tokens and not (s.ignore_eos and s.end_id is not None) and need("min_tokens", "min_tokens", False):
         a["min_tokens"] = _scalar(s.min_tokens, np.int32)
     if s.logprobs:
         a["return_log_probs"] = _scalar(True, bool)

@@ -264,7 +264,7 @@ def test_unknown_fields_are_accepted_and_reported(caplog):
     ("modalities", ["text", "audio"]), ("prediction", {"type": "content", "content": "x"}),
     ("web_search_options", {}), ("service_tier", "flex"), ("service_tier", "priority"), ("verbosity", "low"),
     ("echo", True), ("guided_json", {"type": "object"}), ("guided_regex", "a+"), ("guided_choice", ["a"]),
-    ("structured_outputs", {"json": {}}), ("use_beam_search", True), ("ignore_eos", True),
+    ("structured_outputs", {"json": {}}), ("use_beam_search", True),
     ("include_stop_str_in_output", True), ("skip_special_tokens", False), ("bad_words", ["x"]),
     ("allowed_token_ids", [1]), ("chat_template", "{{x}}"), ("add_generation_prompt", False),
     ("continue_final_message", True), ("truncate_prompt_tokens", 10),
@@ -276,7 +276,7 @@ def test_rejected_fields_are_named(field, value):
 
 @pytest.mark.parametrize("field,value", [
     ("functions", []), ("function_call", "none"), ("modalities", ["text"]), ("service_tier", "auto"),
-    ("service_tier", "default"), ("verbosity", "medium"), ("echo", False), ("ignore_eos", False),
+    ("service_tier", "default"), ("verbosity", "medium"), ("echo", False),
     ("skip_special_tokens", True), ("audio", None), ("prediction", None),
 ])
 def test_rejected_fields_with_no_op_values_pass_silently(field, value):
