@@ -45,8 +45,12 @@ CHANNEL_ARGS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 # What a response is read for; anything else the decoder declares (is_final, cum_log_probs, ...)
-# is not requested, so Triton neither serializes nor sends it.
-BASE_OUTPUTS = ("output_ids", "sequence_length", "sequence_index", "num_reused_tokens")
+# is not requested, so Triton neither serializes nor sends it. Every tensor costs per streamed
+# token in the decoder, Triton and here, so a stream (beam 1: output_ids holds exactly the new
+# tokens) does without sequence_length, and a single-choice request without sequence_index.
+BASE_OUTPUTS = ("output_ids", "num_reused_tokens")
+LENGTH_OUTPUTS = ("sequence_length",)
+INDEX_OUTPUTS = ("sequence_index",)
 LOG_PROB_OUTPUTS = ("output_log_probs",)
 TOP_LOG_PROB_OUTPUTS = ("top_log_prob_ids", "top_log_probs")
 # TensorRT-LLM's stand-in for num_reused_tokens (with return_perf_metrics): reused KV blocks.
@@ -54,7 +58,8 @@ PERF_OUTPUTS = ("kv_cache_reused_blocks",)
 # Their element formats (struct codes) as the decoder's tensor contract declares them.
 _FORMAT_OF_DTYPE = {"TYPE_INT32": "i", "TYPE_INT64": "q", "TYPE_FP32": "f"}
 OUTPUT_FORMATS = {t.name: _FORMAT_OF_DTYPE[t.dtype] for t in COMMON_OUTPUTS + CPU_ONLY_OUTPUTS + PERF_METRIC_OUTPUTS
-                  if t.name in BASE_OUTPUTS + LOG_PROB_OUTPUTS + TOP_LOG_PROB_OUTPUTS + PERF_OUTPUTS}
+                  if t.name in BASE_OUTPUTS + LENGTH_OUTPUTS + INDEX_OUTPUTS + LOG_PROB_OUTPUTS
+                  + TOP_LOG_PROB_OUTPUTS + PERF_OUTPUTS}
 
 
 def _classify(err: Exception) -> Exception:
@@ -180,11 +185,14 @@ class TritonDecoder:
         """The outputs this request reads, of those the decoder declares (None: all, caps unknown)."""
         if self._caps is None:
             return None
-        key = ("return_log_probs" in arrays, "num_top_log_probs" in arrays, "return_perf_metrics" in arrays)
+        streaming = arrays.get("streaming")
+        key = ("return_log_probs" in arrays, "num_top_log_probs" in arrays, "return_perf_metrics" in arrays,
+               streaming is None or not bool(np.asarray(streaming).reshape(-1)[0]),
+               "num_return_sequences" in arrays)
         outputs = self._requested.get(key)
         if outputs is None:
             names = BASE_OUTPUTS + (LOG_PROB_OUTPUTS if key[0] else ()) + (TOP_LOG_PROB_OUTPUTS if key[1] else ()) \
-                + (PERF_OUTPUTS if key[2] else ())
+                + (PERF_OUTPUTS if key[2] else ()) + (LENGTH_OUTPUTS if key[3] else ()) + (INDEX_OUTPUTS if key[4] else ())
             outputs = [grpcclient.InferRequestedOutput(n) for n in names if n in self._caps.outputs]
             self._requested[key] = outputs
         return outputs
