@@ -7,6 +7,7 @@ queueing and cancellation at work.
 from __future__ import annotations
 
 import logging
+import time
 
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.engine.config import EngineConfig
@@ -43,6 +44,7 @@ def build_engine(params: dict[str, str]) -> DecoderEngine:
 
 COUNTERS = ("num_steps", "num_forward_passes", "num_decode_passes", "num_prefill_tokens",
             "num_generated_tokens", "num_reused_tokens", "num_cancelled")
+UPDATE_PERIOD_S = 0.1
 GAUGES = ("num_running", "num_waiting", "num_free_blocks", "last_cancel_latency_steps")
 
 
@@ -56,9 +58,19 @@ class EngineMetrics:
         self.metrics = {name: family.Metric(labels={"stat": name})
                         for name in COUNTERS + GAUGES if hasattr(engine, name)}
         self._family = family
+        self._values: dict[str, float] = {}
+        self._last = 0.0
 
     def update(self) -> None:
+        # Every set() is a message to the Triton process: at most every 100 ms while the engine
+        # works (it steps every few ms), at once when it goes idle, and only values that moved.
+        now = time.monotonic()
+        idle = not getattr(self.engine, "num_running", 0) and not getattr(self.engine, "num_waiting", 0)
+        if now - self._last < UPDATE_PERIOD_S and not idle:
+            return
+        self._last = now
         for name, metric in self.metrics.items():
             value = getattr(self.engine, name, None)
-            if value is not None:
+            if value is not None and value != self._values.get(name):
+                self._values[name] = value
                 metric.set(float(value))
