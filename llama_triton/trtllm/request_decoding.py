@@ -144,11 +144,12 @@ def output_arrays(out: SequenceOutput, *, prompt_ids: Optional[list[int]], with_
     tokens = list(out.token_ids)
     if prompt_ids:
         tokens = list(prompt_ids) + tokens
-    arrays: dict[str, np.ndarray] = {
-        "output_ids": np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1),
-        "sequence_length": np.asarray([[len(tokens)]], dtype=np.int32),
-        "sequence_index": np.asarray([[out.sequence_index]], dtype=np.int32),
-    }
+    # Only what the caller declared/requested is built: this runs once per streamed response.
+    arrays: dict[str, np.ndarray] = {"output_ids": np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1)}
+    if "sequence_length" in declared:
+        arrays["sequence_length"] = np.asarray([[len(tokens)]], dtype=np.int32)
+    if "sequence_index" in declared:
+        arrays["sequence_index"] = np.asarray([[out.sequence_index]], dtype=np.int32)
     if with_log_probs:
         lps = out.log_probs or []
         arrays["output_log_probs"] = np.asarray(lps, dtype=np.float32).reshape(1, 1, -1)
@@ -164,6 +165,8 @@ def output_arrays(out: SequenceOutput, *, prompt_ids: Optional[list[int]], with_
                 vals[0, 0, i, j] = lp
         arrays["top_log_prob_ids"] = ids
         arrays["top_log_probs"] = vals
-    arrays["num_reused_tokens"] = np.asarray([[out.num_reused_tokens]], dtype=np.int32)
-    arrays["is_final"] = np.asarray([[out.finished]], dtype=bool)
-    return {k: v for k, v in arrays.items() if k in declared}
+    if "num_reused_tokens" in declared:
+        arrays["num_reused_tokens"] = np.asarray([[out.num_reused_tokens]], dtype=np.int32)
+    if "is_final" in declared:
+        arrays["is_final"] = np.asarray([[out.finished]], dtype=bool)
+    return arrays if len(arrays) == len(declared) else {k: v for k, v in arrays.items() if k in declared}
