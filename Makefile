@@ -111,7 +111,7 @@ bench-triton: bench-deps
 	$(PY) -m benchmarks.triton_perf $(BENCH_ARGS)
 
 bench-openai: bench-deps
-	$(PY) -m benchmarks.openai_load $(BENCH_ARGS)
+	$(PY) -m benchmarks.openai_aiperf $(BENCH_ARGS)
 
 bench-layers: bench-deps
 	$(PY) -m benchmarks.layer_cost $(BENCH_ARGS)

@@ -149,7 +149,7 @@ def settings_for(args, model: str, concurrency: int, osl: int, eos: dict,
                  server_tokens: bool = True) -> aiperf_runner.AiperfSettings:
     return aiperf_runner.AiperfSettings(
         model=model, tokenizer=args.model_dir, concurrency=concurrency,
-        request_count=args.num_requests or max(16, 6 * concurrency),
+        request_count=args.num_requests or max(32, 8 * concurrency),
         warmup_request_count=args.warmup_requests if args.warmup_requests >= 0 else max(2, concurrency),
         isl=args.prompt_len, osl=osl, extra_inputs=eos, seed=args.seed,
         use_server_token_count=server_tokens)
@@ -289,7 +289,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--vllm-dtypes", default="bfloat16,float32", help="first = vLLM's fastest on this box")
     ap.add_argument("--llama-cpp-dtype", default="f32", help="GGUF type for llama.cpp")
     ap.add_argument("--concurrency", default="1,16,64")
-    ap.add_argument("--num-requests", type=int, default=0, help="per point (default: max(16, 6 x concurrency))")
+    ap.add_argument("--num-requests", type=int, default=0, help="per point (default: max(32, 8 x concurrency))")
     ap.add_argument("--warmup-requests", type=int, default=-1, help="per point (default: max(2, concurrency))")
     ap.add_argument("--prompt-len", type=int, default=128, help="synthetic prompt tokens (aiperf --isl)")
     ap.add_argument("--output-len", type=int, default=64, help="output tokens (aiperf --osl)")

@@ -108,3 +108,14 @@ def test_report_renders_an_aiperf_peers_file(tmp_path):
     text = "\n".join(report.peers(d))
     assert "(ignore_eos: true)" in text and "| ours auto (bfloat16) | 16 | 128 | 126 |" in text
     assert "frontend 150" in text and "not measured" in text
+
+
+def test_openai_sweep_maps_uniform_prompt_ranges_and_rates_onto_aiperf():
+    from benchmarks.openai_aiperf import isl_and_ratio
+    assert isl_and_ratio("64:256") == (160, 0.6)      # aiperf's window [160*0.4, 160*1.6] = [64, 256]
+    assert isl_and_ratio("128") == (128, 0.0)
+    cmd = command("aiperf", "http://h:1/v1", _settings(concurrency=None, request_rate=2.5, isl=160,
+                                                       isl_range_ratio=0.6), "o")
+    text = " ".join(cmd)
+    assert "--request-rate 2.5 --arrival-pattern poisson" in text and "--concurrency" not in text
+    assert json.loads(cmd[cmd.index("--random-range-ratio") + 1]) == {"input": 0.6, "output": 0.0}
