@@ -445,9 +445,8 @@ def plot(name: str, results: list[dict], concurrencies: list[int]) -> None:
         ax.set_title(f"concurrency {c}")
         ax.set_ylabel("CPU-ms per 1,000 output tokens")
         ax.grid(alpha=0.3, axis="y")
-        handles, labels = ax.get_legend_handles_labels()
-        seen = dict(zip(labels, handles))
-        ax.legend(seen.values(), seen.keys(), fontsize=7)
+    handles = {lab: h for ax in axes[0] for h, lab in zip(*ax.get_legend_handles_labels())}
+    axes[0][-1].legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     fig.suptitle("server CPU per 1,000 output tokens, by process (aiperf's own CPU excluded)")
     save_fig(fig, name, f"{Path(name).name}_cpu.png")
 
