@@ -327,5 +327,6 @@ def describe(r: dict) -> str:
                     if v.get("cpu_ms_per_1k_tokens") is not None)
     return (f"{r['label']}: {r['output_tokens_per_s'] or 0:.0f} tok/s, {r['content_events_per_s']} events/s, "
             f"TTFT p50/p99 {p('ttft_ms', 'p50')}/{p('ttft_ms', 'p99')} ms, ITL p50/p99 {p('itl_ms', 'p50')}/"
-            f"{p('itl_ms', 'p99')} ms, errors {r['errors']}; CPU-ms per 1k tokens: {cpu}; aiperf "
+            f"{p('itl_ms', 'p99')} ms, event gaps p50/p99 {p('icl_ms', 'p50')}/{p('icl_ms', 'p99')} ms, "
+            f"errors {r['errors']}; CPU-ms per 1k tokens: {cpu}; aiperf "
             f"{r['aiperf_invocation']['wall_s']} s wall, {r['aiperf_invocation']['cpu_s_all_processes']} CPU-s")

@@ -145,12 +145,13 @@ def peers(d: dict) -> list[str]:
         cpu = ", ".join(f"{k} {num(v.get('cpu_ms_per_1k_tokens'))}" for k, v in r["cpu"].items()
                         if k != "aiperf (client)" and v.get("cpu_ms_per_1k_tokens") is not None)
         rows.append([r["run"], str(r["concurrency"]), num(r["output_tokens_per_s"]), num(r["content_events_per_s"]),
-                     pair(r["ttft_ms"]), pair(r["itl_ms"]), cpu,
+                     pair(r["ttft_ms"]), pair(r["itl_ms"]), pair(r["icl_ms"]), cpu,
                      num((r["cpu"].get("aiperf (client)") or {}).get("cores"), 2), str(r["errors"])])
     out = [f"### Peers, measured with {s['client']}: {s['prompt_tokens']}-token prompts, {s['output_tokens']} output "
            f"tokens ({extra}), streamed chat (`results/peers/`)", "", machine_line(d), "",
            *table(["run", "concurrency", "output tok/s", "content events/s", "TTFT p50 / p99 (ms)",
-                   "ITL p50 / p99 (ms)", "CPU-ms per 1,000 output tokens, by process", "aiperf cores",
+                   "ITL p50 / p99 (ms)", "gap between content events p50 / p99 (ms)",
+                   "CPU-ms per 1,000 output tokens, by process", "aiperf cores",
                    "errors"], rows), ""]
     ratio_rows = [[f"{r['pair']}: {r['ours']} / {r['vllm']}", str(r["concurrency"]), num(r["tok_s_ratio"], 2),
                    num(r["ttft_p99_ratio"], 2), num(r["itl_p50_ratio"], 2), num(r["frontend_cpu_ratio"], 2)]

@@ -106,7 +106,7 @@ def test_report_renders_an_aiperf_peers_file(tmp_path):
          "results": [r], "ratios": [], "capacity": None, "runs": {"ours auto (bfloat16)": {"available": True}},
          "goals": peers.goals([], None)}
     text = "\n".join(report.peers(d))
-    assert "(ignore_eos: true)" in text and "| ours auto (bfloat16) | 16 | 128 | 126 |" in text
+    assert "(ignore_eos: true)" in text and "| ours auto (bfloat16) | 16 | 128 | 126 | 20.0 / 40.0 | 5.0 / 10.0 | 5.0 / 10.0 |" in text
     assert "frontend 150" in text and "not measured" in text
 
 
