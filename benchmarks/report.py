@@ -90,8 +90,9 @@ LOAD_HEADER = ["output tok/s", "req/s", "TTFT p50 / p99 (ms)", "ITL p50 / p99 (m
 def openai_load(d: dict) -> list[str]:
     cfg = d["results"][0]["config"] if d["results"] else {}
     rows = load_rows(d["results"], lambda r: [r.get("label", "")])
+    client = f", client {d['client']}" if d.get("client") else ""
     return [f"### OpenAI endpoint, our stack: prompts {cfg.get('prompt_len')} tokens, {cfg.get('output_len')} "
-            "output tokens (`results/openai_load/`)", "", machine_line(d), "",
+            f"output tokens{client} (`results/openai_load/`)", "", machine_line(d), "",
             *table(["load", *LOAD_HEADER], rows)]
 
 
@@ -135,6 +136,55 @@ def serving_capacity(d: dict) -> list[str]:
 
 
 def peers(d: dict) -> list[str]:
+    if "goals" not in d:      # a result file from before aiperf (openai_load rows)
+        return peers_openai_load(d)
+    s = d["setup"]
+    extra = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in s["extra_inputs"].items())
+    rows = []
+    for r in d["results"]:
+        cpu = ", ".join(f"{k} {num(v.get('cpu_ms_per_1k_tokens'))}" for k, v in r["cpu"].items()
+                        if k != "aiperf (client)" and v.get("cpu_ms_per_1k_tokens") is not None)
+        rows.append([r["run"], str(r["concurrency"]), num(r["output_tokens_per_s"]), num(r["content_events_per_s"]),
+                     pair(r["ttft_ms"]), pair(r["itl_ms"]), pair(r["icl_ms"]), cpu,
+                     num((r["cpu"].get("aiperf (client)") or {}).get("cores"), 2), str(r["errors"])])
+    out = [f"### Peers, measured with {s['client']}: {s['prompt_tokens']}-token prompts, {s['output_tokens']} output "
+           f"tokens ({extra}), streamed chat (`results/peers/`)", "", machine_line(d), "",
+           *table(["run", "concurrency", "output tok/s", "content events/s", "TTFT p50 / p99 (ms)",
+                   "ITL p50 / p99 (ms)", "gap between content events p50 / p99 (ms)",
+                   "CPU-ms per 1,000 output tokens, by process", "aiperf cores",
+                   "errors"], rows), ""]
+    ratio_rows = [[f"{r['pair']}: {r['ours']} / {r['vllm']}", str(r["concurrency"]), num(r["tok_s_ratio"], 2),
+                   num(r["ttft_p99_ratio"], 2), num(r["itl_p50_ratio"], 2), num(r["frontend_cpu_ratio"], 2)]
+                  for r in d["ratios"]]
+    if ratio_rows:
+        out += [*table(["pair, ours / vLLM", "concurrency", "output tok/s", "TTFT p99", "ITL p50",
+                        "frontend CPU / API server CPU per token"], ratio_rows), ""]
+    g = d["goals"]
+    mark = lambda x: {True: "**met**", False: "**not met**", None: "not measured (needs c=16 and c=64)"}[x]
+    thr = "; ".join(f"c={p['concurrency']}: x{num(p['ratio'], 2)}, TTFT p99 {num(p['ttft_p99_ms_ours_vllm'][0])} "
+                    f"against {num(p['ttft_p99_ms_ours_vllm'][1])} ms" for p in g["throughput"]["points"])
+    fe = "; ".join(f"c={p['concurrency']}: {num(p['cpu_ms_per_1k_ours_frontend_vllm_api_server'][0])} against "
+                   f"{num(p['cpu_ms_per_1k_ours_frontend_vllm_api_server'][1])} ms, x{num(p['ratio'], 2)}"
+                   for p in g["frontend_cpu"]["points"])
+    out += [f"* Goal, {g['throughput']['goal']}: {mark(g['throughput']['met'])} ({thr}).",
+            f"* Goal, {g['frontend_cpu']['goal']}: {mark(g['frontend_cpu']['met'])} ({fe})."]
+    cap = d.get("capacity")
+    if cap:
+        cpu = ", ".join(f"{k} {v['cpu_s']:.2f}" for k, v in cap["cpu"].items())
+        out.append(f"* Goal, {g['serving_capacity']['goal']}: {mark(g['serving_capacity']['met'])} "
+                   f"({num(cap['serving_path_tokens_per_cpu_s'])} at concurrency {cap['concurrency']}, "
+                   f"{cap['settings']['osl']} tokens per request, {num(cap['output_tokens_per_s'])} tok/s, "
+                   f"{num(cap['tokens_per_event'], 2)} tokens per SSE event; "
+                   f"{num(cap['whole_stack_tokens_per_cpu_s'])} counting the Python stubs too; CPU seconds: {cpu}).")
+    else:
+        out.append(f"* Goal, {g['serving_capacity']['goal']}: not measured in this run.")
+    for name, t in d["runs"].items():
+        out.append(f"* {name}: " + (f"{t.get('notes', '')}, ready in {t.get('startup_s')} s" if t.get("available")
+                                    else f"not available here: {t.get('reason', '')[:300]}"))
+    return out
+
+
+def peers_openai_load(d: dict) -> list[str]:
     s = d["setup"]
     rows = load_rows(d["results"], lambda r: [r["target"], str(r["config"]["concurrency"])])
     out = [f"### Peers: {s['prompt_len']}-token prompts, {s['output_len']} output tokens, {s['threads']} model "
