@@ -46,6 +46,7 @@ from frontend.sse import DECODER_ANSWERED, SSE_DONE, EventStream
 from frontend.decoder import DecoderClient, DecoderFailure, http_error
 from frontend.triton_client import TritonDecoder
 from llama_triton.text.tokenization import Tokenizer
+from llama_triton.startup_heap import freeze_startup_heap
 
 log = logging.getLogger("frontend")
 access_log = logging.getLogger("frontend.access")
@@ -509,6 +510,7 @@ async def serve(settings: Settings) -> None:
     await site.start()
     log.info("frontend listening on http://%s:%d (Triton gRPC %s)%s", settings.host, settings.port,
              settings.triton_grpc, f", worker pid {os.getpid()}" if settings.reuse_port else "")
+    freeze_startup_heap()
     if settings.ready_file:
         Path(settings.ready_file).write_text(f"{os.getpid()}\n")
     stop = asyncio.Event()

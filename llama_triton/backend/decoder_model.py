@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from llama_triton.backend import trtllm_emulation as trtllm
 from llama_triton.backend.engine_setup import EngineMetrics, build_engine
 from llama_triton.backend.response_pump import ResponsePump
+from llama_triton.startup_heap import freeze_startup_heap
 from llama_triton.engine.types import DecoderEngine, QueueFull, RequestError
 from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
 
@@ -50,6 +51,7 @@ class DecoderModel:
         self.engine.add_step_listener(self._before_step)
         self.engine.add_step_listener(self.metrics.update, at_end=True)
         self.engine.start()
+        freeze_startup_heap()
 
     def _before_step(self):
         # is_cancelled() is a round trip to the Triton process per request: poll at most every
