@@ -7,9 +7,9 @@ events), TPOT (per request: (e2e - ttft) / (tokens - 1)), end-to-end latency (me
 errors by kind, and the load generator's own CPU use (on a small machine it shares the cores).
 
 Generation length: the random test model rarely emits EOS, but to make the output length exact
-every server is asked not to stop early: ours with `min_tokens = max_tokens` (our API rejects
-`ignore_eos`), vLLM with `ignore_eos: true`, llama.cpp (no ignore_eos) with `logit_bias` banning
-`</s>`. See `IGNORE_EOS`.
+every server is asked not to stop early: ours with `min_tokens = max_tokens` (the in-process
+benchmarks' historic setting; our API also takes `ignore_eos`), vLLM with `ignore_eos: true`,
+llama.cpp (no ignore_eos) with `logit_bias` banning `</s>`. See `IGNORE_EOS`.
 
 Library: `run_load(LoadConfig(...))` returns the result dict. CLI without `--base-url` starts our
 stack and sweeps concurrencies, writing benchmarks/results/openai_load/.
@@ -39,7 +39,7 @@ from benchmarks.workload import Length, RequestSpec, make_requests
 # How each server is asked to generate exactly max_tokens tokens.
 IGNORE_EOS = {
     "min_tokens": lambda n: {"min_tokens": n},          # ours (and vLLM)
-    "ignore_eos": lambda n: {"ignore_eos": True},       # vLLM
+    "ignore_eos": lambda n: {"ignore_eos": True},       # ours, vLLM, SGLang, trtllm-serve
     "logit_bias": lambda n: {"logit_bias": {"2": -100}},  # llama.cpp: ban </s> (Llama-2 id 2)
     "none": lambda n: {},
 }
