@@ -60,14 +60,17 @@ class EngineMetrics:
         self._family = family
         self._values: dict[str, float] = {}
         self._last = 0.0
+        self._occupancy = (None, None)
 
     def update(self) -> None:
         # Every set() is a message to the Triton process: at most every 100 ms while the engine
-        # works (it steps every few ms), at once when it goes idle, and only values that moved.
+        # works (it steps every few ms), but at once when a request joins or leaves (the running
+        # and waiting gauges are what readers poll for), and only values that moved.
         now = time.monotonic()
-        idle = not getattr(self.engine, "num_running", 0) and not getattr(self.engine, "num_waiting", 0)
-        if now - self._last < UPDATE_PERIOD_S and not idle:
+        occupancy = (getattr(self.engine, "num_running", 0), getattr(self.engine, "num_waiting", 0))
+        if now - self._last < UPDATE_PERIOD_S and occupancy == self._occupancy:
             return
+        self._occupancy = occupancy
         self._last = now
         for name, metric in self.metrics.items():
             value = getattr(self.engine, name, None)
