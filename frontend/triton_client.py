@@ -34,6 +34,10 @@ DECODER_MODEL = "tensorrt_llm"
 # without it a request that ends with no response of its own (a stop request, a final flag sent
 # alone) never tells the client it is over.
 EMPTY_FINAL_RESPONSE = {"triton_enable_empty_final_response": True}
+# The CPU decoder may merge a stream's queued tokens into one response when its sending falls
+# behind (llama_triton/backend/decoder_model.py MERGE_PARAMETER); responses are read as token lists
+# here anyway, so the frontend accepts. TensorRT-LLM's backend ignores the parameter.
+GENERATE_PARAMETERS = {**EMPTY_FINAL_RESPONSE, "llama_triton_merge_responses": True}
 HEALTH_TIMEOUT_S = 2.0      # a health probe that takes longer says "not ready"
 STOP_TIMEOUT_S = 5.0
 CHANNEL_ARGS = [
@@ -233,7 +237,7 @@ class TritonDecoder:
 
         async def requests():
             yield {"model_name": self.model_name, "inputs": inputs, "outputs": outputs, "request_id": request_id,
-                   "parameters": EMPTY_FINAL_RESPONSE}
+                   "parameters": GENERATE_PARAMETERS}
             await done.wait()   # keep the stream open until the final response arrives
 
         queued = metrics is not None

@@ -8,6 +8,7 @@ cancellation is honoured too, checked before every engine step.
 """
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -20,6 +21,22 @@ from llama_triton.backend.response_pump import ResponsePump
 from llama_triton.startup_heap import freeze_startup_heap
 from llama_triton.engine.types import DecoderEngine, QueueFull, RequestError
 from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
+
+
+# Triton request parameter (not a tensor: TensorRT-LLM's input list stays as it is) by which a
+# client accepts several tokens per streamed response when the decoder's sending falls behind.
+# The frontend sets it; its stream handling takes any number of tokens per response.
+MERGE_PARAMETER = "llama_triton_merge_responses"
+
+
+def wants_merged_responses(request) -> bool:
+    try:
+        params = request.parameters()
+    except Exception:       # a Triton without request parameters
+        return False
+    if not params or MERGE_PARAMETER not in params:
+        return False
+    return json.loads(params).get(MERGE_PARAMETER) is True
 
 
 class DecoderModel:
@@ -36,9 +53,10 @@ class DecoderModel:
         self.trtllm = params.get("emulate_tensorrt_llm", "false") == "true"
         self.block_size = int(params.get("tokens_per_block", "16"))
         self.engine = (engine_factory or build_engine)(params)
-        # Responses leave from their own thread, several tokens per response when sending falls
-        # behind (CPU mode only: TensorRT-LLM's backend sends one per step).
-        self.pump = ResponsePump(coalesce=not self.trtllm)
+        # Responses leave from their own thread; a request that asks for it (MERGE_PARAMETER) gets
+        # several tokens per response when sending falls behind. Others, and every request in GPU
+        # mode, get one response per step, as from TensorRT-LLM's backend.
+        self.pump = ResponsePump()
         # Three threads share this stub's GIL: the engine, the response pump and Triton's execute
         # thread that admits new requests. At the default 5 ms switch interval a new request
         # waited a median 21 ms at c=16 before execute() ran (measured); 1 ms hands the GIL over
@@ -156,9 +174,10 @@ class DecoderModel:
                         flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
 
         pump = self.pump
+        merge = not self.trtllm and wants_merged_responses(request)
 
         def on_output(out):     # engine thread
-            pump.put(send_output, out)
+            pump.put(send_output, out, merge)
 
         try:
             self.engine.submit(parsed, on_output)

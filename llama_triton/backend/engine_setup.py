@@ -68,8 +68,8 @@ class EngineMetrics:
         # and waiting gauges are what readers poll for), and only values that moved.
         now = time.monotonic()
         occupancy = (getattr(self.engine, "num_running", 0), getattr(self.engine, "num_waiting", 0))
-        if now - self._last < UPDATE_PERIOD_S and occupancy == self._occupancy:
-            return
+        if now - self._last < UPDATE_PERIOD_S and occupancy == self._occupancy and any(occupancy):
+            return      # busy, no request joined or left; an idle engine's totals are always sent
         self._occupancy = occupancy
         self._last = now
         for name, metric in self.metrics.items():

@@ -9,8 +9,9 @@ its last response go out as one response with all of their tokens: the same toke
 final flag, in fewer responses. vLLM's API server does the same with its per-request output
 collector when a consumer falls behind.
 
-`coalesce=False` keeps one response per engine output (GPU mode: TensorRT-LLM's backend sends
-one response per step, and the emulation answers as it does).
+Merging is per request: `put(..., merge=False)` keeps one response per engine output, which is
+what a direct Triton client of TensorRT-LLM's backend gets (one response per step); the frontend
+asks for merging with a request parameter (llama_triton/backend/decoder_model.py).
 """
 from __future__ import annotations
 
@@ -47,12 +48,11 @@ def merge_outputs(outs: list[SequenceOutput]) -> list[SequenceOutput]:
 class ResponsePump:
     """One sender thread per decoder model instance; `put` is called on the engine thread."""
 
-    def __init__(self, coalesce: bool = True, name: str = "llama-triton-responses"):
-        self.coalesce = coalesce
+    def __init__(self, name: str = "llama-triton-responses"):
         self._cond = threading.Condition()
         # (handler, sequence index) -> that stream's queued outputs; a handler is one request's,
         # so a request id reused after the first request ended is another stream.
-        self._pending: dict[tuple[Handler, int], list[SequenceOutput]] = {}
+        self._pending: dict[tuple[Handler, int], tuple[bool, list[SequenceOutput]]] = {}
         self._closed = False
         self._busy = False          # the thread is sending a batch it took
         self.responses_sent = 0     # after merging
@@ -60,15 +60,16 @@ class ResponsePump:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, handler: Handler, out: SequenceOutput) -> None:
-        """Queues `out` for `handler`; the outputs of one sequence reach it in order."""
+    def put(self, handler: Handler, out: SequenceOutput, merge: bool = True) -> None:
+        """Queues `out` for `handler`; the outputs of one sequence reach it in order, merged into
+        fewer responses when they queued up and `merge`."""
         key = (handler, out.sequence_index)
         with self._cond:
             queued = self._pending.get(key)
             if queued is None:
-                self._pending[key] = [out]
+                self._pending[key] = (merge, [out])
             else:
-                queued.append(out)
+                queued[1].append(out)
             self.outputs_queued += 1
             self._cond.notify_all()
 
@@ -82,8 +83,8 @@ class ResponsePump:
                 batch, self._pending = self._pending, {}
                 self._busy = True
             try:
-                for (handler, _), outs in batch.items():
-                    for out in merge_outputs(outs) if self.coalesce and len(outs) > 1 else outs:
+                for (handler, _), (merge, outs) in batch.items():
+                    for out in merge_outputs(outs) if merge and len(outs) > 1 else outs:
                         self.responses_sent += 1
                         try:
                             handler(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import time
+import urllib.error
 import uuid
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.integration.conftest import DECODER_MODES, decoder_mode
-from tests.integration.http_helpers import post_chat
+from tests.integration.http_helpers import post_json
 from tests.integration.stack import wait_for
 
 both_modes = pytest.mark.parametrize("stack", DECODER_MODES, indirect=True)
@@ -165,11 +166,17 @@ def test_decoder_queue_full_is_429(stack):
                     client.async_stream_infer(DECODER, _inputs(_arrays(PROMPT, FLOOD_TOKENS, streaming=True)),
                                               request_id=f"flood-{uuid.uuid4().hex}")
                 wait_for(lambda: refused() and len(errors) > refused_before, timeout=60, what="the queue full again")
-            status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": USER, "max_tokens": 4})
-            if status != 200:
+            try:
+                # A refusal is immediate; an accepted request waits behind the flood.
+                status, body, _ = post_json(stack.base_url, "/v1/chat/completions",
+                                            {"model": stack.model_name, "messages": USER, "max_tokens": 4}, timeout=15)
+            except (TimeoutError, urllib.error.URLError):
+                status, body = None, None
+            if status not in (200, None):
                 break
-            # A batch that finished between the refill and this request freed its places (a loaded
-            # machine can take that long): fill the queue again and ask again.
+            # A place freed between the refill and this request (a batch finished, or a preempted
+            # sequence was readmitted; a loaded machine can take that long): it was accepted. Fill
+            # the queue again and ask again.
         assert status == 429, body
         assert body["error"]["code"] == "queue_full"
     finally:

@@ -30,7 +30,7 @@ def test_a_slow_sender_gets_several_tokens_per_response_and_loses_none():
         gate.wait(5)            # the first send blocks: everything after it queues up
         got.append(out)
 
-    pump = ResponsePump(coalesce=True)
+    pump = ResponsePump()
     try:
         pump.put(handler, _out([0]))
         for t in range(1, 10):
@@ -43,7 +43,7 @@ def test_a_slow_sender_gets_several_tokens_per_response_and_loses_none():
     assert len(got) < 10 and [o.finished for o in got] == [False] * (len(got) - 1) + [True]
 
 
-def test_without_coalescing_every_output_is_its_own_response_in_order():
+def test_a_request_that_did_not_ask_for_merging_gets_every_output_as_its_own_response():
     gate = threading.Event()
     got = []
 
@@ -51,10 +51,10 @@ def test_without_coalescing_every_output_is_its_own_response_in_order():
         gate.wait(5)
         got.append(out.token_ids)
 
-    pump = ResponsePump(coalesce=False)
+    pump = ResponsePump()
     try:
         for t in range(5):
-            pump.put(handler, _out([t]))
+            pump.put(handler, _out([t]), merge=False)
         gate.set()
         assert pump.drain()
     finally:
@@ -91,3 +91,21 @@ def test_close_sends_what_is_queued():
         pump.put(lambda out: got.extend(out.token_ids), _out([t]))
     pump.close()
     assert got == list(range(20))
+
+
+def test_the_merge_parameter_is_read_from_the_triton_request():
+    import json
+
+    from llama_triton.backend.decoder_model import MERGE_PARAMETER, wants_merged_responses
+
+    class Request:
+        def __init__(self, params):
+            self.params = params
+
+        def parameters(self):
+            return self.params
+
+    assert wants_merged_responses(Request(json.dumps({MERGE_PARAMETER: True})))
+    assert not wants_merged_responses(Request(json.dumps({MERGE_PARAMETER: "yes"})))
+    assert not wants_merged_responses(Request("{}")) and not wants_merged_responses(Request(""))
+    assert not wants_merged_responses(object())     # a request object without parameters()
