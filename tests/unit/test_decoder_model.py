@@ -182,3 +182,17 @@ def test_both_engines_implement_the_one_engine_protocol():
     for cls in (Engine, ZeroCostEngine):
         for name in members:
             assert callable(getattr(cls, name, None)), f"{cls.__name__} lacks {name}"
+
+
+@pytest.mark.parametrize("params, allowed", [({}, True), ({"decoder_kind": "zero_cost"}, False),
+                                             ({"emulate_tensorrt_llm": "true"}, False)])
+def test_merged_responses_only_on_the_cpu_model_decoder(params, allowed):
+    """GPU mode answers as TensorRT-LLM (one response per step); the zero-cost decoder measures the
+    serving path per token. Only the CPU model decoder merges, and only for requests that ask."""
+    from llama_triton.backend.decoder_model import DecoderModel
+    config = {**CONFIG, "parameters": {k: {"string_value": v} for k, v in params.items()}}
+    m = DecoderModel(_fake_pb_utils(), config, engine_factory=lambda p: RecordingEngine())
+    try:
+        assert m.merge_allowed is allowed
+    finally:
+        m.finalize()
