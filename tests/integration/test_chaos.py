@@ -8,8 +8,9 @@ timeout:
 
 * 0 hung: the client's limit is the frontend's --request-timeout plus 10 s;
 * 0 lost: no malformed answer, no connection error, except for requests whose connection the
-  killed frontend worker itself held (the kernel resets them the moment it dies; counted as
-  "cut", and only allowed within a few seconds after a frontend kill);
+  killed frontend worker itself held (the kernel resets them the moment it dies, idle pooled
+  keep-alive connections included; counted as "cut", and only allowed within a few seconds after a
+  frontend kill);
 * 0 answers with another request's tokens: most requests force their own token with `logit_bias`
   (their text must be exactly that token repeated; no two requests in flight share one), and a
   sample of seeded sampled requests is replayed alone afterwards and must match;
@@ -80,8 +81,14 @@ class Kill:
     recovered_after: float | None = None
 
 
+POOLED_S = 1.0    # a request begun this soon after a frontend kill may get a pooled connection to it
+
+
 def in_cut_window(kills: list[Kill], started: float, ended: float) -> bool:
-    return any(k.kind == "frontend" and started <= k.at <= ended <= k.at + CUT_WINDOW_S for k in kills)
+    """Cut by a killed frontend worker: begun before the kill (or so soon after it that the client's
+    pool handed it an idle keep-alive connection to the dead worker) and failed within the window."""
+    return any(k.kind == "frontend" and started <= k.at + POOLED_S and k.at <= ended <= k.at + CUT_WINDOW_S
+               for k in kills)
 
 
 async def one(session, base: str, plan: Plan, out: Outcomes, kills: list[Kill]) -> float:
