@@ -139,9 +139,10 @@ def test_decoder_queue_full_is_429(stack):
     client.start_stream(callback=lambda result, error: results.put(error))
     try:
         # Long requests straight at the decoder (no frontend gate in the way): capacity of them
-        # run or queue, the rest are refused by the decoder itself.
+        # run or queue, the rest are refused by the decoder itself. Not streamed: a full batch's
+        # per-token responses (thousands a second) would only slow the flood's own delivery.
         for i in range(flood):
-            client.async_stream_infer(DECODER, _inputs(_arrays(PROMPT, FLOOD_TOKENS, streaming=True)),
+            client.async_stream_infer(DECODER, _inputs(_arrays(PROMPT, FLOOD_TOKENS, streaming=False)),
                                       request_id=f"flood-{uuid.uuid4().hex}")
         errors: list[str] = []
 
@@ -163,7 +164,7 @@ def test_decoder_queue_full_is_429(stack):
                 wait_for(lambda: stack.engine_stats()["num_running"] >= batch, timeout=60, what="a full batch")
                 refused_before = len(errors)
                 for _ in range(batch + 4):
-                    client.async_stream_infer(DECODER, _inputs(_arrays(PROMPT, FLOOD_TOKENS, streaming=True)),
+                    client.async_stream_infer(DECODER, _inputs(_arrays(PROMPT, FLOOD_TOKENS, streaming=False)),
                                               request_id=f"flood-{uuid.uuid4().hex}")
                 wait_for(lambda: refused() and len(errors) > refused_before, timeout=60, what="the queue full again")
             try:
