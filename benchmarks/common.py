@@ -256,3 +256,18 @@ class CpuMeter:
 def self_process():
     import psutil
     return psutil.Process(os.getpid())
+
+
+def add_openai_load_args(ap, *, model_help: str) -> None:
+    """The endpoint and load-shape options both OpenAI benchmarks take (openai_load, openai_aiperf)."""
+    ap.add_argument("--base-url", help="an OpenAI endpoint, e.g. http://127.0.0.1:8080/v1 "
+                    "(default: start our stack on free ports for this run)")
+    ap.add_argument("--model", help=model_help)
+    ap.add_argument("--model-dir", default=DEFAULT_MODEL_DIR, help="tokenizer for the prompts (and the stack)")
+    ap.add_argument("--concurrency", default="1,4,16", help="comma list: closed-loop sweep")
+    ap.add_argument("--rate", default=None, help="comma list of request rates (req/s, Poisson); replaces the "
+                    "closed-loop sweep, --max-concurrency caps requests in flight")
+    ap.add_argument("--max-concurrency", type=int, default=None)
+    ap.add_argument("--num-requests", type=int, default=0,
+                    help="requests per point (default: max(16, 8 x concurrency), or 10 s worth at --rate)")
+    ap.add_argument("--prompt-len", default="64:256", help="tokens: N or LO:HI (uniform)")

@@ -27,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import aiperf_runner, peer_setup
-from benchmarks.common import DEFAULT_MODEL_DIR, ROOT, log, machine_info, write_json
+from benchmarks.common import ROOT, add_openai_load_args, log, machine_info, write_json
 from benchmarks.workload import Length
 
 EOS = {"min_tokens": lambda n: {"min_tokens": n}, "ignore_eos": lambda n: {"ignore_eos": True}, "none": lambda n: {}}
@@ -43,18 +43,8 @@ def isl_and_ratio(prompt_len: str) -> tuple[int, float]:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--base-url", help="an OpenAI endpoint, e.g. http://127.0.0.1:8080/v1 "
-                    "(default: start our stack on free ports for this run)")
-    ap.add_argument("--model", help="model name (default: the model directory's name)")
-    ap.add_argument("--model-dir", default=DEFAULT_MODEL_DIR, help="tokenizer for the prompts (and the stack)")
-    ap.add_argument("--concurrency", default="1,4,16", help="comma list: closed-loop sweep")
-    ap.add_argument("--rate", default=None, help="comma list of request rates (req/s, Poisson); replaces the "
-                    "closed-loop sweep, --max-concurrency caps requests in flight")
-    ap.add_argument("--max-concurrency", type=int, default=None)
-    ap.add_argument("--num-requests", type=int, default=0,
-                    help="requests per point (default: max(16, 8 x concurrency), or 10 s worth at --rate)")
+    add_openai_load_args(ap, model_help="model name (default: the model directory's name)")
     ap.add_argument("--warmup-requests", type=int, default=2)
-    ap.add_argument("--prompt-len", default="64:256", help="tokens: N or LO:HI (uniform)")
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--eos-field", choices=sorted(EOS), default="min_tokens",
                     help="how the server is asked for exactly --output-len tokens")

@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 import aiohttp
 import orjson
 
-from benchmarks.common import (DEFAULT_MODEL_DIR, log, machine_info, percentiles, plt, save_fig, self_process,
+from benchmarks.common import (DEFAULT_MODEL_DIR, add_openai_load_args, log, machine_info, percentiles, plt, save_fig, self_process,
                                start_stack, write_json)
 from benchmarks.workload import Length, RequestSpec, make_requests
 
@@ -343,18 +343,8 @@ def plot_sweep(name: str, results: list[dict], x_key: str = "concurrency", title
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--base-url", help="an OpenAI endpoint, e.g. http://127.0.0.1:8080/v1 "
-                    "(default: start our stack on free ports for this run)")
-    ap.add_argument("--model", help="model name (default: the first of /v1/models)")
+    add_openai_load_args(ap, model_help="model name (default: the first of /v1/models)")
     ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
-    ap.add_argument("--model-dir", default=DEFAULT_MODEL_DIR, help="tokenizer for the prompts (and the stack)")
-    ap.add_argument("--concurrency", default="1,4,16", help="comma list: closed-loop sweep")
-    ap.add_argument("--rate", default=None, help="comma list of request rates (req/s, Poisson); replaces the "
-                    "closed-loop sweep, --max-concurrency caps requests in flight")
-    ap.add_argument("--max-concurrency", type=int, default=None)
-    ap.add_argument("--num-requests", type=int, default=0,
-                    help="requests per point (default: max(16, 8 x concurrency), or 10 s worth at --rate)")
-    ap.add_argument("--prompt-len", default="64:256", help="tokens: N or LO:HI (uniform)")
     ap.add_argument("--output-len", default="64", help="tokens: N or LO:HI (uniform)")
     ap.add_argument("--ignore-eos", choices=sorted(IGNORE_EOS), default="min_tokens")
     ap.add_argument("--extra-body", default="{}", help="JSON merged into every request body")
