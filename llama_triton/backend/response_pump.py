@@ -55,8 +55,6 @@ class ResponsePump:
         self._pending: dict[tuple[Handler, int], tuple[bool, list[SequenceOutput]]] = {}
         self._closed = False
         self._busy = False          # the thread is sending a batch it took
-        self.responses_sent = 0     # after merging
-        self.outputs_queued = 0     # before merging
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -70,7 +68,6 @@ class ResponsePump:
                 self._pending[key] = (merge, [out])
             else:
                 queued[1].append(out)
-            self.outputs_queued += 1
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -85,7 +82,6 @@ class ResponsePump:
             try:
                 for (handler, _), (merge, outs) in batch.items():
                     for out in merge_outputs(outs) if merge and len(outs) > 1 else outs:
-                        self.responses_sent += 1
                         try:
                             handler(out)
                         except Exception:
