@@ -135,11 +135,13 @@ class LlmApiEngine:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
-            ticker = loop.create_task(self._ticker())
+            loop.create_task(self._ticker())
             ready.set()
             loop.run_forever()
-            ticker.cancel()
-            loop.run_until_complete(asyncio.gather(ticker, return_exceptions=True))
+            pending = asyncio.all_tasks(loop)       # the ticker, requests still iterating at shutdown
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=run, name="llmapi-engine", daemon=True)
