@@ -8,8 +8,8 @@ chosen by the model's `llm_api` parameter, never by what happens to be importabl
 needs CUDA to import, so it is imported here, lazily, and only for `llm_api: tensorrt_llm`.
 
 As upstream's own LLM-API model does (triton_backend/all_models/llmapi/tensorrt_llm/1/model.py
-@b35ac1b, "M" below), the engine runs on an asyncio loop of its own thread (M:215-219), creates
-the `LLM` with the arguments of `model.yaml` (M:158-164), calls `generate_async` per request
+@b35ac1b, "M" below), the engine runs on an asyncio loop of its own thread (M:218-220), creates
+the `LLM` with the arguments of `model.yaml` (M:160-165, :247-248), calls `generate_async` per request
 (M:415-416) and iterates the result (M:431); cancelling is the result's `abort()` (M:326, :353).
 What it does differently, and why:
 

@@ -34,12 +34,12 @@ WordText = Callable[[list[int]], Optional[str]]
 def to_llmapi(p: SamplingParams, word_text: WordText) -> LlmApiRequest:
     """`word_text(ids)` is the text that tokenizes back to exactly `ids` (None when there is none):
     the LLM API takes multi-token stop and bad words as strings only (SP:207-212: `stop`/`bad`,
-    tokenized by `_setup`, SP:392-398; `stop_token_ids`/`bad_token_ids` are single tokens)."""
+    tokenized by `_setup`, SP:390-396; `stop_token_ids`/`bad_token_ids` are single tokens)."""
     kw: dict[str, Any] = {
         "max_tokens": p.max_new_tokens,                                 # SP:206
         "n": p.num_return_sequences,                                    # SP:219; best_of = n (SP:282)
         "temperature": p.temperature,                                   # SP:230; 0 is greedy (SP:345)
-        # 0 means all logits (SP:143), as ours does.
+        # 0 means all logits (SP:144), as ours does.
         "top_k": p.top_k,                                               # SP:224
         # Ours is off at <= 0 (TensorRT-LLM's backend drops top_p <= 0, utils.cc:555-563); 0.0 here
         # would mean greedy (SP:344). Above 1 it goes through for SP:301 to refuse.
@@ -48,7 +48,7 @@ def to_llmapi(p: SamplingParams, word_text: WordText) -> LlmApiRequest:
         "repetition_penalty": p.repetition_penalty,                     # SP:233
         "presence_penalty": p.presence_penalty,                         # SP:234
         "frequency_penalty": p.frequency_penalty,                       # SP:235
-        # "Values < 1 have no effect" (SP:231 doc); None keeps the runtime default.
+        # "Values < 1 have no effect" (SP:163); None keeps the runtime default.
         "min_tokens": p.min_tokens or None,                             # SP:231
         "min_p": p.min_p or None,                                       # SP:240
         # Our contract returns stop words (the C++ backend keeps them, docs/GPU.md 5.1); the LLM
@@ -105,7 +105,7 @@ def _split_words(words: list[list[int]], tensor: str, word_text: WordText) -> tu
 
 def word_text_for(tokenizer: Any) -> WordText:
     """The `word_text` of a tokenizer with Hugging Face's encode/decode: decode, and keep the text
-    only when encoding it alone (as SP:392-398 will) gives the same ids back."""
+    only when encoding it alone (as SP:390-396 will) gives the same ids back."""
     def word_text(ids: list[int]) -> Optional[str]:
         text = tokenizer.decode(ids)
         return text if list(tokenizer.encode(text, add_special_tokens=False)) == list(ids) else None

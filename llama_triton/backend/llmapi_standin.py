@@ -157,7 +157,7 @@ class SamplingParams:
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
     def _setup(self, tokenizer: Any) -> "SamplingParams":
-        """SP:364-398: the tokenizer's EOS when no end_id; stop and bad strings tokenized alone."""
+        """SP:365-398: the tokenizer's EOS when no end_id; stop and bad strings tokenized alone."""
         if self.end_id is None:
             self.end_id = tokenizer.eos_token_id
             self.pad_id = tokenizer.pad_token_id
