@@ -72,8 +72,16 @@ class Api:
 def load_api(kind: str) -> Api:
     if kind == "tensorrt_llm":
         from tensorrt_llm import LLM, SamplingParams                    # needs CUDA: only here
-        from tensorrt_llm.executor.utils import RequestError as TrtllmRequestError
         from tensorrt_llm.sampling_params import GuidedDecodingParams
+        try:
+            from tensorrt_llm.executor.utils import RequestError as TrtllmRequestError
+        except ImportError:
+            # Not where this release keeps it: then no exception counts as the request's own fault,
+            # every failure is "internal error" and the frontend's probes decide (never a 400 by mistake).
+            logger.warning("tensorrt_llm.executor.utils.RequestError not found: request errors read as internal")
+
+            class TrtllmRequestError(Exception):
+                pass
         return Api(LLM, SamplingParams, GuidedDecodingParams, TrtllmRequestError)
     if kind == "cpu":
         from llama_triton.backend import llmapi_standin as s
