@@ -219,6 +219,9 @@ class LlmApiEngine:
             self._fail(entry, text)
 
     def _forward(self, entry: _Open, result: Any) -> None:
+        # An update from the engine is this engine's "step": the listeners (Triton cancellation
+        # poll, metrics) see it at once; both throttle themselves.
+        self._notify()
         req = entry.request
         end_id = None if getattr(entry.sampling, "ignore_eos", False) else req.params.end_id
         entry.cached = max(entry.cached, min(int(getattr(result, "cached_tokens", 0) or 0), len(req.prompt_ids)))
@@ -328,7 +331,8 @@ class LlmApiEngine:
                 logger.exception("step listener failed")
 
     async def _ticker(self) -> None:
-        """The CPU engine calls its step listeners every step; here they run on a clock."""
+        """The CPU engine calls its step listeners every step; here they also run on a clock, for
+        requests that wait without updates (queued ones: Triton's cancellation must still be seen)."""
         while True:
             await asyncio.sleep(TICK_S if self._open else IDLE_TICK_S)
             self._notify()
