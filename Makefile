@@ -62,13 +62,31 @@ ENGINE_ARGS ?=
 GPU_SIZE_ARGS = --tp $(TP) --pp $(PP) --quant $(QUANT) $(if $(KV_DTYPE),--kv-dtype $(KV_DTYPE)) \
 	$(if $(MAX_SEQ_LEN),--max-seq-len $(MAX_SEQ_LEN))
 
+# BACKEND=llmapi sizes TensorRT-LLM's LLM API instead (no engine; the checkpoint loads as stored):
+# QUANT defaults to the checkpoint's own format there (`--quant auto`).
+BACKEND ?=
 plan: $(GPU_PY_DEPS)
-	@$(PY) build/plan.py --model $(or $(MODEL),llama-2-70b) --gpu $(or $(GPU),h100-80g) $(GPU_SIZE_ARGS)
+	@$(PY) build/plan.py --model $(or $(MODEL),llama-2-70b) --gpu $(or $(GPU),h100-80g) $(GPU_SIZE_ARGS) \
+		$(if $(BACKEND),--backend $(BACKEND)) \
+		$(if $(and $(filter llmapi,$(BACKEND)),$(filter file,$(origin QUANT))),--quant auto)
 
 engine: $(GPU_PY_DEPS)
 	@test -n "$(MODEL)" || { echo "usage: make engine MODEL=<hf dir> TP=<n> PP=<n> QUANT=<none|fp8|int4_awq> OUT=<dir> [DRY_RUN=1]"; exit 2; }
 	$(PY) build/engine.py --model $(MODEL) $(GPU_SIZE_ARGS) $(if $(GPU),--gpu $(GPU)) $(if $(OUT),--out $(OUT)) \
 		$(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run) $(ENGINE_ARGS)
+
+# ---- GPU: the LLM-API decoder (docs/GPU.md section 8): no engine build ---------------------------
+# `make serve-llmapi MODEL=<hf dir> TP=4` serves TensorRT-LLM's LLM (PyTorch backend) inside the NGC
+# image (PY=python3 there); DRY_RUN=1 prints the rendered model.yaml and the launch command
+# (MODEL may then be llama-2-7b or llama-2-70b). LLM_API=cpu runs the CPU stand-in instead.
+LLM_API ?= tensorrt_llm
+KV_FRACTION ?= 0.9
+.PHONY: serve-llmapi
+serve-llmapi: $(GPU_PY_DEPS)
+	@test -n "$(MODEL)" || { echo "usage: make serve-llmapi MODEL=<hf dir> TP=<n> PP=<n> [KV_FRACTION=0.9] [DRY_RUN=1]"; exit 2; }
+	$(PY) -m llama_triton.serve.launcher serve --decoder-io llmapi --llm-api $(LLM_API) --model-dir $(MODEL) \
+		--tp $(TP) --pp $(PP) --kv-cache-fraction $(KV_FRACTION) $(if $(MAX_SEQ_LEN),--max-seq-len $(MAX_SEQ_LEN)) \
+		--port $(PORT) $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
 
 # ---- load: the soak test at length (tests/integration/test_soak.py) ----------------------------
 # CI runs it for 75 s; this runs SOAK_SECONDS (default 10 minutes) and prints the figures.

@@ -21,6 +21,7 @@
 #   PROBES=a,b                 run only these probes (build/gpu_probes.py list)
 #   SKIP_INSTALL=1             the frontend's dependencies are installed already
 #   SKIP_SUITE=1               stop after the probes
+#   LLMAPI_ONLY=1              only the LLM-API path (no engine build); SKIP_LLMAPI=1: only the engine path
 #
 # Probes (build/gpu_probes.py; add one there with @probe): issue 22's findings (the served config
 # keeps the 1.2.1 backend contract, a request without sequence_length fails as the backend's,
@@ -50,6 +51,70 @@ LOG=${OUT}/serve.log
 step() { printf '\n=== %s\n' "$*"; }
 die() { printf 'gpu_smoke: %s\n' "$*" >&2; exit 1; }
 
+# ==== The LLM-API path (issue 23; docs/GPU.md section 8) ==========================================
+# TensorRT-LLM's LLM (PyTorch backend) behind the decoder model: no engine build. Runs after the
+# engine path (its stack stopped first: one GPU), or alone with LLMAPI_ONLY=1; SKIP_LLMAPI=1 leaves
+# it out. Its own ports (LLMAPI_PORT=8090, Triton 8010-8012); build/llmapi_probes.py prints PASS or
+# FAIL per probe: render, start, streamed chat, tools, json_schema, min_p, top_logprobs, cancel, 429.
+LLMAPI_PORT=${LLMAPI_PORT:-8090}
+LLMAPI_GRPC_PORT=${LLMAPI_GRPC_PORT:-8011}
+LLMAPI_ARGS="--decoder-io llmapi --llm-api tensorrt_llm --max-seq-len $MAX_SEQ_LEN --kv-cache-fraction 0.5"
+LLMAPI_ARGS="$LLMAPI_ARGS --max-batch-size 8 --max-queue-size 8 --work-dir $OUT/llmapi-run"
+
+llmapi_dry_run() {
+    echo "step llmapi render: llama-triton serve $LLMAPI_ARGS --model-dir $MODEL_DIR --dry-run (model.yaml, no engine)"
+    echo "step llmapi serve: llama-triton serve $LLMAPI_ARGS (frontend on :$LLMAPI_PORT)"
+    echo "step llmapi probes: $PY build/llmapi_probes.py run"
+    $PY build/llmapi_probes.py list
+}
+
+llmapi_smoke() {
+    local log=$OUT/llmapi-serve.log model_abs pid healthy= ok=1
+    model_abs=$(cd "$MODEL_DIR" && pwd)
+    mkdir -p "$OUT"
+    if [ -z "${SKIP_INSTALL:-}" ]; then
+        step "LLM API: installing the frontend and test dependencies into $PY (as the engine path does)"
+        $PY -m pip install --quiet --no-deps -e .
+        $PY -m pip install --quiet 'tritonclient[grpc,http]==2.51.0' 'numpy<2' aiohttp pydantic orjson \
+            prometheus-client psutil jinja2 sentencepiece pyyaml pytest pytest-timeout openai hypothesis jsonschema
+    fi
+    step "LLM API: render (model.yaml, no engine) and the launch command"
+    # shellcheck disable=SC2086
+    if $PY -m llama_triton.serve.launcher serve $LLMAPI_ARGS --model-dir "$model_abs" --dry-run; then
+        echo "PASS llmapi_render"
+    else
+        echo "FAIL llmapi_render"
+        die "LLM API: render failed"
+    fi
+    step "LLM API: serving (frontend on :$LLMAPI_PORT)"
+    # shellcheck disable=SC2086
+    $PY -m llama_triton.serve.launcher serve $LLMAPI_ARGS --model-dir "$model_abs" --max-tokens-cap 48 \
+        --port "$LLMAPI_PORT" --triton-grpc-port "$LLMAPI_GRPC_PORT" --triton-http-port $((LLMAPI_GRPC_PORT - 1)) \
+        --triton-metrics-port $((LLMAPI_GRPC_PORT + 1)) --ready-timeout 900 >"$log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 900); do
+        kill -0 "$pid" 2>/dev/null || break
+        if $PY -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:$LLMAPI_PORT/health', timeout=2).status != 200)" 2>/dev/null; then
+            healthy=1
+            break
+        fi
+        sleep 1
+    done
+    if [ -z "$healthy" ]; then
+        tail -n 80 "$log"
+        kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+        echo "FAIL llmapi_start"
+        die "LLM API: the stack did not become healthy (log: $log)"
+    fi
+    echo "PASS llmapi_start (log: $log)"
+    $PY build/llmapi_probes.py run --url "http://127.0.0.1:$LLMAPI_PORT" --grpc "127.0.0.1:$LLMAPI_GRPC_PORT" \
+        --model-dir "$model_abs" ${PROBES:+--only "$PROBES"} || ok=0
+    kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    [ "$ok" = 1 ] || die "LLM API: some probes failed (see the FAIL lines above; log: $log)"
+    step "LLM API smoke passed"
+}
+# ==== end of the LLM-API path =====================================================================
+
 if [ -n "$DRY_RUN" ]; then
     echo "gpu_smoke dry run: TensorRT-LLM ${RELEASE}, NGC image nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
     echo "step environment: nvidia-smi, /opt/tritonserver, the tensorrtllm backend, tensorrt_llm's version"
@@ -62,6 +127,7 @@ if [ -n "$DRY_RUN" ]; then
     echo "step probes: $PY build/gpu_probes.py run"
     $PY build/gpu_probes.py list
     echo "step suite: pytest tests/integration against the running stack (LLAMA_TRITON_EXTERNAL_URL/_GRPC)"
+    [ -n "${SKIP_LLMAPI:-}" ] || llmapi_dry_run
     exit 0
 fi
 
@@ -74,7 +140,7 @@ TRTLLM_VERSION=$($PY -c 'import tensorrt_llm; print(tensorrt_llm.__version__)' 2
     || die "$PY cannot import tensorrt_llm"
 echo "tensorrt_llm ${TRTLLM_VERSION} (targeted: ${RELEASE})"
 
-if [ -z "${TRTLLM_EXAMPLES:-}" ]; then
+if [ -z "${TRTLLM_EXAMPLES:-}" ] && [ -z "${LLMAPI_ONLY:-}" ]; then
     if [ -d /app/tensorrt_llm/examples ]; then
         TRTLLM_EXAMPLES=/app/tensorrt_llm/examples
     else
@@ -96,6 +162,11 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
     step "building the embedded tiny model into $MODEL_DIR"
     $PY -c 'import gguf' 2>/dev/null || $PY -m pip install --quiet gguf
     $PY build/make_default_model.py --out "$MODEL_DIR"
+fi
+
+if [ -n "${LLMAPI_ONLY:-}" ]; then      # the LLM-API path alone: no engine build
+    llmapi_smoke
+    exit 0
 fi
 
 step "engine: checkpoint -> trtllm-build -> tokenizer info -> repository (${OUT})"
@@ -144,3 +215,8 @@ if [ -z "${SKIP_SUITE:-}" ]; then
 fi
 [ "$PROBES_OK" = 1 ] || die "some probes failed (see the FAIL lines above)"
 step "GPU smoke passed (tensorrt_llm ${TRTLLM_VERSION}, engine and repository in ${OUT})"
+if [ -z "${SKIP_LLMAPI:-}" ]; then
+    cleanup                 # the engine path's stack goes first: one GPU
+    trap - EXIT
+    llmapi_smoke
+fi

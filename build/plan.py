@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu", default="h100-80g", choices=sorted(GPUS))
     p.add_argument("--tp", type=int, default=1, help="tensor parallelism")
     p.add_argument("--pp", type=int, default=1, help="pipeline parallelism")
-    p.add_argument("--quant", default="none", choices=QUANTS, help="weight quantisation")
+    p.add_argument("--quant", default="none", choices=QUANTS + ("auto",),
+                   help="weight quantisation (auto, --backend llmapi: as the checkpoint stores it)")
     p.add_argument("--kv-dtype", default=None, choices=sorted(KV_DTYPE_BYTES),
                    help="KV cache dtype (default: fp8 with fp8 weights, int8 with int4_awq, else the model's)")
     p.add_argument("--max-seq-len", type=int, default=None, help="default: the model's max_position_embeddings")
@@ -36,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-tokens", type=int, default=DEFAULT_MAX_NUM_TOKENS)
     p.add_argument("--kv-fraction", type=float, default=DEFAULT_KV_FRACTION,
                    help="kv_cache_free_gpu_mem_fraction of the deployed repository")
+    p.add_argument("--backend", default="engine", choices=("engine", "llmapi"),
+                   help="engine: a TensorRT-LLM engine build (`make engine`); llmapi: TensorRT-LLM's LLM API "
+                        "(PyTorch backend), which loads the checkpoint as stored (pre-quantized FP8 included)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p.parse_args(argv)
 
@@ -48,8 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan: {e}", file=sys.stderr)
         return 2
     try:
-        plan = make_plan(shape, a.gpu, a.tp, a.pp, a.quant, a.kv_dtype, a.max_seq_len,
-                         a.max_batch_size, a.max_num_tokens, a.kv_fraction)
+        if a.backend == "llmapi":
+            from llama_triton.gpu.llmapi_plan import make_llmapi_plan
+            plan = make_llmapi_plan(a.model, shape, a.gpu, a.tp, a.pp, a.quant, a.kv_dtype, max_seq_len=a.max_seq_len,
+                                    max_batch_size=a.max_batch_size, max_num_tokens=a.max_num_tokens,
+                                    kv_fraction=a.kv_fraction)
+        elif a.quant == "auto":
+            raise PlanError(["QUANT=auto is for --backend llmapi; an engine build chooses its quantisation"])
+        else:
+            plan = make_plan(shape, a.gpu, a.tp, a.pp, a.quant, a.kv_dtype, a.max_seq_len,
+                             a.max_batch_size, a.max_num_tokens, a.kv_fraction)
     except PlanError as e:
         print(f"plan: {shape.name} cannot be served as TP{a.tp} x PP{a.pp} "
               f"(QUANT={a.quant}) on {a.gpu}:", file=sys.stderr)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Optional
 
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
-from llama_triton.serve import multigpu
+from llama_triton.serve import llmapi_launch, multigpu
 from llama_triton.serve.supervisor import CrashLoop, RestartPolicy, dead, decoder_processes, failure_report
 from llama_triton.serve.repository import RepositorySettings, TemplateError, render_repository
 from llama_triton.serve.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC_ADMIN_METADATA, TritonNotFound,
@@ -130,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repository", default=None,
                    help="serve an already rendered model repository (e.g. from `make engine`; "
                         "default: render one from --model-dir into --work-dir)")
-    s.add_argument("--decoder-io", choices=("cpu", "gpu"), default="cpu",
-                   help="tensor list the CPU decoder declares (gpu: refuse what TensorRT-LLM cannot do)")
+    s.add_argument("--decoder-io", choices=("cpu", "gpu", "llmapi"), default="cpu",
+                   help="the decoder behind the `tensorrt_llm` model: cpu (the CPU decoder), gpu (it declares "
+                        "and answers as TensorRT-LLM's C++ backend), llmapi (TensorRT-LLM's LLM API, PyTorch "
+                        "backend, with the CPU decoder's tensors; --llm-api picks what runs behind it)")
     s.add_argument("--decoder-kind", choices=("llama", "zero_cost"), default="llama",
                    help="the CPU decoder: llama runs the model; zero_cost runs NO model and streams made-up tokens, "
                         "to measure the serving path alone (benchmarks)")
@@ -159,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between seeing a decoder (Python backend stub) process die and restarting "
                         "tritonserver; the frontend ends the open requests on its own meanwhile")
     multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/serve/multigpu.py)
+    llmapi_launch.add_arguments(s)   # --llm-api, --tp, --pp, ... (llama_triton/serve/llmapi_launch.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
     from llama_triton.serve import cluster   # `llama-triton cluster`: replicas behind a router (cluster.py)
     cluster.add_parser(sub)
@@ -212,7 +215,8 @@ class Supervisor:
         if a.repository is None and not (model_dir / "config.json").is_file():
             raise LaunchError(f"model directory {model_dir} not found (or has no config.json); "
                               "run `make model` or pass --model-dir")
-        if a.repository is None:
+        if a.repository is None and not (a.decoder_io == "llmapi" and a.llm_api == "tensorrt_llm"):
+            # (TensorRT-LLM's LLM loads its checkpoints itself, pre-quantized ones included.)
             from llama_triton.llama.checkpoint import CheckpointError, inspect_checkpoint
             try:
                 inspect_checkpoint(str(model_dir))  # a bad file set fails here, naming the file
@@ -228,6 +232,8 @@ class Supervisor:
         work.mkdir(parents=True, exist_ok=True)
         install = find_tritonserver(a.tritonserver, work)
         self.env.update(install.env)
+        if a.decoder_io == "llmapi":
+            return self.prepare_llmapi(install, work, bind)
         if a.repository:
             repo = Path(a.repository).resolve()
             if not repo.is_dir():
@@ -259,6 +265,53 @@ class Supervisor:
         return server_command(install, repo, grpc_port=a.triton_grpc_port, http_port=a.triton_http_port,
                               metrics_port=a.triton_metrics_port, bind_address=bind,
                               extra_args=self.triton_security_args())
+
+    def prepare_llmapi(self, install, work: Path, bind: str) -> list[str]:
+        """The LLM-API decoder: render its repository (no engine), one tritonserver, under
+        `mpirun ... trtllm-llmapi-launch` for TP x PP > 1 (llama_triton/serve/llmapi_launch.py)."""
+        a = self.args
+        if a.repository:
+            repo = Path(a.repository).resolve()
+            if not (repo / "tensorrt_llm" / "1" / "model.yaml").is_file():
+                raise LaunchError(f"{repo} has no tensorrt_llm/1/model.yaml: not an LLM-API repository")
+        else:
+            try:
+                settings = llmapi_launch.repository_settings(a)
+            except llmapi_launch.LlmApiLaunchError as e:
+                raise LaunchError(str(e)) from None
+            repo = render_repository(settings, work / "model_repository").resolve()
+        log(f"tritonserver from {install.source}: {install.binary}")
+        log(f"model repository: {repo} (LLM-API decoder, {a.llm_api})")
+        cmd = server_command(install, repo, grpc_port=a.triton_grpc_port, http_port=a.triton_http_port,
+                             metrics_port=a.triton_metrics_port, bind_address=bind,
+                             extra_args=self.triton_security_args())
+        world = a.tp * a.pp
+        if world > 1 and shutil.which(a.mpirun) is None:
+            raise LaunchError(f"--tp {a.tp} --pp {a.pp} needs mpirun, and {a.mpirun!r} was not found "
+                              "(the NGC TensorRT-LLM image has OpenMPI's mpirun on PATH)")
+        return llmapi_launch.launch_command(cmd, world, mpirun=a.mpirun)
+
+    def dry_run(self) -> int:
+        """`--dry-run` (LLM-API decoder): render, print model.yaml and the launch command."""
+        a = self.args
+        if a.decoder_io != "llmapi":
+            log("error: --dry-run is for --decoder-io llmapi")
+            return 2
+        try:
+            settings = llmapi_launch.repository_settings(a, dry_run=True)
+        except llmapi_launch.LlmApiLaunchError as e:
+            log(f"error: {e}")
+            return 1
+        repo = render_repository(settings, Path(a.work_dir) / "model_repository").resolve()
+        bind = "0.0.0.0" if a.expose_triton else "127.0.0.1"
+        from llama_triton.serve.tritonserver import TritonInstall
+        cmd = server_command(TritonInstall(binary=Path(llmapi_launch.dry_run_binary(a.tritonserver))), repo,
+                             grpc_port=a.triton_grpc_port, http_port=a.triton_http_port,
+                             metrics_port=a.triton_metrics_port, bind_address=bind)
+        world = a.tp * a.pp
+        print(llmapi_launch.describe(repo / "tensorrt_llm" / "1" / "model.yaml",
+                                     llmapi_launch.launch_command(cmd, world, mpirun=a.mpirun), world))
+        return 0
 
     def tokenizer_dir(self) -> Path:
         """The frontend's tokenizer and chat template: --model-dir, or what a rendered repository names."""
@@ -469,6 +522,8 @@ class Supervisor:
         self.triton_state, self.triton_due = "waiting", now + delay
 
     def run(self) -> int:
+        if self.args.dry_run:
+            return self.dry_run()
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGTERM, self.stop)
         try:

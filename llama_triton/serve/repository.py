@@ -6,6 +6,7 @@ literal `${...}`, which its backend then silently reads as "unset" (reference no
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import string
@@ -17,7 +18,9 @@ from llama_triton.trtllm.tensor_contract import Tensor, decoder_io
 
 TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "model_repository"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-DECODER_TEMPLATES = {"cpu": "tensorrt_llm", "gpu": "tensorrt_llm_gpu"}
+DECODER_TEMPLATES = {"cpu": "tensorrt_llm", "gpu": "tensorrt_llm_gpu", "llmapi": "tensorrt_llm_llmapi"}
+LLM_APIS = ("cpu", "tensorrt_llm")      # what runs behind the LLM-API decoder (llmapi_engine.py)
+LLMAPI_DEFAULT_MAX_NUM_TOKENS = 8192    # TensorRT-LLM's LlmArgs default (tokens per iteration)
 
 
 class TemplateError(ValueError):
@@ -110,12 +113,20 @@ class RepositorySettings:
     # KV block size, stated in both configs: the frontend reports cached prompt tokens on GPU as
     # kv_cache_reused_blocks x tokens_per_block (the CPU engine's blocks are 16 tokens).
     tokens_per_block: int = 16
-    # The engine's pipeline-parallel stages (GPU config only; the frontend's gate counts PP x batch).
+    # The engine's pipeline-parallel stages (GPU config only; the frontend's gate counts PP x batch),
+    # and the LLM-API decoder's (its model.yaml).
     pipeline_parallel_size: int = 1
+    # LLM-API decoder only (decoder="llmapi": its 1/model.yaml holds the LLM's arguments)
+    llm_api: str = "cpu"                 # cpu: the CPU engine through the LLM-shaped stand-in | tensorrt_llm
+    tensor_parallel_size: int = 1
+    llmapi_model: str = ""               # model.yaml `model`: checkpoint dir or Hugging Face id (default model_dir)
+    llmapi_max_num_tokens: int = 0       # tokens per iteration; 0: prefill_chunk_size on cpu, 8192 on a GPU
+    llmapi_kv_cache_max_tokens: int = 0  # GPU: cap the KV cache (0: free_gpu_memory_fraction alone sizes it)
     extra: dict[str, object] = field(default_factory=dict)
 
     def values(self) -> dict[str, object]:
-        io_name = self.decoder_io or self.decoder
+        # The LLM-API decoder declares the CPU decoder's tensor list (min_p and top-N log-probs work).
+        io_name = self.decoder_io or ("cpu" if self.decoder == "llmapi" else self.decoder)
         inputs, outputs = decoder_io(io_name)
         v: dict[str, object] = {
             "tokenizer_dir": self.model_dir, "model_dir": self.model_dir,
@@ -146,8 +157,35 @@ class RepositorySettings:
             "emulate_tensorrt_llm": str(self.decoder == "cpu" and io_name == "gpu").lower(),
         }
         v.update(ensemble_blocks(inputs, outputs))
+        if self.decoder == "llmapi":
+            v.update(self.llmapi_values())
         v.update(self.extra)
         return v
+
+    def llmapi_values(self) -> dict[str, object]:
+        """The LLM-API decoder's config parameters and model.yaml (LLM arguments)."""
+        if self.llm_api not in LLM_APIS:
+            raise TemplateError(f"llm_api {self.llm_api!r}: choose one of {', '.join(LLM_APIS)}")
+        if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
+            raise TemplateError("tensor_parallel_size and pipeline_parallel_size must be at least 1")
+        on_cpu = self.llm_api == "cpu"
+        if on_cpu:
+            # No GPU memory to take a fraction of: the KV cache is max_num_tokens, as the CPU decoder's.
+            kv = f"  max_tokens: {self.max_num_tokens}"
+        else:
+            kv = f"  free_gpu_memory_fraction: {self.kv_cache_free_gpu_mem_fraction}"
+            if self.llmapi_kv_cache_max_tokens:
+                kv += f"\n  max_tokens: {self.llmapi_kv_cache_max_tokens}"
+        per_step = self.llmapi_max_num_tokens or (self.prefill_chunk_size if on_cpu else LLMAPI_DEFAULT_MAX_NUM_TOKENS)
+        return {
+            "llm_api": self.llm_api,
+            "llmapi_model": json.dumps(self.llmapi_model or self.model_dir),   # a YAML string, quoted
+            "llmapi_dtype": self.dtype,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
+            "llmapi_max_num_tokens": per_step,
+            "llmapi_kv_cache_size": kv,
+        }
 
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
@@ -161,6 +199,7 @@ def render_repository(settings: RepositorySettings, out_dir: Path, *,
     values = settings.values()
     used: set[str] = set()
     rendered: dict[str, str] = {}
+    version_files: dict[str, dict[str, str]] = {}   # model -> rendered 1/<name> (from 1/<name>.tmpl)
     for model in MODELS:
         src = DECODER_TEMPLATES[settings.decoder] if model == "tensorrt_llm" else model
         tmpl_path = template_root / src / "config.pbtxt.tmpl"
@@ -169,6 +208,13 @@ def render_repository(settings: RepositorySettings, out_dir: Path, *,
         used |= keys
         rendered[model] = render_text(template, {k: values[k] for k in keys if k in values},
                                       source=str(tmpl_path.relative_to(template_root.parent)))
+        for extra_tmpl in sorted((template_root / src / "1").glob("*.tmpl")):
+            text = extra_tmpl.read_text()
+            keys = set(PLACEHOLDER.findall(text))
+            used |= keys
+            version_files.setdefault(model, {})[extra_tmpl.name[: -len(".tmpl")]] = render_text(
+                text, {k: values[k] for k in keys if k in values},
+                source=str(extra_tmpl.relative_to(template_root.parent)))
     unknown = sorted(set(settings.extra) - used)
     if unknown:
         raise TemplateError(f"values no template uses: {', '.join(unknown)}")
@@ -183,4 +229,6 @@ def render_repository(settings: RepositorySettings, out_dir: Path, *,
         src_model_py = template_root / src / "1" / "model.py"
         if src_model_py.exists():
             shutil.copy2(src_model_py, version_dir / "model.py")
+        for name, body in version_files.get(model, {}).items():
+            (version_dir / name).write_text(body)
     return out_dir

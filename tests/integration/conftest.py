@@ -17,7 +17,8 @@ class ExternalStack:
         with urllib.request.urlopen(f"{self.base_url}/v1/models", timeout=30) as r:
             self.model_name = json.loads(r.read())["data"][0]["id"]
         self.port = int(self.base_url.rsplit(":", 1)[1])
-        self.decoder_io = "gpu"
+        # Which decoder mode's runs it serves: gpu (the C++ backend) or llmapi (the LLM API).
+        self.decoder_io = os.environ.get("LLAMA_TRITON_EXTERNAL_DECODER", "gpu")
 
     def engine_stats(self):
         pytest.skip("engine counters are the CPU reference decoder's; not available on an external stack")
@@ -26,15 +27,18 @@ class ExternalStack:
         pass
 
 
-# The decoder modes the frontend's suites run against (issue 11): the CPU reference decoder, and
-# the same decoder rendered with TensorRT-LLM's tensor list, where it behaves like the C++ backend
-# (llama_triton/backend/trtllm_emulation.py). A module opts in with
+# The decoder modes the frontend's suites run against (issue 11): the CPU reference decoder, the
+# same decoder rendered with TensorRT-LLM's tensor list, where it behaves like the C++ backend
+# (llama_triton/backend/trtllm_emulation.py), and (issue 23) the LLM-API decoder: the adapter for
+# TensorRT-LLM's LLM (llama_triton/backend/llmapi_engine.py) over its CPU stand-in. A module opts in with
 #     pytestmark = pytest.mark.parametrize("stack", DECODER_MODES, indirect=True)
 # and its tests then run once per mode, each mode's stack shared by the whole session.
-DECODER_MODES = ("cpu", "gpu")
-# The GPU-mode stack's decoder holds 8 running sequences and 8 queued requests, small enough for
-# the overload test to fill it with a handful of requests.
-GPU_MODE_LIMITS = ("--decoder-io", "gpu", "--max-batch-size", "8", "--max-queue-size", "8")
+DECODER_MODES = ("cpu", "gpu", "llmapi")
+# The GPU-mode and LLM-API stacks' decoders hold 8 running sequences and 8 queued requests, small
+# enough for the overload test to fill them with a handful of requests.
+SMALL_DECODER_LIMITS = ("--max-batch-size", "8", "--max-queue-size", "8")
+GPU_MODE_LIMITS = ("--decoder-io", "gpu", *SMALL_DECODER_LIMITS)
+LLMAPI_MODE_LIMITS = ("--decoder-io", "llmapi", *SMALL_DECODER_LIMITS)
 
 
 def _external():
@@ -74,17 +78,33 @@ def gpu_stack(default_model_dir, tmp_path_factory):
     s.stop()
 
 
+@pytest.fixture(scope="session")
+def llmapi_stack(default_model_dir, tmp_path_factory):
+    """The LLM-API decoder (TensorRT-LLM's LLM shape) with its CPU stand-in behind it."""
+    external = _external()
+    if external:
+        yield external          # a real GPU deployment of the LLM API (build/gpu_smoke.sh)
+        return
+    s = start_stack(str(default_model_dir), tmp_path_factory.mktemp("llmapi-stack"),
+                    *TEST_LIMITS, *LLMAPI_MODE_LIMITS, "--max-num-tokens", "32768")
+    s.decoder_io = "llmapi"
+    yield s
+    s.stop()
+
+
 @pytest.fixture(scope="module")
 def stack(request):
     """The CPU stack, or the stack of the decoder mode a module is parametrized with."""
     mode = getattr(request, "param", "cpu")
-    if mode == "cpu" and hasattr(request, "param") and _external() is not None:
-        pytest.skip("the external stack is a GPU deployment: its runs are the [gpu] ones")
+    external = _external() if hasattr(request, "param") else None
+    if external is not None and mode != external.decoder_io:
+        pytest.skip(f"the external stack is a {external.decoder_io} deployment: its runs are the "
+                    f"[{external.decoder_io}] ones")
     return request.getfixturevalue(f"{mode}_stack")
 
 
 def decoder_mode(stack) -> str:
-    """"cpu" or "gpu": which tensor list (and behaviour) the stack's decoder has."""
+    """"cpu", "gpu" or "llmapi": which tensor list (and behaviour) the stack's decoder has."""
     return getattr(stack, "decoder_io", "cpu")
 
 

@@ -42,18 +42,28 @@ def compile_with_engine_xgrammar(tokenizer, guide_type: str, guide):
     GuideCompiler(tokenizer.hf, tokenizer.vocab_size).compile(guide_type, guide)
 
 
-@pytest.fixture(scope="module")
-def wire(gpu_stack, default_model_dir):
-    """The GPU-mode stack's Triton behind a recording proxy, and a frontend that talks to it.
-    The frontend's token cap is high enough for a generation that outlives the client's hang-up."""
-    proxy = RecordingProxy(gpu_stack.grpc_url)
+def _wire(stack, default_model_dir):
+    """The stack's Triton behind a recording proxy, and a frontend that talks to it. The
+    frontend's token cap is high enough for a generation that outlives the client's hang-up."""
+    proxy = RecordingProxy(stack.grpc_url)
     try:
         with extra_frontend(str(default_model_dir), proxy.url, "--max-tokens-cap", "512",
                             "--max-context", "1024") as (base, _proc):
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
-            yield proxy, base, client, gpu_stack.model_name
+            yield proxy, base, client, stack.model_name
     finally:
         proxy.close()
+
+
+@pytest.fixture(scope="module")
+def wire(gpu_stack, default_model_dir):
+    yield from _wire(gpu_stack, default_model_dir)
+
+
+@pytest.fixture(scope="module")
+def llmapi_wire(llmapi_stack, default_model_dir):
+    """The same in front of the LLM-API decoder (issue 23), whose contract is its own declared config."""
+    yield from _wire(llmapi_stack, default_model_dir)
 
 
 def _hang_up_mid_stream(base: str, model: str) -> str:
@@ -73,8 +83,8 @@ def _hang_up_mid_stream(base: str, model: str) -> str:
     return rid
 
 
-def test_every_request_to_the_decoder_keeps_the_backend_contract(wire, default_tokenizer):
-    proxy, base, client, model = wire
+def _send_spread(proxy, base, client, model) -> tuple[dict[str, str], list]:
+    """The spread of chat and completions requests; returns their ids and the hung-up stream's stop."""
     ids: dict[str, str] = {}        # what each request was -> its request id (the Triton request id)
     small = dict(model=model, max_tokens=6, temperature=1.0, seed=3)
 
@@ -108,7 +118,12 @@ def test_every_request_to_the_decoder_keeps_the_backend_contract(wire, default_t
     ids["hang-up"] = _hang_up_mid_stream(base, model)
     stop = wait_for(lambda: [r for r in proxy.records() if r.is_stop and r.request_id == ids["hang-up"]],
                     timeout=60, what="the stop request for the hung-up stream")
+    return ids, stop
 
+
+def test_every_request_to_the_decoder_keeps_the_backend_contract(wire, default_tokenizer):
+    proxy, base, client, model = wire
+    ids, stop = _send_spread(proxy, base, client, model)
     records = proxy.records()
     by_id = {r.request_id: r for r in records if not r.is_stop}
     assert set(ids.values()) <= set(by_id), sorted(set(ids.values()) - set(by_id))
@@ -138,6 +153,53 @@ def test_every_request_to_the_decoder_keeps_the_backend_contract(wire, default_t
     assert gen["penalties"].value("min_tokens") == 2 and gen["penalties"].value("end_id") >= 0
     assert gen["chat"].value("return_perf_metrics") is True          # non-streamed replies report usage
     assert gen["no usage"].value("return_perf_metrics") is None      # ... a stream without usage does not ask
+    assert stop[0].value("stop") is True
+
+
+def declared_problems(cfg: dict, inputs, outputs) -> list[str]:
+    """One request against a served config (Triton's ModelConfig as JSON): every input declared,
+    with its declared data type; every requested output declared; output_ids asked for."""
+    declared_in = {i["name"]: backend_contract.WIRE_DATATYPE[i["data_type"]] for i in cfg["input"]}
+    declared_out = {o["name"] for o in cfg["output"]}
+    problems = [f"input '{name}' is not declared" for name, _, _ in inputs if name not in declared_in]
+    problems += [f"input '{name}' is {datatype}, the config declares {declared_in[name]}"
+                 for name, datatype, _ in inputs if name in declared_in and datatype != declared_in[name]]
+    if outputs is not None:
+        problems += [f"output '{name}' is not declared" for name in outputs if name not in declared_out]
+        if "output_ids" not in outputs:
+            problems.append("output_ids is not asked for")
+    return problems
+
+
+def test_every_request_to_the_llmapi_decoder_keeps_its_declared_contract(llmapi_wire, default_tokenizer):
+    """Issue 23: the same spread in front of the LLM-API decoder, checked against the config it
+    serves (the CPU decoder's tensor list, so min_p and top-N log-probs go on the wire too)."""
+    import tritonclient.grpc as grpcclient
+    proxy, base, client, model = llmapi_wire
+    ids, stop = _send_spread(proxy, base, client, model)
+    ids["min_p top_logprobs"] = client.chat.completions.create(
+        model=model, messages=USER, max_tokens=4, temperature=1.0, seed=3, logprobs=True, top_logprobs=3,
+        extra_body={"min_p": 0.05}).id
+    cfg = grpcclient.InferenceServerClient(proxy.upstream).get_model_config("tensorrt_llm", as_json=True)["config"]
+    records = proxy.records()
+    by_id = {r.request_id: r for r in records if not r.is_stop}
+    assert set(ids.values()) <= set(by_id), sorted(set(ids.values()) - set(by_id))
+    problems = []
+    for r in records:
+        inputs = [(name, datatype, shape) for name, (datatype, shape, _) in r.inputs.items()]
+        problems += [f"{r.request_id}: {p}" for p in declared_problems(cfg, inputs, r.outputs)]
+    assert not problems, problems
+    guides = {(r.value("guided_decoding_guide_type"), r.value("guided_decoding_guide")) for r in records
+              if r.value("guided_decoding_guide_type") is not None}
+    for guide_type, guide in guides:
+        compile_with_engine_xgrammar(default_tokenizer, guide_type, guide)
+    assert {t for t, _ in guides} == set(backend_contract.GUIDE_TYPES)
+    gen = {name: by_id[rid] for name, rid in ids.items()}
+    assert gen["min_p top_logprobs"].value("min_p") == pytest.approx(0.05)
+    assert gen["min_p top_logprobs"].value("num_top_log_probs") == 3
+    assert {"top_log_probs", "top_log_prob_ids"} <= set(gen["min_p top_logprobs"].outputs)
+    assert gen["ignore_eos"].value("end_id") == -1
+    assert all(r.value("return_perf_metrics") is None for r in gen.values())   # not declared here
     assert stop[0].value("stop") is True
 
 
