@@ -33,11 +33,24 @@ REPLICAS ?= 2
 cluster: venv model
 	$(VENV)/bin/llama-triton cluster --replicas $(REPLICAS) --model-dir $(MODEL_DIR) --port $(PORT)
 
-test: venv model
+# The deploy/ policy check's tool (tests/unit/test_deploy_policy.py), in a venv of its own: checkov
+# pins packages (packaging<24, networkx<2.7) that the project's own environment must not get.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := var/tools/checkov
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+	@echo ">> installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (the deploy/ policy check)"
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --progress-bar off 'checkov==$(CHECKOV_VERSION)'
+	@touch $@
+
+.PHONY: policy-tools
+policy-tools: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+test: venv model policy-tools
 	@echo ">> running the whole test suite (unit + integration against a real tritonserver)"
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
-unit: venv model
+unit: venv model policy-tools
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 integration: venv model

@@ -118,7 +118,9 @@ def parse(argv: list[str]):
     from smg.launch_router import parse_router_args
     args = parse_router_args(smg_args)
     args.api_key = worker if tenants else None
-    args.tenant_api_keys = tenants
+    # The replicas' keys file lists the worker key too (`router:KEY`, so that they accept SMG's own
+    # calls); to SMG it is its --api-key, not a tenant (SMG refuses a key listed twice).
+    args.tenant_api_keys = [(t, k) for t, k in tenants if k != worker]
     args.control_plane_api_keys = admins
     return a, args
 
