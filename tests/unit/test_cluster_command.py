@@ -36,7 +36,8 @@ def key_files(tmp_path, monkeypatch):
     monkeypatch.setenv("API_KEYS", "ops:k-env")
     (tmp_path / "admin").write_text("admin:k-admin\n")
     (tmp_path / "worker").write_text("k-worker\n")
-    (tmp_path / "clients").write_text("# clients\nalice:k-alice\nbob:k-bob\nk-bare\n")
+    # as on Kubernetes, the replicas' keys file also lists the router's worker key
+    (tmp_path / "clients").write_text("# clients\nalice:k-alice\nbob:k-bob\nk-bare\nrouter:k-worker\n")
     return RouterKeys(tmp_path / "admin", tmp_path / "worker", tmp_path / "clients")
 
 
@@ -52,7 +53,8 @@ def test_keys_reach_the_router_from_files_as_tenants(key_files):
     assert tenants["alice"] == "k-alice" and tenants["bob"] == "k-bob" and tenants["ops"] == "k-env"
     assert len(tenants) == 4 and tenants[next(t for t in tenants if t.startswith("key-"))] == "k-bare"
     assert a.control_plane_api_keys == [("admin", "admin", "k-admin", "admin")]
-    assert a.api_key == "k-worker"        # SMG's own calls to the replicas
+    assert a.api_key == "k-worker"        # SMG's own calls to the replicas; not a tenant too
+    assert "router" not in tenants
 
 
 def test_router_launch_refuses_keys_on_its_command_line_and_a_missing_admin_key(key_files, tmp_path, capsys):
