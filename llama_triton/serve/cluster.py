@@ -207,7 +207,9 @@ class Cluster:
         self.client_keys_file = os.environ.get("API_KEYS_FILE") or None
         self.replica_env = dict(os.environ)
         worker = None
-        if self.client_key_ids():
+        # With a keys file, even one without keys yet: keys added later must find SMG able to call
+        # the replicas.
+        if self.client_keys_file or self.client_key_ids():
             worker = keys_dir / "router-worker-key"
             key = secrets.token_urlsafe(32)
             write_secret(worker, key + "\n")

@@ -13,7 +13,8 @@ router's flags come from the command line, with no secret among them, and the ke
                            replicas accept it like a client key (docs/SCALE-OUT.md)
   --tenant-keys-file FILE  the clients' keys, as the frontend reads them (`ID:KEY` or a bare KEY per
                            line, plus $API_KEYS): each is an SMG tenant (`--tenant-api-key`), none is
-                           an admin. Without client keys SMG's data plane is open, as the replicas are.
+                           an admin. Without client keys nor a worker key SMG's data plane is open,
+                           as the replicas are.
 
 Everything after `--` goes to SMG's argument parser unchanged. Keys are read once: SMG 1.13 cannot
 reload them, so a changed key file needs a new router process (`llama-triton cluster` swaps it;
@@ -117,7 +118,7 @@ def parse(argv: list[str]):
         raise RouterKeysError("client keys are set but no --worker-key-file: SMG could not call the replicas")
     from smg.launch_router import parse_router_args
     args = parse_router_args(smg_args)
-    args.api_key = worker if tenants else None
+    args.api_key = worker
     # The replicas' keys file lists the worker key too (`router:KEY`, so that they accept SMG's own
     # calls); to SMG it is its --api-key, not a tenant (SMG refuses a key listed twice).
     args.tenant_api_keys = [(t, k) for t, k in tenants if k != worker]

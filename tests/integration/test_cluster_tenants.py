@@ -18,13 +18,15 @@ from tests.integration.stack import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
-# SMG 1.13's control plane, as its admin routes answer them (smg launch --help; the router's
-# routes table): workers, WASM modules, tokenizers, the cache, load reports.
+# SMG 1.13's control plane (its route table, read from the smg 1.13.0 wheel and probed): workers,
+# WASM modules, tokenizers, the cache, load reports, heap profiles, the function-call parser.
 CONTROL_ROUTES = [("GET", "/workers", None), ("POST", "/workers", {"url": "http://127.0.0.1:9/"}),
-                  ("DELETE", "/workers/http%3A%2F%2F127.0.0.1%3A9", None), ("GET", "/wasm", None),
-                  ("POST", "/wasm", {"modules": []}), ("GET", "/v1/tokenizers", None),
-                  ("POST", "/v1/tokenizers", {"name": "x", "source": "/etc"}), ("POST", "/flush_cache", None),
-                  ("GET", "/get_loads", None)]
+                  ("GET", "/workers/x", None), ("PUT", "/workers/x", {}), ("DELETE", "/workers/x", None),
+                  ("GET", "/wasm", None), ("POST", "/wasm", {"modules": []}), ("DELETE", "/wasm/x", None),
+                  ("GET", "/v1/tokenizers", None), ("POST", "/v1/tokenizers", {"name": "x", "source": "/etc"}),
+                  ("GET", "/v1/tokenizers/x/status", None), ("POST", "/flush_cache", None),
+                  ("GET", "/get_loads", None), ("POST", "/heap_profile", None),
+                  ("POST", "/parse/function_call", {})]
 
 
 def call(method: str, url: str, headers: dict | None = None, body=None, timeout: float = 60) -> tuple[int, bytes]:
@@ -57,6 +59,10 @@ def test_client_keys_cannot_administer_the_router(cluster):
     status, raw = call("GET", f"{cluster.base_url}/workers", cluster.admin_auth())
     assert status == 200 and sorted(w["url"] for w in json.loads(raw)["workers"]) == before == \
         sorted(cluster.replica_urls())
+    # SMG's /engine_metrics gathers the workers' /metrics: the replicas refuse it to anything but a
+    # metrics key, so a client learns no other tenant's counters through it.
+    status, raw = call("GET", f"{cluster.base_url}/engine_metrics", auth(CLUSTER_KEYS[0]))
+    assert b"llama_triton_key_requests" not in raw and b"llama_triton_http_requests" not in raw, (status, raw[:300])
     # ... and the admin key is no client key: the data plane refuses it, as the replicas do.
     assert chat(cluster.base_url, cluster.admin_key)[0] == 401
     assert chat(cluster.replica_urls()[0], cluster.admin_key)[0] == 401
