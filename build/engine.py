@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print every command and filled config; run nothing")
     p.add_argument("--force", action="store_true", help="rerun stages that finished before")
     p.add_argument("--allow-release-mismatch", action="store_true",
-                   help=f"build with a TensorRT-LLM other than {TRTLLM_RELEASE} (tensor names differ before v0.20)")
+                   help=f"build with a TensorRT-LLM other than {TRTLLM_RELEASE} (its backend contract may differ: "
+                        "llama_triton/trtllm/backend_contract.py)")
     return p.parse_args(argv)
 
 
@@ -159,8 +160,8 @@ def preflight(bp: BuildPlan, allow_mismatch: bool) -> str:
         raise BuildError(f"{s.trtllm_build} not on PATH: run inside {NGC_IMAGE}")
     version = detect_trtllm_version(s.python)
     if version.lstrip("v").split("+")[0] != TRTLLM_RELEASE.lstrip("v"):
-        msg = (f"tensorrt_llm {version} here, but this repository targets {TRTLLM_RELEASE} (tensor names "
-               "seed/min_tokens, guided decoding); use the matching image")
+        msg = (f"tensorrt_llm {version} here, but this repository targets {TRTLLM_RELEASE} (the backend's "
+               "tensor contract, the engine's xgrammar for guides); use the matching image")
         if not allow_mismatch:
             raise BuildError(msg + " or pass --allow-release-mismatch")
         log(f"warning: {msg}")

@@ -47,7 +47,7 @@ from frontend.settings import Settings, parse_args
 from frontend.tenants import OPEN
 from frontend.sse import DECODER_ANSWERED, SSE_DONE, EventStream
 from frontend.decoder import DecoderClient, DecoderFailure, http_error
-from frontend.triton_client import TritonDecoder
+from frontend.triton_client import TritonDecoder, startup_refusal
 from llama_triton.text.tokenization import Tokenizer
 from llama_triton.startup_heap import freeze_startup_heap
 
@@ -539,8 +539,13 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     return app
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
     app = create_app(settings)
+    refusal = await startup_refusal(app[SERVICE].decoder)
+    if refusal:
+        log.error("refusing to serve: %s", refusal)
+        await app[SERVICE].decoder.close()
+        return 2
     if not settings.api_keys:
         log.warning("NO API KEYS CONFIGURED: the API is open to anyone who can reach %s:%d "
                     "(set API_KEYS or --api-keys-file)", settings.host, settings.port)
@@ -577,6 +582,7 @@ async def serve(settings: Settings) -> None:
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     log.info("frontend stopped")
+    return 0
 
 
 async def drain(app: web.Application, runner: web.AppRunner, grace: float) -> None:
@@ -608,5 +614,4 @@ def main(argv=None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))

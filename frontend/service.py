@@ -42,6 +42,13 @@ def _model_context(model_dir: str) -> int:
         return 4096
 
 
+def reports_usage(req: Union[ChatCompletionRequest, CompletionRequest]) -> bool:
+    """Whether the reply carries usage: always without streaming; a stream unless its
+    stream_options turn the usage chunk off (and ask for no per-chunk usage either)."""
+    opts = req.stream_options
+    return not req.stream or opts is None or opts.include_usage or opts.continuous_usage_stats
+
+
 @dataclass
 class Prepared:
     request_id: str
@@ -104,7 +111,7 @@ class CompletionService:
                 set() if req.ignore_eos else set(self.tokenizer.eos_ids) - {self.tokenizer.eos_id})),
             min_tokens=min(req.min_tokens, max_new), logprobs=logprobs, top_logprobs=top_logprobs,
             logit_bias=req.logit_bias, vocab_size=self.tokenizer.vocab_size,
-            guide_type=guide[0], guide=guide[1],
+            guide_type=guide[0], guide=guide[1], report_cached_tokens=reports_usage(req),
             cache_salt=self.cache_salt(req), cache_salt_asked=req.cache_salt is not None)
         for i, t in enumerate(req.stop_token_ids or []):
             # Checked here, with the field's place: past the vocabulary the decoder would refuse it
@@ -176,7 +183,12 @@ class CompletionService:
         return await self._chat_full(req, prep, gen, outputs)
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
-        return usage_dict(len(prep.prompt_ids), gen.completion_tokens, gen.cached_tokens)
+        # Never more than the prompt less its last token, which no decoder serves from its cache (the
+        # logits come from it). TensorRT-LLM counts partially matched KV blocks as reused
+        # (kv_cache_reused_blocks x tokens_per_block: a repeated 200-token prompt with 32-token blocks
+        # gave 224); with partial reuse (its default) an exact repeat reuses all but that last token.
+        prompt = len(prep.prompt_ids)
+        return usage_dict(prompt, gen.completion_tokens, min(gen.cached_tokens, max(0, prompt - 1)))
 
     async def _chat_full(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation,
                          outputs: list["ChatOutput"]) -> dict:

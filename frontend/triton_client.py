@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
                               DecoderResponse, DecoderUnavailable)
 from frontend.logging_setup import current_request
+from llama_triton.trtllm import backend_contract
 from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS, PERF_METRIC_OUTPUTS
 
 log = logging.getLogger("frontend.triton")
@@ -50,8 +51,10 @@ CHANNEL_ARGS = [
 ]
 # What a response is read for; anything else the decoder declares (is_final, cum_log_probs, ...)
 # is not requested, so Triton neither serializes nor sends it. Every tensor costs per streamed
-# token in the decoder, Triton and here, so a stream (beam 1: output_ids holds exactly the new
-# tokens) does without sequence_length, and a single-choice request without sequence_index.
+# token in the decoder, Triton and here, so a single-choice request does without sequence_index,
+# and a stream to the CPU decoder (beam 1: output_ids holds exactly the new tokens) without
+# sequence_length. TensorRT-LLM's backend fails any request that does not ask for both output_ids
+# and sequence_length (backend_contract.REQUIRED_OUTPUTS): requests to it always ask for them.
 BASE_OUTPUTS = ("output_ids", "num_reused_tokens")
 LENGTH_OUTPUTS = ("sequence_length",)
 INDEX_OUTPUTS = ("sequence_index",)
@@ -64,6 +67,25 @@ _FORMAT_OF_DTYPE = {"TYPE_INT32": "i", "TYPE_INT64": "q", "TYPE_FP32": "f"}
 OUTPUT_FORMATS = {t.name: _FORMAT_OF_DTYPE[t.dtype] for t in COMMON_OUTPUTS + CPU_ONLY_OUTPUTS + PERF_METRIC_OUTPUTS
                   if t.name in BASE_OUTPUTS + LENGTH_OUTPUTS + INDEX_OUTPUTS + LOG_PROB_OUTPUTS
                   + TOP_LOG_PROB_OUTPUTS + PERF_OUTPUTS}
+
+
+class ContractMismatch(DecoderUnavailable):
+    """The served `tensorrt_llm` config breaks TensorRT-LLM's backend contract (backend_contract.py):
+    the frontend refuses to serve on it (HTTP 503 naming the tensor, and no start-up at all)."""
+
+
+async def startup_refusal(decoder) -> Optional[str]:
+    """Why the frontend must not start serving on this decoder, or None. Only a config that is
+    read and breaks the contract refuses: a Triton not up yet is checked again by each request."""
+    if not isinstance(decoder, TritonDecoder):
+        return None
+    try:
+        await decoder.capabilities()
+    except ContractMismatch as e:
+        return str(e)
+    except DecoderFailure:
+        return None
+    return None
 
 
 def _classify(err: Exception) -> Exception:
@@ -95,7 +117,8 @@ def decoder_capacity(cfg: dict, params: dict) -> Optional[int]:
     policy = cfg.get("dynamic_batching", {}).get("default_queue_policy", {})
     batch, queue = str(cfg.get("max_batch_size", "")), str(policy.get("max_queue_size", ""))
     if batch.isdigit() and queue.isdigit() and int(queue) > 0:
-        return int(batch) + int(queue)
+        # With pipeline parallelism the executor runs PP micro-batches of max_batch_size each.
+        return int(batch) * backend_contract.pipeline_parallel_size(cfg) + int(queue)
     return None
 
 
@@ -125,6 +148,7 @@ class TritonDecoder:
         self._capacity: Optional[int] = None    # max_batch_size + max_queue_size, when declared
         self._block_tokens = 0                  # tokens per KV block (GPU: cached tokens from reused blocks)
         self._requested: dict[tuple[bool, bool], list[grpcclient.InferRequestedOutput]] = {}
+        self._required: tuple[str, ...] = ("output_ids",)   # what every request asks for (backend_contract)
         # frontend/decoder_health.py, wired by app.py: tells a broken decoder from a bad request,
         # watches open streams, ends them when the decoder is down. None: no health tracking.
         self.health = None
@@ -176,10 +200,15 @@ class TritonDecoder:
                                                           client_timeout=HEALTH_TIMEOUT_S))["config"]
             except InferenceServerException as e:
                 raise DecoderUnavailable(str(e)) from None
+            problems = backend_contract.config_problems(cfg)
+            if problems:
+                raise ContractMismatch(f"the served {self.model_name} config does not match TensorRT-LLM "
+                                       f"{backend_contract.TRTLLM_RELEASE}'s backend: " + "; ".join(problems))
             params = {k: v.get("string_value") for k, v in cfg.get("parameters", {}).items()}
             self._caps = DecoderCapabilities(frozenset(i["name"] for i in cfg.get("input", [])),
                                              frozenset(o["name"] for o in cfg.get("output", [])), params)
             self._capacity = decoder_capacity(cfg, params)
+            self._required = backend_contract.required_outputs(cfg)
             tokens_per_block = params.get("tokens_per_block") or ""
             self._block_tokens = int(tokens_per_block) if tokens_per_block.isdigit() else 0
             self._requested = {}
@@ -197,6 +226,7 @@ class TritonDecoder:
         if outputs is None:
             names = BASE_OUTPUTS + (LOG_PROB_OUTPUTS if key[0] else ()) + (TOP_LOG_PROB_OUTPUTS if key[1] else ()) \
                 + (PERF_OUTPUTS if key[2] else ()) + (LENGTH_OUTPUTS if key[3] else ()) + (INDEX_OUTPUTS if key[4] else ())
+            names = tuple(dict.fromkeys(self._required + names))
             outputs = [grpcclient.InferRequestedOutput(n) for n in names if n in self._caps.outputs]
             self._requested[key] = outputs
         return outputs

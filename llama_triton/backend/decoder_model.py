@@ -127,13 +127,21 @@ class DecoderModel:
         prompt = None if exclude_input else parsed.prompt_ids
         # Build only what the caller reads (the frontend asks for four outputs): every tensor
         # costs a copy through shared memory to the Triton process per streamed token.
-        wanted = self.declared_outputs.intersection(request.requested_output_names()) or self.declared_outputs
+        requested = frozenset(request.requested_output_names())
+        wanted = self.declared_outputs.intersection(requested) or self.declared_outputs
         shaper = None
         if self.trtllm:
+            raw_end_id = get("end_id")
+            refusal = trtllm.executor_refusal(
+                len(parsed.prompt_ids), None if raw_end_id is None else int(raw_end_id.reshape(-1)[0]),
+                vocab_size=getattr(self.engine, "vocab_size", 0) or 1 << 31,
+                max_input_len=getattr(self.engine, "max_seq_len", 0) or 1 << 31)
+            if refusal:
+                return self._fail(sender, trtllm.executor_error_text(refusal))
             shaper = trtllm.ResponseShaper(
                 num_sequences=params.num_return_sequences, streaming=parsed.streaming,
                 prompt_len=len(parsed.prompt_ids), block_size=self.block_size, declared=self.declared_outputs,
-                perf_metrics=trtllm.wants_perf_metrics(get))
+                perf_metrics=trtllm.wants_perf_metrics(get), requested=requested or self.declared_outputs)
         remaining = {"n": params.num_return_sequences}
         cum_log_probs = [0.0] * params.num_return_sequences   # running totals, as TensorRT-LLM reports
         if rid:
@@ -200,7 +208,10 @@ class DecoderModel:
                     del self.live[rid]
 
     def _fail(self, sender, message):
-        sender.send(self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(message)),
+        # INTERNAL, the code of every error TensorRT-LLM's backend sends (TRITONSERVER_ERROR_INTERNAL).
+        code = getattr(self.pb.TritonError, "INTERNAL", None)
+        error = self.pb.TritonError(message) if code is None else self.pb.TritonError(message, code)
+        sender.send(self.pb.InferenceResponse(output_tensors=[], error=error),
                     flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def finalize(self):

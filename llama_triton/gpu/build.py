@@ -2,7 +2,9 @@
 
 Pure construction, importable and testable without TensorRT-LLM or a GPU; build/engine.py runs
 the stages (or prints them with --dry-run). Four stages, for one named TensorRT-LLM release
-(`TRTLLM_RELEASE`, v0.20.0: guided decoding needs v0.19+, `seed`/`min_tokens` are v0.20 names):
+(`TRTLLM_RELEASE`, v1.2.1, the last release line with this TensorRT-engine path; the flags below
+were re-read there: tensorrt_llm/commands/build.py and plugin/plugin.py, the Llama converter
+examples/models/core/llama/convert_checkpoint.py and examples/quantization/quantize.py, docs/GPU.md):
 
 1. checkpoint   HF -> TensorRT-LLM checkpoint, split TP x PP ways:
                 `convert_checkpoint.py` (FP16/BF16 weights, optionally INT8 KV cache), or
@@ -23,14 +25,11 @@ from typing import Optional
 from llama_triton.gpu.plan import (GPUS_PER_NODE, ModelShape, Plan, PlanError, default_kv_dtype,
                                    layout_errors, make_plan)
 from llama_triton.serve.repository import RepositorySettings, render_repository
-from llama_triton.trtllm.tensor_contract import TRTLLM_RELEASE
-
-# The NGC Triton image that ships TensorRT-LLM v0.20.0 (25.07 carries the same release).
-NGC_IMAGE = "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"
+from llama_triton.trtllm.backend_contract import NGC_IMAGE, TRTLLM_RELEASE  # noqa: F401 - NGC_IMAGE re-exported
 # TensorRT-LLM's examples folder: where the TensorRT-LLM release images keep it. The Triton
 # image does not ship the examples; clone the matching tag and pass its examples/ folder.
 DEFAULT_EXAMPLES_DIR = "/app/tensorrt_llm/examples"
-# v0.20 keeps the Llama converter under models/core/; releases before v0.18 had it in llama/.
+# v0.18 and later (1.2.1 too) keep the Llama converter under models/core/; before, it was in llama/.
 CONVERT_SCRIPTS = ("models/core/llama/convert_checkpoint.py", "llama/convert_checkpoint.py")
 QUANTIZE_SCRIPT = "quantization/quantize.py"
 CALIB_SIZE = {"fp8": 512, "int4_awq": 32}       # the published Llama recipes
@@ -119,7 +118,7 @@ def resolve_dtype(spec: EngineSpec, shape: ModelShape) -> str:
 
 
 def convert_script(examples_dir: str) -> str:
-    """The Llama converter inside `examples_dir`: the layout found there, else v0.20's."""
+    """The Llama converter inside `examples_dir`: the layout found there, else the targeted release's."""
     root = Path(examples_dir)
     for rel in CONVERT_SCRIPTS:
         if (root / rel).is_file():
@@ -230,7 +229,7 @@ def plan_build(spec: EngineSpec, shape: ModelShape) -> BuildPlan:
         max_seq_len=max_seq_len,
         engine_dir=str(deploy / ENGINE_DIR), xgrammar_tokenizer_info_path=str(deploy / TOKENIZER_INFO),
         kv_cache_free_gpu_mem_fraction=spec.kv_cache_free_gpu_mem_fraction,
-        tokens_per_block=TOKENS_PER_BLOCK,
+        tokens_per_block=TOKENS_PER_BLOCK, pipeline_parallel_size=spec.pp,
         extra={"max_num_tokens": kv_cap if kv_cap else ""})
 
     serve = ["llama-triton", "serve", "--repository", str(deploy / REPOSITORY_DIR), "--model-dir", tokenizer_dir]

@@ -110,6 +110,8 @@ class RepositorySettings:
     # KV block size, stated in both configs: the frontend reports cached prompt tokens on GPU as
     # kv_cache_reused_blocks x tokens_per_block (the CPU engine's blocks are 16 tokens).
     tokens_per_block: int = 16
+    # The engine's pipeline-parallel stages (GPU config only; the frontend's gate counts PP x batch).
+    pipeline_parallel_size: int = 1
     extra: dict[str, object] = field(default_factory=dict)
 
     def values(self) -> dict[str, object]:
@@ -138,6 +140,7 @@ class RepositorySettings:
             "enable_chunked_context": str(self.enable_chunked_context).lower(),
             "max_queue_delay_microseconds": self.max_queue_delay_microseconds,
             "tokens_per_block": self.tokens_per_block,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
             # The CPU decoder rendered with TensorRT-LLM's tensor list also behaves like it
             # (llama_triton/backend/trtllm_emulation.py).
             "emulate_tensorrt_llm": str(self.decoder == "cpu" and io_name == "gpu").lower(),

@@ -56,10 +56,12 @@ def _string(get: Getter, name: str) -> Optional[str]:
         raise RequestError(f"{name}: not valid UTF-8") from None
 
 
-def _words(get: Getter, name: str) -> list[list[int]]:
+def _words(get: Getter, name: str, trtllm: bool = False) -> list[list[int]]:
     arr = get(name)
     if arr is None:
         return []
+    if trtllm:      # checked by trtllm_emulation.enqueue_error already, upstream's way
+        return [w for w in trtllm_emulation.convert_word_list(np.asarray(arr).reshape(-1).tolist()) if w]
     try:
         return from_word_list(arr)
     except WordListError as e:
@@ -74,11 +76,17 @@ def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool =
     """
     if _scalar(get, "stop", bool, False):
         return StopRequest(request_id), True
+    if trtllm:
+        # TensorRT-LLM's refusals first, in its words; the CPU engine's stricter checks follow.
+        error = trtllm_emulation.enqueue_error(get)
+        if error:
+            raise RequestError(error)
     ids = get("input_ids")
     if ids is None:
-        raise RequestError(trtllm_emulation.MISSING_INPUT_IDS if trtllm else "input_ids: required")
+        raise RequestError("input_ids: required")
     ids = np.asarray(ids).reshape(-1)
-    length = _scalar(get, "input_lengths", int, len(ids))
+    # TensorRT-LLM reads input_lengths only to split a batched request; one request is all of input_ids.
+    length = len(ids) if trtllm else _scalar(get, "input_lengths", int, len(ids))
     if length < 1 or length > len(ids):
         raise RequestError(f"input_lengths: {length} does not fit input_ids of length {len(ids)}")
     out_len = get("request_output_len")
@@ -101,6 +109,10 @@ def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool =
     guide = _string(get, "guided_decoding_guide")
     if guide_type == "":
         guide_type = None
+    if trtllm and guide_type is not None and guide_type not in GUIDE_TYPES:
+        # TensorRT-LLM maps only its four names and drops any other without a word, so the request
+        # runs unguided (utils.cc getGuidedDecodingParamsFromTensors); the frontend never sends one.
+        guide_type = guide = None
     if guide_type is not None and guide_type not in GUIDE_TYPES:
         raise RequestError(f"guided_decoding_guide_type: {guide_type!r} is not one of {', '.join(GUIDE_TYPES)}")
     if guide_type is not None and guide_type != "json" and not guide:
@@ -122,8 +134,8 @@ def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool =
         # Absent: 0 in both modes, TensorRT-LLM's fixed default (trtllm_emulation.DEFAULT_SEED).
         seed=_scalar(get, "seed", int, trtllm_emulation.DEFAULT_SEED) % UINT64,
         end_id=end_id if end_id is not None and end_id >= 0 else None,
-        stop_words=_words(get, "stop_words_list"),
-        bad_words=_words(get, "bad_words_list"),
+        stop_words=_words(get, "stop_words_list", trtllm),
+        bad_words=_words(get, "bad_words_list", trtllm),
         min_tokens=_scalar(get, "min_tokens", int, 0),
         num_return_sequences=_scalar(get, "num_return_sequences", int, 1),
         return_log_probs=_scalar(get, "return_log_probs", bool, False),

@@ -46,6 +46,9 @@ class DecodeSettings:
     vocab_size: int = 0
     guide_type: Optional[str] = None
     guide: Optional[str] = None
+    # The reply reports usage (cached prompt tokens): TensorRT-LLM tells those only with
+    # return_perf_metrics, which adds ten tensors to every response, so it is asked for only then.
+    report_cached_tokens: bool = True
     cache_salt: Optional[int] = None    # uint64 prefix-cache scope (frontend/tenants.py: cache_salt)
     cache_salt_asked: bool = False      # the client sent `cache_salt`: a decoder that cannot salt refuses it
 
@@ -113,15 +116,24 @@ def decoder_arrays(s: DecodeSettings, declared: frozenset[str]) -> dict[str, np.
         a["pad_id"] = _scalar(s.end_id, np.int32)
     if s.stop_token_ids:
         a["stop_words_list"] = to_word_list([[t] for t in s.stop_token_ids])[None]
-    # Not with ignore_eos: TensorRT-LLM's min_tokens only masks the end token, at logits[endIds[slot]]
-    # (kernels/penaltyKernels.cu:200-205@249d93d), which with end_id -1 is logits[-1], outside the
-    # row. With no end token there is nothing for it to hold back; so in both modes such a request's
-    # stop_token_ids are not held back either (the CPU engine's min_tokens would mask them).
-    if s.min_tokens and not (s.ignore_eos and s.end_id is not None) and need("min_tokens", "min_tokens", False):
+    if s.ignore_eos and s.end_id is not None:
+        # An explicit 0. TensorRT-LLM's min-length mask writes logits[endIds[slot]] while fewer than
+        # min_tokens tokens are out (kernels/penaltyKernels.cu:200-205@249d93d); with end_id -1 that
+        # is logits[-1], outside the row. A request's own min_tokens 0 keeps its slot clear of it (the
+        # same kernel: `hasMinLength |= (minLength > 0)`). Leaving min_tokens out is not enough: once
+        # any request in the executor used a minimum length, the penalty layer applies one to every
+        # new request (layers/penaltyLayer.cpp@2a9abd9 PenaltyLayer::setup, `mUseMinLength |=
+        # useMinLength`, then fillBuffers with DefaultDecodingParams::getMinLength(), which is 1:
+        # layers/defaultDecodingParams.h@1020a8d).
+        # With no end token there is nothing for min_tokens to hold back; so in both modes such a
+        # request's stop_token_ids are not held back either (the CPU engine's min_tokens masks them).
+        if "min_tokens" in declared:
+            a["min_tokens"] = _scalar(0, np.int32)
+    elif s.min_tokens and need("min_tokens", "min_tokens", False):
         a["min_tokens"] = _scalar(s.min_tokens, np.int32)
     if s.logprobs:
         a["return_log_probs"] = _scalar(True, bool)
-    if "return_perf_metrics" in declared:
+    if s.report_cached_tokens and "return_perf_metrics" in declared:
         # TensorRT-LLM reports prompt-cache hits only as perf metrics (kv_cache_reused_blocks).
         a["return_perf_metrics"] = _scalar(True, bool)
     if s.top_logprobs and need("top_logprobs", "num_top_log_probs", False):

@@ -4,7 +4,9 @@ One table drives three things: the `tensorrt_llm` config's input/output blocks, 
 wiring (a tensor the rendered decoder does not declare never appears in the ensemble), and the
 frontend's check of which request fields a deployment can honour.
 
-Names follow TensorRT-LLM v0.20+ (`seed`, `min_tokens`; `random_seed` / `min_length` before).
+Names follow TensorRT-LLM v0.20+ (`seed`, `min_tokens`; `random_seed` / `min_length` before); the GPU
+list is a subset of what the targeted release's backend declares, with the same types and dims
+(llama_triton/trtllm/backend_contract.py, checked by tests/unit/test_backend_contract.py).
 Dims exclude the batch dimension (the models have max_batch_size > 0, like TensorRT-LLM's).
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-TRTLLM_RELEASE = "v0.20.0"
+from llama_triton.trtllm.backend_contract import TRTLLM_RELEASE  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)

@@ -306,9 +306,27 @@ def test_gpu_mode_stop_request_gets_an_empty_final_response(gpu_stack):
 
 
 def test_gpu_mode_error_texts(gpu_stack):
+    """Issue 22: the backend's texts (docs/GPU.md 5.3). Without input_ids, splitBatchInputsTensors
+    throws before createRequestsFromInputTensors' own "input_ids or encoder_input_features ..."."""
     arrays = _arrays(PROMPT, 4)
     del arrays["input_ids"]
     got = run_decoder(gpu_stack.grpc_url, arrays)
-    assert got.errors and "input_ids or encoder_input_features is not present in the request." in got.errors[0]
+    assert got.errors and "inputTokens or encoderInputFeatures tensor not provided" in got.errors[0], got.errors
     got = run_decoder(gpu_stack.grpc_url, _arrays(PROMPT * 100, 4))       # longer than max_seq_len
     assert got.errors and "Executor failed process requestId" in got.errors[0], got.errors
+    assert "Encountered an error when fetching new request: Prompt length (1200) exceeds maximum input length" \
+        in got.errors[0], got.errors
+    got = run_decoder(gpu_stack.grpc_url, _arrays(PROMPT, 4, runtime_top_p=np.float32(1.5)))
+    assert got.errors and "[TensorRT-LLM][ERROR] Assertion failed: topP.value() <= 1.f" in got.errors[0], got.errors
+
+
+@pytest.mark.parametrize("outputs,missing", [(("output_ids",), "sequence_length"),
+                                             (("sequence_length", "output_log_probs"), "output_ids")])
+def test_gpu_mode_refuses_a_request_without_output_ids_and_sequence_length(gpu_stack, outputs, missing):
+    """Issue 22: the C++ backend fails the first response of a request whose output list lacks
+    output_ids or sequence_length, and that response is the last; asking for none means all."""
+    got = run_decoder(gpu_stack.grpc_url, _arrays(PROMPT, 4), outputs=outputs)
+    assert len(got.errors) == 1 and (f"Error encountered while populating response: {missing} tensor must be "
+                                     "present in list of output tensors") in got.errors[0], got.errors
+    assert not got.responses
+    assert len(ids_of(run_decoder(gpu_stack.grpc_url, _arrays(PROMPT, 4)))) == 4

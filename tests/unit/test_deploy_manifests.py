@@ -85,7 +85,7 @@ def test_gpu_replica_takes_a_whole_node(objects):
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     gpus = c["resources"].get("limits", {}).get("nvidia.com/gpu")
-    if c["image"] != "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3":
+    if c["image"] != "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3":
         # the CPU overlay: no GPU anywhere, the tiny default model
         assert gpus is None and "var/models/llama2-tiny" in flag(args_of(c), "--model-dir")
         return

@@ -18,7 +18,7 @@ CHECKOV = ROOT / "var" / "tools" / "checkov" / "bin" / "checkov"
 # Not pinned by digest yet: NVIDIA's and SMG's images need a registry lookup (the pin step), ours are
 # built by the deployer. Pinned images (name@sha256:...) need no entry.
 UNPINNED = {
-    "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3",
+    "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3",
     "lightseekorg/smg:1.13.0",
     "llama-triton-code:0.1.0",
     "llama-triton-cpu:0.1.0",

@@ -126,7 +126,7 @@ def test_dry_run_70b_commands_and_configs(tmp_path, l70, tp, pp, quant):
     assert params["kv_cache_free_gpu_mem_fraction"] == "0.9"
     assert cfg["tensorrt_llm"].max_batch_size == cfg["ensemble"].max_batch_size == 64
     info = json.loads((repo / "build-info.json").read_text())
-    assert info["trtllm_release"] == TRTLLM_RELEASE == "v0.20.0"
+    assert info["trtllm_release"] == TRTLLM_RELEASE == "v1.2.1"
     assert (info["tp"], info["pp"], info["world_size"], info["quant"]) == (tp, pp, tp * pp, quant)
     assert shlex.split(info["commands"]["engine"]) == build
     assert info["plan"]["kv_bytes_per_token"] == 80 * 8 * 128 * 2 * (2 if quant == "none" else 1)
@@ -141,7 +141,7 @@ def test_dry_run_cli_prints_commands_and_filled_configs(tmp_path, capsys):
                         "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert not out.exists()
-    assert f"TensorRT-LLM {TRTLLM_RELEASE}" in text and "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3" in text
+    assert f"TensorRT-LLM {TRTLLM_RELEASE}" in text and "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3" in text
     assert "quantize.py" in text and "trtllm-build" in text and "tokenizer-info" in text
     assert "Sizing plan" in text and "KV per token 160.0 KiB" in text
     assert "${" not in text and "random_seed" not in text and "min_length" not in text
@@ -247,7 +247,7 @@ cfg = {{"pretrained_config": {{"mapping": {{"world_size": 1, "tp_size": 1, "pp_s
 '''
 
 
-def fake_tools(tmp_path, version="0.20.0"):
+def fake_tools(tmp_path, version="1.2.1"):
     import stat
     import sys
 
@@ -278,7 +278,7 @@ def test_real_run_stages_progress_and_resume(tmp_path, default_model_dir, capfd)
         assert stage in log
     assert "done in" in log and "engine: world size 1" in log and "llama-triton serve" in log
     info = json.loads((out / "model_repository" / "build-info.json").read_text())
-    assert info["trtllm_release"] == TRTLLM_RELEASE and info["tensorrt_llm_version"] == "0.20.0"
+    assert info["trtllm_release"] == TRTLLM_RELEASE and info["tensorrt_llm_version"] == "1.2.1"
     assert json.loads((out / "build-info.json").read_text())["built_at"] == info["built_at"]
     tok = json.loads((out / "xgrammar_tokenizer_info.json").read_text())
     assert len(tok["encoded_vocab"]) == 32000
@@ -290,11 +290,11 @@ def test_real_run_stages_progress_and_resume(tmp_path, default_model_dir, capfd)
 
 
 def test_real_run_refuses_another_release(tmp_path, default_model_dir, capfd):
-    tools = fake_tools(tmp_path, version="0.18.2")
+    tools = fake_tools(tmp_path, version="0.20.0")
     engine = load_build_script("engine")
     argv = ["--model", str(default_model_dir), "--out", str(tmp_path / "out"),
             "--trtllm-python", str(tools / "python3"), "--trtllm-build", str(tools / "trtllm-build"),
             "--trtllm-examples", str(tmp_path / "examples")]
     assert engine.main(argv) == 1
-    assert "tensorrt_llm 0.18.2 here, but this repository targets v0.20.0" in capfd.readouterr().err
+    assert "tensorrt_llm 0.20.0 here, but this repository targets v1.2.1" in capfd.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -125,13 +125,15 @@ def test_shaper_perf_metrics_and_missing_outputs():
     a = s.shape(out(0, [5], [-1.0], reused=16), base([-1.0]))
     assert a["kv_cache_reused_blocks"].item() == 1 and a["kv_cache_alloc_total_blocks"].item() == 2
     assert set(t.name for t in PERF_METRIC_OUTPUTS) <= set(a)
-    lacking = shaper(perf_metrics=True, declared=frozenset({"output_ids", "kv_cache_reused_blocks"}))
+    lacking = shaper(perf_metrics=True,
+                     declared=frozenset({"output_ids", "sequence_length", "kv_cache_reused_blocks"}))
     with pytest.raises(trtllm.MissingOutput, match="Could not get response output for output tensor"):
         lacking.shape(out(0, [5], None), base([]))
 
 
 def test_error_texts():
     assert trtllm.queue_full_text(8) == QUEUE_FULL
-    assert "due to the following error: bad" in trtllm.executor_error_text("bad")
+    assert trtllm.executor_error_text("bad").endswith(
+        " due to the following error: Encountered an error when fetching new request: bad")
     with pytest.raises(Exception, match="request_output_len is not present"):
         parse_request({"input_ids": np.array([[1]])}.get, "r", trtllm=True)

@@ -158,4 +158,4 @@ def test_plan_cli(capsys):
     assert "cannot be served as TP3 x PP1" in err and "8 KV heads" in err
     assert plan.main(["--model", "llama-2-7b", "--gpu", "h200-141g", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
-    assert figures["kv_bytes_per_token"] == 524_288 and figures["trtllm_release"] == "v0.20.0"
+    assert figures["kv_bytes_per_token"] == 524_288 and figures["trtllm_release"] == "v1.2.1"

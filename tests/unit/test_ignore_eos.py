@@ -52,8 +52,8 @@ def test_ignore_eos_sends_end_id_minus_one_and_keeps_pad_id(mode):
                        stop_token_ids=[13])
     a = decoder_arrays(s, MODES[mode])
     assert (a["end_id"].item(), a["pad_id"].item()) == (-1, 2)
-    # TensorRT-LLM masks logits[end_id] for min_tokens, logits[-1] here: not sent with ignore_eos
-    assert "min_tokens" not in a
+    # TensorRT-LLM masks logits[end_id] for min_tokens, logits[-1] here: an explicit 0 with ignore_eos
+    assert a["min_tokens"].item() == 0
     assert "stop_words_list" in a                              # the request's own stop ids still stop
     plain = decoder_arrays(DecodeSettings(prompt_ids=[1, 5], max_new_tokens=8, end_id=2, min_tokens=8), MODES[mode])
     assert (plain["end_id"].item(), plain["pad_id"].item(), plain["min_tokens"].item()) == (2, 2, 8)

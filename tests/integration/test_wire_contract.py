@@ -1,0 +1,156 @@
+"""Issue 22, item 5: proof on the wire. A recording gRPC proxy (tests/integration/grpc_proxy.py)
+sits between a second frontend process and the session's GPU-mode Triton; a spread of chat and
+completions requests goes through it, and every `tensorrt_llm` request it saw is checked against
+TensorRT-LLM 1.2.1's backend contract (llama_triton/trtllm/backend_contract.py): the outputs asked
+for, each input a declared one with its data type, the guide type one the backend reads, and the
+guide one the engine's xgrammar compiles.
+
+Against LLAMA_TRITON_EXTERNAL_URL / _GRPC (build/gpu_smoke.sh on a GPU) the proxy sits in front of
+the real C++ backend instead.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+
+import openai
+import pytest
+
+from llama_triton.trtllm import backend_contract
+from tests.integration.frontends import extra_frontend
+from tests.integration.grpc_proxy import RecordingProxy, drop_output
+from tests.integration.stack import ROOT, wait_for
+
+USER = [{"role": "user", "content": "Tell me about the sea."}]
+SCHEMA = {"type": "object", "properties": {"color": {"type": "string", "enum": ["red", "blue"]},
+                                           "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+          "required": ["color", "n"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                   "required": ["city"], "additionalProperties": False}}}]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def compile_with_engine_xgrammar(tokenizer, guide_type: str, guide):
+    """The one place that says "the engine's xgrammar compiles this guide". For now the project's
+    own compiler (llama_triton.text.grammar.GuideCompiler); point it at TensorRT-LLM 1.2.1's xgrammar
+    (backend_contract.ENGINE_XGRAMMAR) once the project compiles with that version."""
+    from llama_triton.text.grammar import GuideCompiler
+    GuideCompiler(tokenizer.hf, tokenizer.vocab_size).compile(guide_type, guide)
+
+
+@pytest.fixture(scope="module")
+def wire(gpu_stack, default_model_dir):
+    """The GPU-mode stack's Triton behind a recording proxy, and a frontend that talks to it.
+    The frontend's token cap is high enough for a generation that outlives the client's hang-up."""
+    proxy = RecordingProxy(gpu_stack.grpc_url)
+    try:
+        with extra_frontend(str(default_model_dir), proxy.url, "--max-tokens-cap", "512",
+                            "--max-context", "1024") as (base, _proc):
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+            yield proxy, base, client, gpu_stack.model_name
+    finally:
+        proxy.close()
+
+
+def _hang_up_mid_stream(base: str, model: str) -> str:
+    """A streamed request whose client goes away after the first event; returns its request id."""
+    host, port = base.rsplit("/", 1)[1].split(":")
+    body = json.dumps({"model": model, "messages": USER, "max_tokens": 500, "stream": True, "ignore_eos": True,
+                       "temperature": 1.0, "seed": 1}).encode()
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    rid = resp.getheader("X-Request-Id")
+    while not resp.fp.readline().startswith(b"data: "):
+        pass
+    conn.sock.shutdown(2)
+    conn.close()
+    return rid
+
+
+def test_every_request_to_the_decoder_keeps_the_backend_contract(wire, default_tokenizer):
+    proxy, base, client, model = wire
+    ids: dict[str, str] = {}        # what each request was -> its request id (the Triton request id)
+    small = dict(model=model, max_tokens=6, temperature=1.0, seed=3)
+
+    ids["chat"] = client.chat.completions.create(messages=USER, **small).id
+    ids["chat stream"] = list(client.chat.completions.create(messages=USER, stream=True, **small))[0].id
+    chunks = list(client.chat.completions.create(messages=USER, stream=True, n=2, logprobs=True, **small))
+    ids["n=2 logprobs"] = chunks[0].id
+    ids["no usage"] = list(client.chat.completions.create(
+        messages=USER, stream=True, stream_options={"include_usage": False}, **small))[0].id
+    ids["penalties"] = client.chat.completions.create(
+        messages=USER, presence_penalty=0.5, frequency_penalty=0.5, top_p=0.9,
+        extra_body={"repetition_penalty": 1.1, "top_k": 20, "min_tokens": 2}, **small).id
+    ids["stop strings"] = list(client.chat.completions.create(messages=USER, stream=True, stop=["e", "."],
+                                                              **small))[0].id
+    ids["ignore_eos"] = client.chat.completions.create(messages=USER, extra_body={"ignore_eos": True}, **small).id
+    ids["completion"] = client.completions.create(prompt="Once upon a time", logprobs=0, stop=["."], **small).id
+    ids["completion stream"] = list(client.completions.create(prompt="Once upon a time", stream=True,
+                                                              **small))[0].id
+    ids["json_object"] = client.chat.completions.create(messages=USER, response_format={"type": "json_object"},
+                                                        **small).id
+    ids["json_schema"] = client.chat.completions.create(
+        messages=USER, response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMA}},
+        **small).id
+    ids["regex"] = client.chat.completions.create(
+        messages=USER, response_format={"type": "regex", "regex": "(yes|no)"}, **small).id
+    for choice in ("auto", "required", NAMED):
+        ids[f"tools {choice}"] = client.chat.completions.create(messages=USER, tools=TOOLS, tool_choice=choice,
+                                                                **small).id
+        ids[f"tools {choice} stream"] = list(client.chat.completions.create(
+            messages=USER, tools=TOOLS, tool_choice=choice, stream=True, **small))[0].id
+    ids["hang-up"] = _hang_up_mid_stream(base, model)
+    stop = wait_for(lambda: [r for r in proxy.records() if r.is_stop and r.request_id == ids["hang-up"]],
+                    timeout=60, what="the stop request for the hung-up stream")
+
+    records = proxy.records()
+    by_id = {r.request_id: r for r in records if not r.is_stop}
+    assert set(ids.values()) <= set(by_id), sorted(set(ids.values()) - set(by_id))
+
+    # The contract, for every request the decoder got (health probes and stop requests included).
+    problems = []
+    for r in records:
+        inputs = [(name, datatype, shape) for name, (datatype, shape, _) in r.inputs.items()]
+        for p in backend_contract.request_problems(inputs, r.outputs, r.value("guided_decoding_guide_type")):
+            problems.append(f"{r.request_id}: {p}")
+    assert not problems, problems
+
+    # Every guide the frontend sent compiles with the engine's xgrammar; each kind was seen.
+    guides = {(r.value("guided_decoding_guide_type"), r.value("guided_decoding_guide")) for r in records
+              if r.value("guided_decoding_guide_type") is not None}
+    for guide_type, guide in guides:
+        compile_with_engine_xgrammar(default_tokenizer, guide_type, guide)
+    assert {t for t, _ in guides} == set(backend_contract.GUIDE_TYPES)
+
+    # What a few requests must carry on the wire.
+    gen = {name: by_id[rid] for name, rid in ids.items()}
+    assert all(r.value("streaming") is True for r in gen.values())
+    assert gen["n=2 logprobs"].value("num_return_sequences") == 2
+    assert {"sequence_index", "output_log_probs"} <= set(gen["n=2 logprobs"].outputs)
+    assert gen["n=2 logprobs"].value("return_log_probs") is True
+    assert gen["ignore_eos"].value("end_id") == -1 and gen["ignore_eos"].value("min_tokens") == 0
+    assert gen["penalties"].value("min_tokens") == 2 and gen["penalties"].value("end_id") >= 0
+    assert gen["chat"].value("return_perf_metrics") is True          # non-streamed replies report usage
+    assert gen["no usage"].value("return_perf_metrics") is None      # ... a stream without usage does not ask
+    assert stop[0].value("stop") is True
+
+
+def test_a_served_config_that_breaks_the_contract_is_refused(gpu_stack, default_model_dir):
+    """Start-up refuses to serve, naming the tensor, when the served config lacks sequence_length
+    (here a proxy drops it from Triton's ModelConfig answer)."""
+    proxy = RecordingProxy(gpu_stack.grpc_url, config_rewrite=drop_output("sequence_length"))
+    try:
+        cmd = [sys.executable, "-m", "frontend", "--model-dir", str(default_model_dir), "--triton-grpc", proxy.url,
+               "--port", "0", "--log-format", "text"]
+        run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        proxy.close()
+    assert run.returncode != 0
+    assert "refusing to serve" in run.stderr + run.stdout
+    assert "output 'sequence_length' is not declared" in run.stderr + run.stdout
