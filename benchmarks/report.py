@@ -217,9 +217,20 @@ def router_cost(d: dict) -> list[str]:
     return out
 
 
+def block_hash(d: dict) -> list[str]:
+    rows = [[str(r["block_size"]), num(r["tuple_hash_ns_per_token"], 1), num(r["sha256_ns_per_token"], 1),
+             f"x{num(r['sha256_over_tuple_hash'], 1)}", num(r["block_manager_miss_ns_per_token"]),
+             num(r["block_manager_hit_ns_per_token"])] for r in d["results"]]
+    c = d["config"]
+    return [f"### Prefix-cache block keys: SHA-256 against hash(), a {c['prompt_len']}-token prompt, best of "
+            f"{c['repeats']} (`results/block_hash/`)", "", machine_line(d), "",
+            *table(["block size", "hash() ns/token", "SHA-256 ns/token", "ratio",
+                    "admission, miss ns/token", "admission, hit ns/token"], rows)]
+
+
 SECTIONS = (("engine", engine), ("triton_perf", triton_perf), ("openai_load", openai_load),
             ("layer_cost", layer_cost), ("serving_capacity", serving_capacity), ("peers", peers),
-            ("router_cost", router_cost))
+            ("router_cost", router_cost), ("block_hash", block_hash))
 
 
 def render() -> str:

@@ -9,7 +9,9 @@ Middlewares, outermost first:
   per-request metrics that need the whole request (tokens, users, cancellations).
 * `metrics_middleware`: requests by route and status, latency.
 * `error_middleware`: every failure becomes the error envelope.
-* `auth_middleware`: bearer keys.
+* `auth_middleware`: bearer keys; the request runs as its key's `Tenant` (frontend/tenants.py).
+  `/metrics` takes a metrics key, never a client key (`--metrics-keys-file`), or is served without
+  one on `--metrics-port`.
 
 `X-Request-Id` on every response is the service's completion id (`chatcmpl-...`/`cmpl-...`), which
 is also the request id sent to Triton; requests refused before they get one carry `req-...`.
@@ -42,6 +44,7 @@ from frontend.request_models import ChatCompletionRequest, CompletionRequest, pa
 from frontend.response_models import ModelCard, ModelList, ModelMetadata
 from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
+from frontend.tenants import OPEN
 from frontend.sse import DECODER_ANSWERED, SSE_DONE, EventStream
 from frontend.decoder import DecoderClient, DecoderFailure, http_error
 from frontend.triton_client import TritonDecoder, startup_refusal
@@ -57,7 +60,8 @@ OPENAPI = web.AppKey("openapi", bytes)
 INFLIGHT = web.AppKey("inflight", set)
 STATE = web.AppKey("state", dict)
 CTX = "llama_triton.request_context"          # key of the RequestContext in the aiohttp request
-OPEN_PATHS = frozenset({"/health", "/health/live", "/metrics", "/openapi.json"}) | playground.PUBLIC_PATHS  # the page needs no key
+OPEN_PATHS = frozenset({"/health", "/health/live", "/openapi.json"}) | playground.PUBLIC_PATHS  # the page needs no key
+METRICS_PATH = "/metrics"     # its own credential: what it shows spans every tenant
 QUIET_PATHS = frozenset({"/health", "/health/live", "/metrics"})   # logged at DEBUG when they succeed
 FAST_WRITE_MAX = 16 * 1024   # an event this small, into an empty buffer, cannot pause the transport
 CANCEL_OUTCOMES = frozenset({"timeout", "shutdown", "slow_client", "client_disconnect"})
@@ -154,6 +158,8 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
     ctx = request.get(CTX)
     if ctx is not None:
         response.headers["X-Request-Id"] = ctx.id
+    # JSON and SSE are never to be sniffed into something a browser would run.
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
     origin = cors_origin(request)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
@@ -206,6 +212,8 @@ def finish_request(metrics: FrontendMetrics, ctx: RequestContext) -> None:
     if ctx.completion_tokens:
         metrics.completion_tokens.inc(ctx.completion_tokens)
     metrics.count_user(ctx.user_hash)
+    if ctx.tenant is not None and ctx.route != "unmatched" and ctx.path != METRICS_PATH:
+        metrics.count_key(ctx.tenant.key_id, ctx.prompt_tokens, ctx.completion_tokens)
     if ctx.outcome in CANCEL_OUTCOMES:
         metrics.cancellations.labels(ctx.outcome).inc()
     quiet = ctx.path in QUIET_PATHS and ctx.status == 200
@@ -233,19 +241,45 @@ async def metrics_middleware(request: web.Request, handler):
         metrics.request_seconds.labels(route).observe(time.perf_counter() - t0)
 
 
+def bearer_token(request: web.Request) -> Optional[bytes]:
+    """The bearer token of the Authorization header, or None. Header bytes that are not UTF-8 (a
+    `\xff`) reach us as surrogate escapes: they are some token, just never a configured one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip().encode("utf-8", "surrogateescape")
+
+
+def metrics_key_ok(settings: Settings, token: Optional[bytes]) -> bool:
+    ok = False
+    for key in settings.metrics_keys:      # every key, so the time taken does not tell which matched
+        ok |= token is not None and hmac.compare_digest(token, key.encode())
+    return ok
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
-    keys = request.app[SETTINGS].api_keys
-    if keys and request.path not in OPEN_PATHS:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip().encode()
-        # Compare against every key so the time taken does not reveal which one matched.
-        ok = False
-        for key in keys:
-            ok |= hmac.compare_digest(token, key.encode())
-        if scheme.lower() != "bearer" or not ok:
+    settings = request.app[SETTINGS]
+    keys = settings.api_keys
+    ctx = request.get(CTX)
+    if not keys:
+        if ctx is not None:
+            ctx.tenant = OPEN
+    elif request.path == METRICS_PATH:
+        token = bearer_token(request)
+        if not metrics_key_ok(settings, token):
+            if token is None or keys.authenticate(token) is None:
+                raise errors.unauthorized()
+            raise errors.forbidden("Client API keys may not read /metrics: it spans every tenant. Use a "
+                                   "metrics key (--metrics-keys-file) or the --metrics-port listener.",
+                                   "metrics_forbidden")
+    elif request.path not in OPEN_PATHS:
+        token = bearer_token(request)
+        tenant = None if token is None else keys.authenticate(token)
+        if tenant is None:
             raise errors.unauthorized()
+        if ctx is not None:
+            ctx.tenant = tenant
     return await handler(request)
 
 
@@ -264,7 +298,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 def note_request(request: web.Request, req) -> None:
     ctx = request.get(CTX)
     if ctx is not None:
-        ctx.user_hash = hash_user(getattr(req, "user", None))
+        ctx.user_hash = hash_user(getattr(req, "user", None), request.app[SETTINGS].hash_secret)
         ctx.stream = bool(getattr(req, "stream", False))
 
 
@@ -444,6 +478,16 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
 
 
+def metrics_app(metrics: FrontendMetrics) -> web.Application:
+    """The --metrics-port listener: /metrics and nothing else, without a key (firewall the port)."""
+    async def endpoint(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type,
+                                                            "X-Content-Type-Options": "nosniff"})
+    app = web.Application()
+    app.router.add_get(METRICS_PATH, endpoint)
+    return app
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
@@ -483,7 +527,7 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
         app.router.add_get(f"{prefix}/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/health/live", liveness)
-    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get(METRICS_PATH, metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
     playground.add_routes(app)
 
@@ -506,13 +550,23 @@ async def serve(settings: Settings) -> int:
         log.warning("NO API KEYS CONFIGURED: the API is open to anyone who can reach %s:%d "
                     "(set API_KEYS or --api-keys-file)", settings.host, settings.port)
     else:
-        log.info("API key auth on (%d key(s))", len(settings.api_keys))
+        log.info("API key auth on (%d key(s), ids %s)%s", len(settings.api_keys), ", ".join(settings.api_keys.ids()),
+                 "; keys reload when the keys file changes" if settings.api_keys.keys_file else "")
     if settings.cors_origins:
         log.info("CORS on for %s", ", ".join(settings.cors_origins))
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0,
+                           keepalive_timeout=settings.keepalive_timeout)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.reuse_port or None)
     await site.start()
+    metrics_runner = None
+    if settings.metrics_port is not None:
+        metrics_runner = web.AppRunner(metrics_app(app[METRICS]), access_log=None,
+                                       keepalive_timeout=settings.keepalive_timeout)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, settings.host, settings.metrics_port,
+                          reuse_port=settings.reuse_port or None).start()
+        log.info("metrics (no key) on http://%s:%d/metrics", settings.host, settings.metrics_port)
     log.info("frontend listening on http://%s:%d (Triton gRPC %s)%s", settings.host, settings.port,
              settings.triton_grpc, f", worker pid {os.getpid()}" if settings.reuse_port else "")
     freeze_startup_heap()
@@ -525,6 +579,8 @@ async def serve(settings: Settings) -> int:
     await stop.wait()
     await drain(app, runner, settings.shutdown_grace)
     await runner.cleanup()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     log.info("frontend stopped")
     return 0
 
@@ -550,7 +606,9 @@ async def drain(app: web.Application, runner: web.AppRunner, grace: float) -> No
 
 def main(argv=None) -> int:
     settings = parse_args(argv)
-    logging_setup.configure(settings.log_format, secrets=settings.api_keys)
+    # A callable: keys added by a reload are redacted too.
+    logging_setup.configure(settings.log_format,
+                            secrets=lambda: settings.api_keys.secrets() + tuple(settings.metrics_keys))
     try:
         import uvloop
         uvloop.install()

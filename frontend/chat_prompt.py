@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import jinja2
 
-from frontend.errors import bad_request
+from frontend.errors import bad_request, bounded
 from frontend.literal_text import mark_request_values
 from llama_triton.text.tokenization import Tokenizer
 
@@ -127,6 +127,17 @@ def _is_json(s: Any) -> bool:
         return False
 
 
+# What chat_template_kwargs may set: the switches chat templates read, nothing else (an allowlist:
+# a denylist let Llama-3.1's `custom_tools` through, which its template renders as `tools`, past the
+# frontend's tool handling). Documented in README ("chat_template_kwargs"). A template that does not
+# read one ignores it, as every other server does.
+TEMPLATE_KWARGS = {
+    "enable_thinking": "reasoning on or off (Qwen3, DeepSeek-R1-style templates)",
+    "thinking": "reasoning on or off (Granite, DeepSeek-V3.1)",
+    "reasoning_effort": "low, medium or high (gpt-oss)",
+    "date_string": "today's date as the system prompt states it (Llama-3.1, 3.2)",
+    "tools_in_user_message": "where the tool list goes (Llama-3.1, 3.2)",
+}
 # apply_chat_template's own parameters: passed through chat_template_kwargs they would let a
 # request swap the configured template (and run its Jinja here) or change what we get back.
 RESERVED_TEMPLATE_KWARGS = frozenset({
@@ -157,6 +168,10 @@ def render_prompt(tokenizer: Tokenizer, messages: list[dict], *, tools: Optional
         if key in RESERVED_TEMPLATE_KWARGS or key in SPECIAL_TOKEN_VARIABLES or key in tokenizer.hf.special_tokens_map:
             raise bad_request(f"chat_template_kwargs may not set '{key}': the chat template and how it is "
                               f"applied come from the server's configuration.", f"chat_template_kwargs.{key}")
+        if key not in TEMPLATE_KWARGS:
+            raise bad_request(f"chat_template_kwargs may set only {', '.join(sorted(TEMPLATE_KWARGS))}; "
+                              f"'{bounded(key)}' is not one of them.", f"chat_template_kwargs.{bounded(key)}",
+                              "unsupported_parameter")
     msgs, tools, kwargs = mark_request_values((msgs, tools if renders_tools else None, kwargs), tokenizer)
     try:
         return tokenizer.apply_chat_template(msgs, tools=tools, add_generation_prompt=True, **kwargs)

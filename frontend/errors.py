@@ -66,20 +66,31 @@ def context_length_exceeded(prompt_tokens: int, limit: int, param: str = "messag
                     INVALID_REQUEST, param, "context_length_exceeded")
 
 
+def bounded(text: str, limit: int = 64) -> str:
+    """A client-chosen string (a model name, a path, a field name) as an error message or a log line
+    may echo it: at most `limit` characters, and the length it had."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
+def forbidden(message: str, code: str) -> APIError:
+    return APIError(403, message, "permission_error", None, code)
+
+
 def unauthorized(message: str = "Missing or invalid API key: send 'Authorization: Bearer <key>'.") -> APIError:
     return APIError(401, message, AUTHENTICATION, None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
 
 
 def not_found_model(name: str) -> APIError:
-    return APIError(404, f"The model '{name}' does not exist.", NOT_FOUND, "model", "model_not_found")
+    return APIError(404, f"The model '{bounded(name)}' does not exist.", NOT_FOUND, "model", "model_not_found")
 
 
 def not_found(path: str) -> APIError:
-    return APIError(404, f"Unknown path: {path}", NOT_FOUND, None, "not_found")
+    return APIError(404, f"Unknown path: {bounded(path)}", NOT_FOUND, None, "not_found")
 
 
 def method_not_allowed(method: str, path: str) -> APIError:
-    return APIError(405, f"Method {method} is not allowed on {path}.", INVALID_REQUEST, None, "method_not_allowed")
+    return APIError(405, f"Method {bounded(method, 16)} is not allowed on {bounded(path)}.", INVALID_REQUEST, None,
+                    "method_not_allowed")
 
 
 def payload_too_large(limit: int) -> APIError:

@@ -9,14 +9,17 @@ request from it and sends the id back as `X-Request-Id`.
 Logs are JSON lines by default (`--log-format text` for humans). Every record carries the
 request id of the request it was logged under. Secrets stay out of logs: API keys are never
 passed to a logger, and as a second line of defence `RedactSecrets` replaces any configured key
-(and any `Bearer <token>`) that would still reach a record. `user` is only ever logged and
-exported as a SHA-256 prefix (`hash_user`).
+(and any `Bearer <token>`) that would still reach a record; keys appear only as their ids. `user` is
+only ever logged and exported as a keyed hash (`hash_user`: HMAC-SHA-256 with the replica's secret,
+so a label cannot be matched against a list of guessed users). Client-chosen names that reach a log
+line (unknown fields, say) are cut to `errors.bounded`.
 """
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import hashlib
+import hmac
 import logging
 import re
 import sys
@@ -24,18 +27,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 import orjson
+
+from frontend.tenants import Tenant
 
 USER_HASH_CHARS = 16
 
 
-def hash_user(user: Optional[str]) -> Optional[str]:
-    """The first 16 hex digits of sha256(user): stable, not reversible for a realistic `user`."""
+def hash_user(user: Optional[str], secret: bytes) -> Optional[str]:
+    """The first 16 hex digits of HMAC-SHA-256(secret, user): stable per replica, and without the
+    secret not even a guessed `user` can be confirmed."""
     if user is None:
         return None
-    return hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()[:USER_HASH_CHARS]
+    return hmac.new(secret, user.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:USER_HASH_CHARS]
 
 
 def new_request_id() -> str:
@@ -52,6 +58,7 @@ class RequestContext:
     request_id: Optional[str] = None           # the service's id once known (also Triton's)
     triton_request_id: Optional[str] = None    # set by TritonDecoder.generate
     user_hash: Optional[str] = None
+    tenant: Optional[Tenant] = None            # set by the auth middleware: the key's id and cache scope
     stream: bool = False
     status: Optional[int] = None
     outcome: str = "ok"                        # ok, error, timeout, client_disconnect, slow_client, shutdown
@@ -80,6 +87,8 @@ class RequestContext:
     def access_fields(self) -> dict:
         out = {"request_id": self.id, "method": self.method, "route": self.route, "status": self.status,
                "latency_ms": round((time.perf_counter() - self.started) * 1000, 2), "outcome": self.outcome}
+        if self.tenant is not None:
+            out["key_id"] = self.tenant.key_id
         if self.user_hash is not None:
             out["user"] = self.user_hash
         if self.stream:
@@ -111,11 +120,22 @@ class RedactSecrets(logging.Filter):
 
     BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",;]+")
 
-    def __init__(self, secrets: Iterable[str] = ()):
+    def __init__(self, secrets: Union[Iterable[str], Callable[[], Iterable[str]]] = ()):
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # A callable is asked on every record: keys reloaded later are redacted too.
+        self._source = secrets if callable(secrets) else None
+        self._seen = None
+        self.secrets = [] if callable(secrets) else self._sorted(secrets)
+
+    @staticmethod
+    def _sorted(secrets: Iterable[str]) -> list[str]:
+        return sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def _scrub(self, text: str) -> str:
+        if self._source is not None:
+            current = self._source()
+            if current is not self._seen:
+                self._seen, self.secrets = current, self._sorted(current)
         for s in self.secrets:
             if s in text:
                 text = text.replace(s, "***")
@@ -168,7 +188,8 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(fmt: str = "json", level: int = logging.INFO, secrets: Iterable[str] = (), stream=None) -> None:
+def configure(fmt: str = "json", level: int = logging.INFO,
+              secrets: Union[Iterable[str], Callable[[], Iterable[str]]] = (), stream=None) -> None:
     """Root logging for the frontend process (idempotent: replaces earlier handlers)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

@@ -48,8 +48,14 @@ class FrontendMetrics:
         self.decoder_errors = Counter("llama_triton_decoder_errors", "Decoder failures by kind (busy, "
                                       "unavailable, error)", ["kind"], registry=r)
         self.user_requests = Counter("llama_triton_user_requests",
-                                     "Requests by user (sha256 prefix of the request's `user`; 'other' past "
-                                     f"{MAX_USER_LABELS} distinct users)", ["user"], registry=r)
+                                     "Requests by user (keyed hash of the request's `user`, never the user; 'other' "
+                                     f"past {MAX_USER_LABELS} distinct users)", ["user"], registry=r)
+        # Per API key: labelled by the key's id (frontend/tenants.py), never the key. The ids are the
+        # configured keys', so the label set is bounded by the keys file.
+        self.key_requests = Counter("llama_triton_key_requests", "Authenticated requests by API key id",
+                                    ["key_id"], registry=r)
+        self.key_tokens = Counter("llama_triton_key_tokens", "Prompt and completion tokens by API key id",
+                                  ["key_id", "kind"], registry=r)
         self._users: set[str] = set()
         self._lock = threading.Lock()
         self._exposition = r
@@ -66,6 +72,13 @@ class FrontendMetrics:
             else:
                 self._users.add(user_hash)
         self.user_requests.labels(user_hash).inc()
+
+    def count_key(self, key_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.key_requests.labels(key_id).inc()
+        if prompt_tokens:
+            self.key_tokens.labels(key_id, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.key_tokens.labels(key_id, "completion").inc(completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self._exposition)

@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Strict, Tag,
                       ValidationError, WithJsonSchema, field_validator, model_validator)
 
-from frontend.errors import ParamError, validation_error_to_api_error
+from frontend.errors import ParamError, bounded, validation_error_to_api_error
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +162,9 @@ class _RequestBase(OpenAIBaseModel):
         result._ignored("", ignored)
         if ignored:
             result._ignored_fields = ignored
-            # repr of the list: client-chosen names cannot forge log lines
-            logger.warning("%s: ignored unknown fields: %r", cls.__name__, ignored[:20])
+            # repr of the list: client-chosen names cannot forge log lines; each cut short, 20 at most
+            logger.warning("%s: ignored %d unknown field(s): %r", cls.__name__, len(ignored),
+                           [bounded(name) for name in ignored[:20]])
         return result
 
     @property
@@ -454,11 +455,15 @@ class _SamplingRequest(_RequestBase):
     user: Optional[str] = None
     seed: Optional[Seed] = None
     stream_options: Optional[StreamOptions] = Field(None, description="Only with stream=true.")
-    prompt_cache_key: Optional[str] = None
+    prompt_cache_key: Optional[str] = Field(None, description=(
+        "Scopes prompt caching: only requests with the same key (and the same API key) share cached prefixes."))
     logit_bias: Optional[LogitBias] = Field(
         None, description="Token id (as a string) -> bias in [-100, 100].",
         json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
     # extensions
+    cache_salt: Optional[str] = Field(None, min_length=1, description=(
+        "Extension (vLLM): only requests with the same salt (and the same API key) share cached prompt "
+        "prefixes. Refused where the decoder cannot scope its cache."))
     min_tokens: TokenCount = Field(0, description="Extension: generate at least this many.")
     stop_token_ids: Optional[list[TokenId]] = Field(None, description="Token ids that end generation.")
     ignore_eos: bool = Field(False, description=(

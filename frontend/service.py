@@ -17,6 +17,7 @@ from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
 from frontend.literal_text import encode_prompt
+from frontend.logging_setup import current_request
 from frontend.request_models import ChatCompletionRequest, CompletionRequest
 from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
@@ -24,6 +25,7 @@ from frontend.settings import Settings
 from frontend.sse import (DECODER_ANSWERED, ChatChunkEncoder, CompletionChunkEncoder, EventStream, completion_logprobs,
                           usage_dict)
 from frontend.structured import StructuredOutputs, response_format_guide
+from frontend.tenants import OPEN, cache_salt
 from frontend.tools import ToolCallParser, ToolPlan, check_combination
 from frontend.decoder import DecoderClient, DecoderFailure, http_error
 from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays
@@ -76,6 +78,13 @@ class CompletionService:
             return int(seq)
         return self.model_context
 
+    def cache_salt(self, req: Union[ChatCompletionRequest, CompletionRequest]) -> int:
+        """The request's prefix-cache scope: its key's (or key group's), narrowed by prompt_cache_key
+        and cache_salt (frontend/tenants.py). Without keys every request is the one open tenant."""
+        ctx = current_request.get()
+        tenant = ctx.tenant if ctx is not None and ctx.tenant is not None else OPEN
+        return cache_salt(self.settings.hash_secret, tenant, req.prompt_cache_key, req.cache_salt)
+
     def check_model(self, name: str) -> None:
         if name != self.settings.served_model_name:
             raise errors.not_found_model(name)
@@ -102,7 +111,8 @@ class CompletionService:
                 set() if req.ignore_eos else set(self.tokenizer.eos_ids) - {self.tokenizer.eos_id})),
             min_tokens=min(req.min_tokens, max_new), logprobs=logprobs, top_logprobs=top_logprobs,
             logit_bias=req.logit_bias, vocab_size=self.tokenizer.vocab_size,
-            guide_type=guide[0], guide=guide[1], report_cached_tokens=reports_usage(req))
+            guide_type=guide[0], guide=guide[1], report_cached_tokens=reports_usage(req),
+            cache_salt=self.cache_salt(req), cache_salt_asked=req.cache_salt is not None)
         for i, t in enumerate(req.stop_token_ids or []):
             # Checked here, with the field's place: past the vocabulary the decoder would refuse it
             # without naming the field, and past int32 the tensor could not even be built.

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from frontend.tenants import KeyRing, KeysInvalid, hash_secret, parse_share_groups
+
 
 @dataclass
 class Settings:
@@ -19,7 +21,12 @@ class Settings:
     max_tokens_cap: int = 16384             # the seed's cap for max_tokens: null
     max_context: Optional[int] = None       # default: the decoder's max_seq_len, else the model's
     max_body_bytes: int = 8 * 1024 * 1024
-    api_keys: frozenset[str] = field(default_factory=frozenset)
+    api_keys: KeyRing = field(default_factory=KeyRing)     # clients' keys, reloaded when the file changes
+    metrics_keys: frozenset[str] = frozenset()  # who may read /metrics on the API port when keys are on
+    metrics_port: Optional[int] = None      # a second listener serving only /metrics (no key; firewall it)
+    keepalive_timeout: float = 75.0         # seconds an idle keep-alive connection is kept open
+    # keys cache salts and user hashes ($LLAMA_TRITON_HASH_SECRET: one per replica, from the launcher)
+    hash_secret: bytes = field(default_factory=hash_secret, repr=False)
     cors_origins: tuple[str, ...] = ()
     request_timeout: float = 600.0          # seconds; the Triton request is cancelled after it
     shutdown_grace: float = 30.0            # seconds in-flight requests get on SIGTERM
@@ -31,14 +38,21 @@ class Settings:
     liveness_timeout: float = 900.0         # /health/live fails once the decoder has been down this long
 
 
-def load_api_keys(env_value: Optional[str], keys_file: Optional[str]) -> frozenset[str]:
-    keys = {k.strip() for k in (env_value or "").split(",") if k.strip()}
-    if keys_file:
-        for line in Path(keys_file).read_text().splitlines():
+def load_api_keys(env_value: Optional[str], keys_file: Optional[str],
+                  share_groups: Optional[dict[str, str]] = None) -> KeyRing:
+    """$API_KEYS and the keys file (frontend/tenants.py has the format)."""
+    return KeyRing(env_value, keys_file, share_groups)
+
+
+def load_secret_list(env_value: Optional[str], path: Optional[str]) -> frozenset[str]:
+    """Comma-separated values from the environment plus one per line from a file (`#` comments)."""
+    values = {v.strip() for v in (env_value or "").split(",") if v.strip()}
+    if path:
+        for line in Path(path).read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
-                keys.add(line)
-    return frozenset(keys)
+                values.add(line)
+    return frozenset(values)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> Settings:
@@ -54,6 +68,17 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     p.add_argument("--api-keys-file", default=os.environ.get("API_KEYS_FILE"),
                    help="file with one API key per line (also: API_KEYS env, comma-separated)")
+    p.add_argument("--cache-share-group", action="append", default=[], metavar="NAME=KEY_ID,...",
+                   help="these keys share cached prompt prefixes (repeatable; also $CACHE_SHARE_GROUPS, "
+                        "';'-separated); every other key has a prefix cache scope of its own")
+    p.add_argument("--metrics-keys-file", default=os.environ.get("METRICS_KEYS_FILE"),
+                   help="file with the bearer tokens that may read /metrics on the API port when API keys are "
+                        "on (also: METRICS_KEYS env); client keys may not")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="also serve /metrics, and only it, without a key on this port (for Prometheus; keep it "
+                        "off the public network)")
+    p.add_argument("--keepalive-timeout", type=float, default=75.0,
+                   help="seconds an idle keep-alive connection stays open")
     p.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable)")
     p.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take in all; then its Triton request is cancelled (504)")
@@ -73,15 +98,22 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                    help="seconds the decoder may stay down (the launcher restarting it, a GPU engine "
                         "loading) before GET /health/live answers 503 (docs/OPERATIONS.md)")
     a = p.parse_args(argv)
-    for name in ("request_timeout", "write_timeout", "liveness_timeout"):
+    for name in ("request_timeout", "write_timeout", "liveness_timeout", "keepalive_timeout"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if a.shutdown_grace < 0:
         p.error("--shutdown-grace must be >= 0")
+    groups = a.cache_share_group + [g for g in os.environ.get("CACHE_SHARE_GROUPS", "").split(";") if g.strip()]
+    try:
+        api_keys = load_api_keys(os.environ.get("API_KEYS"), a.api_keys_file, parse_share_groups(groups))
+        metrics_keys = load_secret_list(os.environ.get("METRICS_KEYS"), a.metrics_keys_file)
+    except (OSError, KeysInvalid) as e:
+        p.error(str(e))
     return Settings(model_dir=a.model_dir, served_model_name=a.served_model_name or Path(a.model_dir).name,
                     triton_grpc=a.triton_grpc, triton_http=a.triton_http, host=a.host, port=a.port,
                     max_tokens_cap=a.max_tokens_cap, max_context=a.max_context, max_body_bytes=a.max_body_bytes,
-                    api_keys=load_api_keys(os.environ.get("API_KEYS"), a.api_keys_file),
+                    api_keys=api_keys, metrics_keys=metrics_keys, metrics_port=a.metrics_port,
+                    keepalive_timeout=a.keepalive_timeout,
                     cors_origins=tuple(a.cors_origin), request_timeout=a.request_timeout,
                     shutdown_grace=a.shutdown_grace, write_timeout=a.write_timeout, log_format=a.log_format,
                     reuse_port=a.reuse_port, ready_file=a.ready_file,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Optional
 
-from llama_triton.serve.cluster import CLUSTER_SERVING_LINE
+from llama_triton.serve.cluster import CLUSTER_SERVING_LINE, RouterKeys
 from llama_triton.serve.launcher import free_port, http_ok
 
 
@@ -47,12 +47,23 @@ class ServedCluster:
     def router_metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.router_metrics_port}/metrics"
 
-    def _auth(self) -> dict:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+    def router_keys(self) -> RouterKeys:
+        """The key files `llama-triton cluster` generated for its router (in <work-dir>/keys/)."""
+        keys = self.work_dir / "keys"
+        worker = keys / "router-worker-key"
+        return RouterKeys(keys / "router-admin-key", worker if worker.is_file() else None)
+
+    @property
+    def admin_key(self) -> str:
+        """SMG's control-plane key (what only the operator has; client keys cannot administer SMG)."""
+        return self.router_keys().admin.read_text().strip().partition(":")[2]
+
+    def admin_auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.admin_key}"}
 
     def workers(self) -> list[dict]:
-        """SMG's view of the replicas (its /workers route): url, is_healthy, load, ..."""
-        return json.loads(scrape(f"{self.base_url}/workers", headers=self._auth()))["workers"]
+        """SMG's view of the replicas (its /workers admin route): url, is_healthy, load, ..."""
+        return json.loads(scrape(f"{self.base_url}/workers", headers=self.admin_auth()))["workers"]
 
     def healthy_workers(self) -> set[str]:
         try:

@@ -429,7 +429,7 @@ class Engine:
     def _new_sequence(self, state: RequestState, index: int) -> Sequence:
         prompt = list(state.request.prompt_ids)
         seq = Sequence(self._next_seq_id, state.request.request_id, index, prompt, len(prompt),
-                       sampling=state.samplings[index])
+                       sampling=state.samplings[index], cache_salt=state.request.cache_salt)
         self._next_seq_id += 1
         state.seqs[index] = seq
         return seq

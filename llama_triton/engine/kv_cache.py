@@ -1,12 +1,22 @@
 """Paged KV cache: the preallocated tensor and the BlockManager that hands out its blocks.
 
-The BlockManager holds metadata only (free ids, ref counts, the prefix hash map). A full block
-whose K/V are computed gets a chain hash (its tokens and the hash of the block before it); a later
-sequence with the same leading tokens takes those blocks instead of prefilling them. Freed blocks
-keep their hash and stay reusable until the free list hands them out again (LRU).
+The BlockManager holds metadata only (free ids, ref counts, the prefix key map). A full block
+whose K/V are computed gets a block key; a later sequence with the same leading tokens and the same
+cache salt takes those blocks instead of prefilling them. Freed blocks keep their key and stay
+reusable until the free list hands them out again (LRU).
+
+Block keys are SHA-256 over the sequence's cache salt, the key of the block before it and the
+block's tokens (`block_key`), as vLLM has done by default since v0.10.2 after GHSA-rm76-4mrf-v9r8:
+a key commits to the whole chain, so a crafted prompt cannot collide into another chain's blocks
+(Python's `hash()` of int tuples is deterministic and 64-bit; collisions can be computed). The
+salt keeps tenants apart: the frontend sends one per API key (docs/OPERATIONS.md, "Tenants"), and
+two requests share a cached block only when their salts are equal. benchmarks/block_hash.py
+measures what a key costs per token.
 """
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 from typing import Optional
 
@@ -14,7 +24,8 @@ import torch
 
 from .sequence import Sequence
 
-_NO_HASH = -1
+_NO_HASH = b""          # a block without a key (not full, or not computed yet)
+_UNSALTED = b"\x00"     # a sequence without a salt; salted roots are 9 bytes (b"\x01" + uint64)
 
 
 def allocate_kv_cache(num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
@@ -30,8 +41,21 @@ def copy_blocks(kv_cache: torch.Tensor, pairs: list[tuple[int, int]]) -> None:
         kv_cache[:, :, dst] = kv_cache[:, :, src]
 
 
-def chain_hash(prefix_hash: int, token_ids: tuple[int, ...]) -> int:
-    return hash((prefix_hash, token_ids))
+def salt_root(salt: Optional[int]) -> bytes:
+    """What a sequence's first block key is chained to: its cache salt (uint64), or none."""
+    return _UNSALTED if salt is None else b"\x01" + (salt % (1 << 64)).to_bytes(8, "little")
+
+
+def block_key(root: bytes, parent: bytes, token_ids: tuple[int, ...]) -> bytes:
+    """SHA-256(salt root, parent key, tokens as int32): the key of one full block.
+
+    The root is hashed into every block, not only the first, so that a key never depends on where
+    a chain starts being reused. Lengths are fixed (root 1 or 9 bytes, parent 0 or 32), so the
+    concatenation is unambiguous."""
+    h = hashlib.sha256(root)
+    h.update(parent)
+    h.update(array("i", token_ids).tobytes())
+    return h.digest()
 
 
 class Block:
@@ -50,7 +74,7 @@ class BlockManager:
         self.enable_prefix_reuse = enable_prefix_reuse
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # evicted from the front
-        self.hash_to_block: dict[int, int] = {}
+        self.hash_to_block: dict[bytes, int] = {}
 
     @property
     def num_blocks(self) -> int:
@@ -128,24 +152,25 @@ class BlockManager:
         """Hashes the full blocks whose K/V the last forward pass completed."""
         if not self.enable_prefix_reuse:
             return
-        bs = self.block_size
+        bs, root = self.block_size, salt_root(seq.cache_salt)
         for i in range(len(seq.block_hashes), seq.num_computed_tokens // bs):
             token_ids = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            h = chain_hash(seq.block_hashes[-1] if seq.block_hashes else _NO_HASH, token_ids)
+            h = block_key(root, seq.block_hashes[-1] if seq.block_hashes else _NO_HASH, token_ids)
             block = self.blocks[seq.block_table[i]]
             block.hash, block.token_ids = h, token_ids
             self.hash_to_block[h] = block.block_id
             seq.block_hashes.append(h)
 
-    def _match(self, seq: Sequence) -> list[tuple[int, int]]:
+    def _match(self, seq: Sequence) -> list[tuple[int, bytes]]:
         """Cached blocks for the leading full blocks of seq, never the block of its last token."""
         if not self.enable_prefix_reuse:
             return []
-        bs, h, matched = self.block_size, _NO_HASH, []
+        bs, h, matched, root = self.block_size, _NO_HASH, [], salt_root(seq.cache_salt)
         for i in range((seq.num_tokens - 1) // bs):
             token_ids = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            h = chain_hash(h, token_ids)
+            h = block_key(root, h, token_ids)
             block_id = self.hash_to_block.get(h)
+            # The token check is a second line: with SHA-256 keys it never fails in practice.
             if block_id is None or self.blocks[block_id].token_ids != token_ids:
                 break
             matched.append((block_id, h))

@@ -13,7 +13,8 @@ class SequenceStatus(Enum):
 
 class Sequence:
     def __init__(self, seq_id: int, request_id: str, sequence_index: int, token_ids: list[int],
-                 num_prompt_tokens: int, num_forks: int = 1, sampling: Any = None) -> None:
+                 num_prompt_tokens: int, num_forks: int = 1, sampling: Any = None,
+                 cache_salt: Optional[int] = None) -> None:
         self.seq_id = seq_id
         self.request_id = request_id
         self.sequence_index = sequence_index
@@ -21,11 +22,12 @@ class Sequence:
         self.num_prompt_tokens = num_prompt_tokens
         self.num_forks = num_forks                # sequences this one splits into after its prompt (n)
         self.sampling = sampling                  # the sampler's per-sequence state
+        self.cache_salt = cache_salt              # prefix-cache scope: blocks are shared only within one salt
         self.status = SequenceStatus.WAITING
         # KV cache: owned ids only; the BlockManager owns the blocks
         self.num_computed_tokens = 0              # tokens whose K/V are in the cache
         self.block_table: list[int] = []
-        self.block_hashes: list[int] = []         # chain hashes of the leading full, computed blocks
+        self.block_hashes: list[bytes] = []       # block keys of the leading full, computed blocks
         self.reserved_blocks: list[int] = []      # partial-block copies for the forks
         # outputs
         self.num_reused_tokens = 0

@@ -50,6 +50,9 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     streaming: bool = True
+    # uint64 prefix-cache scope (TensorRT-LLM's executor Request `cacheSaltID`): prompt blocks are
+    # reused only between requests with the same salt. None: the unsalted scope.
+    cache_salt: Optional[int] = None
 
 
 @dataclass

@@ -14,6 +14,15 @@ Routing (SMG's own mechanisms, chosen in docs/SCALE-OUT.md):
   routing key, `--routing-key-override`); SMG pins the key to one replica for as long as it is
   used and that replica is healthy.
 
+Keys (docs/OPERATIONS.md, "Tenants"): clients' keys ($API_KEYS / $API_KEYS_FILE) are checked by
+SMG, each as a tenant of its own, and again by every replica; they never administer the router.
+SMG's control plane (/workers, /wasm, /v1/tokenizers, /flush_cache, ...) takes only the admin key
+(--router-admin-key-file, or one generated into <work-dir>/keys/router-admin-key), and SMG calls
+the replicas with a worker key of its own that the replicas accept. No key is ever on a command
+line: SMG runs in-process from key files (llama_triton/serve/router_launch.py), the replicas read
+theirs from the environment. A changed $API_KEYS_FILE is reloaded by the replicas themselves, and
+the router is swapped for one with the new keys (SMG cannot reload them).
+
 This module supervises: a replica whose launcher exits (its frontend died, say) is started again
 on the same ports, and SMG's health checks send traffic back to it once /health answers; a dead
 tritonserver is restarted by the replica's own launcher. SIGINT/SIGTERM stops the router first,
@@ -23,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import secrets
 import signal
 import subprocess
 import sys
@@ -59,7 +68,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="seconds between SMG's /health probes of each replica")
     c.add_argument("--health-failure-threshold", type=int, default=1,
                    help="failed probes before SMG stops routing to a replica")
-    c.add_argument("--smg", default=None, help="path of the smg executable (default: the one next to Python)")
+    c.add_argument("--router-admin-key-file", default=os.environ.get("ROUTER_ADMIN_KEY_FILE"),
+                   help="SMG's control-plane key(s), `ID:KEY` per line ($ROUTER_ADMIN_KEY_FILE; default: one "
+                        "generated into <work-dir>/keys/router-admin-key); client keys never administer the router")
     c.add_argument("--work-dir", default="var/cluster", help="per-replica work dirs and logs")
     c.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="seconds in-flight requests get on SIGTERM/SIGINT (passed to every replica)")
@@ -69,50 +80,61 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return c
 
 
-def find_smg(explicit: Optional[str]) -> list[str]:
-    """smg's command line: --smg, the venv's `smg`, `smg` on PATH, or `python -m smg`."""
-    if explicit:
-        return [explicit]
-    beside = Path(sys.executable).parent / "smg"
-    if beside.exists():
-        return [str(beside)]
-    on_path = shutil.which("smg")
-    if on_path:
-        return [on_path]
+def check_smg() -> None:
+    """SMG runs inside this Python (router_launch.py), so this environment must have it."""
     try:
-        import smg  # noqa: F401
+        import smg.launch_router  # noqa: F401
     except ImportError:
-        raise LaunchError("Shepherd Model Gateway is not installed: pip install -e '.[cluster]' "
-                          "(or pass --smg)") from None
-    return [sys.executable, "-m", "smg"]
+        raise LaunchError("Shepherd Model Gateway is not installed: pip install -e '.[cluster]'") from None
 
 
-def router_command(smg: list[str], host: str, port: int, metrics_port: int, worker_urls: list[str],
-                   policy: str = "cache_aware", routing_key_header: str = ROUTING_KEY_HEADER,
-                   health_interval: int = 2, health_failures: int = 1, api_keys: tuple[str, ...] = (),
-                   shutdown_grace: float = 30.0) -> list[str]:
-    """`smg launch` for our replicas (every flag is SMG's own; see docs/SCALE-OUT.md)."""
-    cmd = [*smg, "launch", "--host", host, "--port", str(port), "--worker-urls", *worker_urls,
-           "--policy", policy,
-           # A client's key in this header pins its requests to one replica, on any policy.
-           "--routing-key-override", "--routing-key-headers", routing_key_header.lower(),
-           # cache_aware otherwise diverts one cache miss in four to a replica that joined in the
-           # last minute, which splits conversations right after a start or a restart.
-           "--worker-warmup-secs", "0",
-           "--health-check-interval-secs", str(health_interval),
-           "--health-failure-threshold", str(health_failures), "--health-success-threshold", "1",
-           "--prometheus-host", host, "--prometheus-port", str(metrics_port),
-           "--shutdown-grace-period-secs", str(max(1, int(shutdown_grace))),
-           "--log-level", "warn"]
-    if api_keys:
-        # Keys are checked at the router (its data plane and its /workers control plane) and again
-        # by every replica: SMG forwards the client's Authorization header unchanged, and uses the
-        # first key for its own calls to the replicas (model discovery). The other keys are SMG
-        # "tenant" keys: same access, each its own tenant name.
-        cmd += ["--api-key", api_keys[0]]
-        for i, key in enumerate(api_keys[1:], start=1):
-            cmd += ["--tenant-api-key", f"key-{i}:{key}"]
-    return cmd
+def smg_flags(host: str, port: int, metrics_port: int, worker_urls: list[str], policy: str = "cache_aware",
+              routing_key_header: str = ROUTING_KEY_HEADER, health_interval: int = 2, health_failures: int = 1,
+              shutdown_grace: float = 30.0) -> list[str]:
+    """`smg launch`'s flags for our replicas (every flag is SMG's own; see docs/SCALE-OUT.md). No key
+    is among them: router_launch.py adds those from files."""
+    return ["--host", host, "--port", str(port), "--worker-urls", *worker_urls,
+            "--policy", policy,
+            # A client's key in this header pins its requests to one replica, on any policy.
+            "--routing-key-override", "--routing-key-headers", routing_key_header.lower(),
+            # cache_aware otherwise diverts one cache miss in four to a replica that joined in the
+            # last minute, which splits conversations right after a start or a restart.
+            "--worker-warmup-secs", "0",
+            "--health-check-interval-secs", str(health_interval),
+            "--health-failure-threshold", str(health_failures), "--health-success-threshold", "1",
+            "--prometheus-host", host, "--prometheus-port", str(metrics_port),
+            "--shutdown-grace-period-secs", str(max(1, int(shutdown_grace))),
+            "--log-level", "warn"]
+
+
+@dataclass(frozen=True)
+class RouterKeys:
+    """The files router_launch.py reads its keys from (tenant_keys: None when clients need no key)."""
+    admin: Path
+    worker: Optional[Path] = None
+    tenants: Optional[Path] = None
+
+
+def router_command(keys: RouterKeys, flags: list[str], wait_for_ports: bool = False) -> list[str]:
+    """SMG in-process (llama_triton/serve/router_launch.py): key files on the command line, never keys."""
+    cmd = [sys.executable, "-m", "llama_triton.serve.router_launch", "--admin-key-file", str(keys.admin)]
+    if wait_for_ports:
+        cmd.append("--wait-for-ports")
+    if keys.worker is not None:
+        cmd += ["--worker-key-file", str(keys.worker)]
+    if keys.tenants is not None:
+        cmd += ["--tenant-keys-file", str(keys.tenants)]
+    return cmd + ["--", *flags]
+
+
+def write_secret(path: Path, text: str) -> None:
+    """A file only this user can read, written whole (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -141,6 +163,7 @@ class Cluster:
         self.stopping = False
         self.replicas: list[Replica] = []
         self.router: Optional[subprocess.Popen] = None
+        self.retired_routers: list[subprocess.Popen] = []     # draining after a key swap
         self.router_log: Optional[IO[bytes]] = None
         self.work = Path(args.work_dir)
         self.serve_args = [x for x in args.serve_args if x != "--"] if args.serve_args else []
@@ -156,13 +179,71 @@ class Cluster:
         for name, port in (("--port", a.port), ("--router-metrics-port", a.router_metrics_port)):
             if not port_free(a.host, port):
                 raise LaunchError(f"port {port} ({name}) is already in use on {a.host}")
-        self.smg = find_smg(a.smg)
+        check_smg()
         self.work.mkdir(parents=True, exist_ok=True)
+        self.prepare_keys()
         for i in range(a.replicas):
             port = a.replica_base_port + i if a.replica_base_port else free_port()
             if not port_free("127.0.0.1", port):
                 raise LaunchError(f"replica {i}'s port {port} is in use (--replica-base-port {a.replica_base_port})")
             self.replicas.append(Replica(i, port, free_port(), free_port(), free_port(), self.work / f"replica-{i}"))
+
+    def prepare_keys(self) -> None:
+        """The router's key files, and the replicas' environment: every client key plus SMG's worker key.
+
+        The client keys come from $API_KEYS and $API_KEYS_FILE; SMG reads the same two (its tenants)
+        and the replicas read them too, so a rotated $API_KEYS_FILE reaches everyone."""
+        keys_dir = self.work / "keys"
+        a = self.args
+        if a.router_admin_key_file:
+            admin = Path(a.router_admin_key_file)
+            if not admin.is_file():
+                raise LaunchError(f"--router-admin-key-file {admin}: not a file")
+        else:
+            admin = keys_dir / "router-admin-key"
+            if not admin.is_file():
+                write_secret(admin, f"admin:{secrets.token_urlsafe(32)}\n")
+            log(f"SMG's control plane takes the admin key in {admin} (client keys cannot administer it)")
+        self.client_keys_file = os.environ.get("API_KEYS_FILE") or None
+        self.replica_env = dict(os.environ)
+        worker = None
+        # With a keys file, even one without keys yet: keys added later must find SMG able to call
+        # the replicas.
+        if self.client_keys_file or self.client_key_ids():
+            worker = keys_dir / "router-worker-key"
+            key = secrets.token_urlsafe(32)
+            write_secret(worker, key + "\n")
+            # The replicas accept SMG's own calls (model discovery) under the id "router".
+            self.replica_env["API_KEYS"] = ",".join(x for x in (os.environ.get("API_KEYS", ""), f"router:{key}") if x)
+        self.router_keys = RouterKeys(admin, worker, Path(self.client_keys_file) if self.client_keys_file else None)
+        self.keys_stamp = self.client_keys_stamp()
+
+    def client_key_ids(self) -> list[str]:
+        from frontend.tenants import KeysInvalid, parse_keys
+        text = None
+        if os.environ.get("API_KEYS_FILE"):
+            try:
+                text = Path(os.environ["API_KEYS_FILE"]).read_text()
+            except OSError as e:
+                raise LaunchError(f"$API_KEYS_FILE {os.environ['API_KEYS_FILE']}: {e.strerror}") from None
+        try:
+            return sorted(set(parse_keys(os.environ.get("API_KEYS"), text).values()))
+        except KeysInvalid as e:
+            raise LaunchError(str(e)) from None
+
+    def client_keys_stamp(self):
+        if not self.client_keys_file:
+            return None
+        try:
+            st = Path(self.client_keys_file).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def admin_key(self) -> str:
+        line = next(ln.strip() for ln in self.router_keys.admin.read_text().splitlines()
+                    if ln.strip() and not ln.strip().startswith("#"))
+        return line.partition(":")[2] or line
 
     def replica_command(self, r: Replica) -> list[str]:
         a = self.args
@@ -182,7 +263,7 @@ class Cluster:
         r.log_file.write(f"\n==== replica {r.index} start {r.restarts} ====\n".encode())
         r.log_file.flush()
         r.proc = subprocess.Popen(self.replica_command(r), stdout=r.log_file, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+                                  start_new_session=True, env=self.replica_env)
 
     def replica_serving(self, r: Replica) -> bool:
         return http_ok(f"http://127.0.0.1:{r.port}/health")
@@ -207,21 +288,29 @@ class Cluster:
                 last_note = time.monotonic()
             time.sleep(0.3)
 
-    def api_keys(self) -> tuple[str, ...]:
-        """The replicas' keys ($API_KEYS / $API_KEYS_FILE, as the frontend reads them), in a stable order."""
-        from frontend.settings import load_api_keys
-        return tuple(sorted(load_api_keys(os.environ.get("API_KEYS"), os.environ.get("API_KEYS_FILE"))))
-
     def start_router(self) -> None:
         a = self.args
         urls = [f"http://127.0.0.1:{r.port}" for r in self.replicas]
-        cmd = router_command(self.smg, a.host, a.port, a.router_metrics_port, urls, policy=a.policy,
-                             routing_key_header=a.routing_key_header, health_interval=a.health_check_interval,
-                             health_failures=a.health_failure_threshold, api_keys=self.api_keys(),
-                             shutdown_grace=a.shutdown_grace)
+        flags = smg_flags(a.host, a.port, a.router_metrics_port, urls, policy=a.policy,
+                          routing_key_header=a.routing_key_header, health_interval=a.health_check_interval,
+                          health_failures=a.health_failure_threshold, shutdown_grace=a.shutdown_grace)
         if self.router_log is None:
             self.router_log = open(self.work / "router.log", "ab")
-        self.router = subprocess.Popen(cmd, stdout=self.router_log, stderr=subprocess.STDOUT, start_new_session=True)
+        # --wait-for-ports: after a swap or a crash the old router may still hold the ports.
+        self.router = subprocess.Popen(router_command(self.router_keys, flags, wait_for_ports=True),
+                                       stdout=self.router_log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def swap_router(self) -> None:
+        """New keys for SMG, which cannot reload them: the old router drains (SIGTERM, its own
+        graceful shutdown; streams in flight finish on it) while a new one with the new keys, loaded
+        meanwhile, binds the ports as soon as the old one lets go of them. Connections that arrive
+        in that moment are refused (docs/OPERATIONS.md, "Rotating keys")."""
+        old = self.router
+        if old is not None and old.poll() is None:
+            old.send_signal(signal.SIGTERM)
+            self.retired_routers.append(old)
+        log("the clients' keys file changed: the replicas reload it; starting a router with the new keys")
+        self.start_router()
 
     def wait_router(self, timeout: float = 120.0) -> None:
         """Ready once the router answers /health and lists the model (every replica registered)."""
@@ -242,9 +331,8 @@ class Cluster:
         import json
         import urllib.request
         a = self.args
-        keys = self.api_keys()
         req = urllib.request.Request(f"http://{a.host}:{a.port}/workers",
-                                     headers={"Authorization": f"Bearer {keys[0]}"} if keys else {})
+                                     headers={"Authorization": f"Bearer {self.admin_key()}"})
         try:
             with urllib.request.urlopen(req, timeout=2) as r:
                 body = json.loads(r.read())
@@ -276,6 +364,16 @@ class Cluster:
             log(f"smg exited with code {self.router.returncode}; restarting it")
             time.sleep(1.0)
             self.start_router()
+        stamp = self.client_keys_stamp()
+        if stamp != self.keys_stamp and stamp is not None:
+            self.keys_stamp = stamp
+            try:
+                self.client_key_ids()
+            except LaunchError as e:
+                log(f"the clients' keys file changed but cannot be used; the router keeps its keys: {e}")
+            else:
+                self.swap_router()
+        self.retired_routers = [p for p in self.retired_routers if p.poll() is None]
 
     def stop(self, *_) -> None:
         self.stopping = True
@@ -286,13 +384,14 @@ class Cluster:
         if self.replicas and any(r.proc is not None for r in self.replicas):
             log(f"stopping: the router, then {len(self.replicas)} replica(s) (each drains for up to "
                 f"{self.args.shutdown_grace:g} s)")
-        if self.router is not None and self.router.poll() is None:
-            self.router.send_signal(signal.SIGTERM)
-            try:
-                self.router.wait(10)
-            except subprocess.TimeoutExpired:
-                self.router.kill()
-                self.router.wait()
+        for router in [self.router, *self.retired_routers]:
+            if router is not None and router.poll() is None:
+                router.send_signal(signal.SIGTERM)
+                try:
+                    router.wait(10)
+                except subprocess.TimeoutExpired:
+                    router.kill()
+                    router.wait()
         live = [r.proc for r in self.replicas if r.proc is not None and r.proc.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)

@@ -21,8 +21,13 @@ spreads connections over them). One Python process streams about 4,000 tokens/s 
 are summed across workers through prometheus_client's multiprocess directory.
 
 Triton's ports bind to 127.0.0.1 unless `--expose-triton`, which binds them on all interfaces and
-puts Triton's administrative protocols (model loading, shared memory, trace, logging, statistics)
-behind a key: $LLAMA_TRITON_ADMIN_KEY, or one generated and printed once at start-up.
+keeps Triton's administrative protocols (model loading, shared memory, trace, logging, statistics)
+off the network: tritonserver 2.51 takes the key that unlocks them only on its command line
+(`--grpc-restricted-protocol`, `--http-restricted-api`), so the launcher gives it a key generated for
+each start and never shown anywhere else (docs/OPERATIONS.md, "Secrets").
+
+The frontend workers of a replica share $LLAMA_TRITON_HASH_SECRET (generated here unless set): what
+they salt the prefix cache and hash `user` with (frontend/tenants.py), so all workers salt alike.
 """
 from __future__ import annotations
 
@@ -49,7 +54,8 @@ from llama_triton.serve.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC
 
 DEFAULT_MODEL_DIR = "var/models/llama2-tiny"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
-ADMIN_KEY_ENV = "LLAMA_TRITON_ADMIN_KEY"
+ADMIN_KEY_ENV = "LLAMA_TRITON_ADMIN_KEY"      # no longer read (see triton_security_args)
+HASH_SECRET_ENV = "LLAMA_TRITON_HASH_SECRET"   # = frontend.tenants.HASH_SECRET_ENV
 EXIT_GAVE_UP = 3            # exit status when a process used up its crash budget
 # Logged once every frontend worker listens: what a supervising process waits for (served_stack.py).
 SERVING_LINE = b"serving the OpenAI API at"
@@ -122,8 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-metrics-port", type=int, default=8002, help="Triton's Prometheus metrics port")
     s.add_argument("--expose-triton", action="store_true",
                    help="bind Triton's ports on all interfaces (default: loopback only); Triton's admin "
-                        f"protocols then need the header '{ADMIN_HEADER}' with ${ADMIN_KEY_ENV} (or a key "
-                        "generated and printed once)")
+                        "protocols then answer only a key generated for each start and never shown")
     s.add_argument("--tritonserver", default=None,
                    help="path of the tritonserver binary (default: PATH, then the NGC image's, then the pytriton wheel's)")
     s.add_argument("--work-dir", default="var/run", help="where the rendered repository and server copy go")
@@ -175,6 +180,8 @@ class Supervisor:
         self.triton: subprocess.Popen | None = None
         self.frontends: list[Optional[subprocess.Popen]] = []
         self.env = dict(os.environ)
+        # One per replica, kept across frontend restarts: every worker salts the prefix cache alike.
+        self.hash_secret = os.environ.get(HASH_SECRET_ENV) or secrets.token_urlsafe(32)
         # The Python backend stub runs the first python3 on PATH: make it ours.
         self.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", "")])
         self.restarts = 0
@@ -189,23 +196,20 @@ class Supervisor:
         self.triton_policy = RestartPolicy("tritonserver", args.max_restarts, args.restart_window)
 
     def triton_security_args(self) -> list[str]:
-        """Loopback: nothing. --expose-triton: admin protocols behind a key (env or generated)."""
+        """Loopback: nothing. --expose-triton: admin protocols behind a key no one is given.
+
+        tritonserver reads that key only from its command line, where any local user can read it,
+        so no operator's key goes there: a random one, new for each start, never logged. Over the
+        network the admin protocols are therefore closed (docs/OPERATIONS.md, "Secrets")."""
         if not self.args.expose_triton:
             return []
-        key = os.environ.get(ADMIN_KEY_ENV)
-        where = (f"the HTTP header '{ADMIN_HEADER}' (gRPC metadata '{GRPC_ADMIN_METADATA}')")
-        if key:
-            log(f"--expose-triton: Triton listens on all interfaces; its admin protocols "
-                f"({', '.join(ADMIN_PROTOCOLS)}) need {where} set to ${ADMIN_KEY_ENV}")
-        else:
-            key = secrets.token_urlsafe(24)
-            log(f"--expose-triton: Triton listens on all interfaces; its admin protocols "
-                f"({', '.join(ADMIN_PROTOCOLS)}) need {where} set to {key} "
-                f"(generated for this run; set ${ADMIN_KEY_ENV} to choose it)")
-        try:
-            return restricted_args(key)
-        except ValueError as e:
-            raise LaunchError(f"${ADMIN_KEY_ENV}: {e}") from None
+        if os.environ.get(ADMIN_KEY_ENV):
+            log(f"--expose-triton: ${ADMIN_KEY_ENV} is not used: tritonserver would take it only on its command "
+                f"line; its admin protocols stay closed to the network")
+        log(f"--expose-triton: Triton listens on all interfaces; its admin protocols "
+            f"({', '.join(ADMIN_PROTOCOLS)}) are closed to the network (they answer only a key generated for "
+            f"this start, sent as '{ADMIN_HEADER}' / '{GRPC_ADMIN_METADATA}', and never shown)")
+        return restricted_args(secrets.token_urlsafe(24))
 
     def prepare(self) -> list[str]:
         a = self.args
@@ -367,6 +371,7 @@ class Supervisor:
             cmd += ["--served-model-name", a.served_model_name]
         extra = [x for x in a.frontend_args if x != "--"]
         env = dict(self.env)
+        env[HASH_SECRET_ENV] = self.hash_secret       # the environment, never the command line
         if a.frontend_workers > 1:
             cmd += ["--reuse-port"]
             # prometheus_client reads this at import: every worker writes its samples there and

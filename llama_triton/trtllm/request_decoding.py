@@ -146,7 +146,9 @@ def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool =
     )
     exclude = _scalar(get, "exclude_input_in_output", bool, exclude_input_default)
     streaming = _scalar(get, "streaming", bool, False)
-    return GenerationRequest(request_id, ids[:length].astype(np.int64).tolist(), params, streaming), exclude
+    salt = _scalar(get, "cache_salt_id", int, None)
+    return GenerationRequest(request_id, ids[:length].astype(np.int64).tolist(), params, streaming,
+                             cache_salt=None if salt is None else salt % UINT64), exclude
 
 
 def output_arrays(out: SequenceOutput, *, prompt_ids: Optional[list[int]], with_log_probs: bool,

@@ -49,6 +49,8 @@ class DecodeSettings:
     # The reply reports usage (cached prompt tokens): TensorRT-LLM tells those only with
     # return_perf_metrics, which adds ten tensors to every response, so it is asked for only then.
     report_cached_tokens: bool = True
+    cache_salt: Optional[int] = None    # uint64 prefix-cache scope (frontend/tenants.py: cache_salt)
+    cache_salt_asked: bool = False      # the client sent `cache_salt`: a decoder that cannot salt refuses it
 
 
 def normalize_seed(seed: Optional[int]) -> int:
@@ -141,6 +143,11 @@ def decoder_arrays(s: DecodeSettings, declared: frozenset[str]) -> dict[str, np.
         for tid, value in s.logit_bias.items():
             bias[0, tid] = value
         a["embedding_bias"] = bias
+    # The scope is sent wherever the decoder can take it. One it cannot take is refused only when the
+    # client asked for it by name (`cache_salt`); the per-key scope a decoder without the input
+    # cannot honour is the operator's to know about (the frontend logs it, docs/GPU.md).
+    if s.cache_salt is not None and need("cache_salt", "cache_salt_id", not s.cache_salt_asked):
+        a["cache_salt_id"] = _scalar(s.cache_salt % UINT64, np.uint64)
     if s.guide_type is not None and need("response_format", "guided_decoding_guide_type", False):
         a["guided_decoding_guide_type"] = np.asarray([[s.guide_type.encode()]], dtype=object)
         a["guided_decoding_guide"] = np.asarray([[(s.guide or "").encode()]], dtype=object)

@@ -73,6 +73,11 @@ COMMON_INPUTS: tuple[Tensor, ...] = (
 CPU_ONLY_INPUTS: tuple[Tensor, ...] = (
     _scalar("min_p", "TYPE_FP32", "min_p"),
     _scalar("num_top_log_probs", "TYPE_INT32", "num_top_log_probs"),
+    # The prefix-cache scope, a uint64 as TensorRT-LLM's executor `Request::setCacheSaltID` takes it:
+    # prompt blocks are reused only between requests with the same salt (the frontend sends one per
+    # API key). The C++ backend builds its executor Request without one and reads no such input
+    # (docs/GPU.md, "Cache isolation"), so the GPU list lacks it and the frontend knows it cannot salt.
+    _scalar("cache_salt_id", "TYPE_UINT64"),
 )
 
 # Only the GPU backend has these (beam search, decaying top-p, perf metrics).

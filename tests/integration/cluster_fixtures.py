@@ -20,6 +20,10 @@ from tests.served_cluster import ServedCluster, start_served_cluster
 from tests.integration.stack import ROOT
 
 CLUSTER_KEYS = ("cluster-key-a", "cluster-key-b")
+# The clients' keys file (`ID:KEY` lines, frontend/tenants.py), which the replicas and the router
+# read; test_cluster_tenants.py rotates it. /metrics on the replicas takes the metrics key.
+CLUSTER_KEY_IDS = ("alpha", "beta")
+CLUSTER_METRICS_KEY = "cluster-metrics-key"
 # Low caps (CI budgets), but streams long enough to be in flight when a replica is killed.
 CLUSTER_SERVE_ARGS = ("--max-tokens-cap", "256", "--max-seq-len", "1024", "--max-num-tokens", "32768")
 HEALTH_INTERVAL_S = 1
@@ -30,12 +34,21 @@ def cluster(default_model_dir, tmp_path_factory) -> ServedCluster:
     if os.environ.get("LLAMA_TRITON_EXTERNAL_URL"):
         pytest.skip("starts a cluster of its own; the suite targets an external stack")
     t0 = time.monotonic()
+    keys_file = tmp_path_factory.mktemp("cluster-keys") / "client-keys"
+    keys_file.write_text(client_keys_text())
     c = start_served_cluster(str(default_model_dir), tmp_path_factory.mktemp("cluster"), 2,
                              "--health-check-interval", str(HEALTH_INTERVAL_S), "--shutdown-grace", "5",
-                             serve_args=CLUSTER_SERVE_ARGS, cwd=ROOT, env={"API_KEYS": ",".join(CLUSTER_KEYS)})
+                             serve_args=CLUSTER_SERVE_ARGS, cwd=ROOT,
+                             env={"API_KEYS_FILE": str(keys_file), "METRICS_KEYS": CLUSTER_METRICS_KEY})
+    c.client_keys_file = keys_file
     print(f"\n2-replica cluster serving after {time.monotonic() - t0:.1f} s")
     yield c
     c.stop()
+
+
+def client_keys_text(extra: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> str:
+    keys = {i: k for i, k in zip(CLUSTER_KEY_IDS, CLUSTER_KEYS) if k not in drop}
+    return "".join(f"{i}:{k}\n" for i, k in {**keys, **(extra or {})}.items())
 
 
 def auth(key: str = CLUSTER_KEYS[0]) -> dict:

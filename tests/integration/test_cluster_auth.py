@@ -1,6 +1,7 @@
-"""API keys through the router: the cluster runs with two keys; SMG checks them on its serving and
-control routes, forwards the client's Authorization header, and every replica checks it again.
-/metrics answers without a key on the router's Prometheus port and on each replica."""
+"""API keys through the router: the cluster runs with two keys; SMG checks them on its serving
+routes (its control routes take only the admin key: test_cluster_tenants.py), forwards the client's Authorization header, and every replica checks it again.
+/metrics answers without a key on the router's Prometheus port (loopback here; a NetworkPolicy in
+deploy/) and to the metrics key on each replica."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import urllib.request
 import openai
 import pytest
 
-from tests.integration.cluster_fixtures import CLUSTER_KEYS, auth, openai_client
+from tests.integration.cluster_fixtures import CLUSTER_KEYS, CLUSTER_METRICS_KEY, auth, openai_client
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,5 +74,8 @@ def test_metrics_on_the_router_and_every_replica(cluster):
     status, text = get(cluster.router_metrics_url)
     assert status == 200 and b"smg_worker_requests_total" in text and b"smg_worker_health" in text
     for url in cluster.replica_urls():
-        status, text = get(f"{url}/metrics")
+        # a replica's /metrics spans every tenant: the metrics key reads it, a client key may not
+        status, text = get(f"{url}/metrics", {"Authorization": f"Bearer {CLUSTER_METRICS_KEY}"})
         assert status == 200 and b"llama_triton_requests_in_flight" in text
+        assert get(f"{url}/metrics")[0] == 401
+        assert get(f"{url}/metrics", auth())[0] == 403

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.cluster_fixtures import Load
+from tests.integration.cluster_fixtures import CLUSTER_METRICS_KEY, Load, auth
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -24,8 +24,10 @@ MAX_TOKENS = 200
 
 
 def in_flight(replica_url: str) -> float:
+    # A replica's /metrics spans every tenant: it takes the metrics key, not a client key.
+    req = urllib.request.Request(f"{replica_url}/metrics", headers=auth(CLUSTER_METRICS_KEY))
     try:
-        with urllib.request.urlopen(f"{replica_url}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return 0.0

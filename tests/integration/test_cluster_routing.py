@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from llama_triton.serve.cluster import ROUTING_KEY_HEADER, find_smg, router_command
+from llama_triton.serve.cluster import ROUTING_KEY_HEADER, router_command, smg_flags
 from llama_triton.serve.launcher import free_port, http_ok
 from tests.served_cluster import scrape
 from tests.integration.cluster_fixtures import CLUSTER_KEYS, auth, openai_client
@@ -106,15 +106,16 @@ def test_body_only_key_lands_where_its_prefix_is_cached(cluster):
 def round_robin_router(cluster):
     """A second SMG over the same replicas with SMG's round_robin policy (fresh ports)."""
     port, metrics_port = free_port(), free_port()
-    cmd = router_command(find_smg(None), "127.0.0.1", port, metrics_port, cluster.replica_urls(),
-                         policy="round_robin", health_interval=1, api_keys=tuple(sorted(CLUSTER_KEYS)))
+    cmd = router_command(cluster.router_keys(), smg_flags("127.0.0.1", port, metrics_port, cluster.replica_urls(),
+                                                          policy="round_robin", health_interval=1))
     log = open(cluster.work_dir / "round-robin-router.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, API_KEYS=",".join(CLUSTER_KEYS)))
     base = f"http://127.0.0.1:{port}"
 
     def registered() -> int:   # both replicas registered and healthy (else it would round-robin over one)
         try:
-            workers = json.loads(scrape(f"{base}/workers", headers=auth()))["workers"]
+            workers = json.loads(scrape(f"{base}/workers", headers=cluster.admin_auth()))["workers"]
         except OSError:
             return 0
         return sum(1 for w in workers if w.get("is_healthy"))

@@ -3,6 +3,7 @@ default, `--expose-triton` with Triton's restricted protocols, CORS off unless c
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import json
 import os
@@ -48,8 +49,13 @@ def chat(model, **extra):
     return {"model": model, "messages": USER, "max_tokens": 2, **extra}
 
 
+HASH_SECRET = "replica-secret-for-the-test"
+METRICS_KEY = "metrics-key-Ll9Kk8Jj7Hh6"
+
+
 def user_hash(user: str) -> str:
-    return hashlib.sha256(user.encode()).hexdigest()[:16]
+    """The keyed hash the frontend logs and exports (HMAC-SHA-256 with the replica's secret)."""
+    return hmac.new(HASH_SECRET.encode(), user.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- keys and users in logs and metrics
@@ -60,7 +66,8 @@ def test_api_keys_never_logged_and_users_hashed(stack, default_model_dir):
     wrong = "sk-wrong-Zx9Cv8Bn7Mm6Kk5Jj4Hh"
     secret_user = "alice@example.com"
     with extra_frontend(str(default_model_dir), stack.grpc_url, "--served-model-name", stack.model_name,
-                        env={"API_KEYS": ",".join(keys)}) as (base, proc):
+                        env={"API_KEYS": ",".join(keys), "METRICS_KEYS": METRICS_KEY,
+                             "LLAMA_TRITON_HASH_SECRET": HASH_SECRET}) as (base, proc):
         ids = {}
         for key in keys + [wrong, None]:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -79,7 +86,7 @@ def test_api_keys_never_logged_and_users_hashed(stack, default_model_dir):
         assert streamed[0] == 200
         first = json.loads(streamed[1].split(b"\n\n")[0][len(b"data: "):])
         assert streamed[2]["X-Request-Id"] == first["id"]
-        status, metrics, _ = request(base, "/metrics")
+        status, metrics, _ = request(base, "/metrics", None, {"Authorization": f"Bearer {METRICS_KEY}"})
         assert status == 200
         text = metrics.decode()
         for name in ("llama_triton_prompt_tokens_total", "llama_triton_completion_tokens_total"):
@@ -101,6 +108,10 @@ def test_api_keys_never_logged_and_users_hashed(stack, default_model_dir):
     assert ok["request_id"].startswith("chatcmpl-") and ok["latency_ms"] > 0 and ok["completion_tokens"] == 2
     assert by_id[ids[wrong]]["status"] == 401 and by_id[ids[wrong]]["request_id"].startswith("req-")
     assert f'llama_triton_user_requests_total{{user="{user_hash(secret_user)}"}}' in metrics.decode()
+    # not the plain SHA-256 prefix, which anyone can compute for a guessed user
+    plain = hashlib.sha256(secret_user.encode()).hexdigest()[:16]
+    assert plain not in metrics.decode() and plain not in log
+    assert METRICS_KEY not in log and METRICS_KEY not in metrics.decode()
 
 
 # ----------------------------------------------------------------------------- files and paths come from configuration only
@@ -208,15 +219,16 @@ def test_expose_triton_command(tmp_path, capsys, monkeypatch, default_model_dir)
     assert header == ADMIN_HEADER and len(key) >= 24
     assert http_flag.split("=", 1)[1] == grpc_flag.split("=", 1)[1]
     err = capsys.readouterr().err
-    assert err.count(key) == 1, "the generated key is printed exactly once"
+    assert key not in err, "the key exists only on tritonserver's command line: never printed"
+    again = supervisor_command(default_model_dir, tmp_path, "--expose-triton")
+    assert grpc_flag not in again, "a new key for each start"
 
+    # An operator's key would only ever go on that command line: it is not taken (and it says so).
     monkeypatch.setenv(launcher.ADMIN_KEY_ENV, "operator-chosen-key-123")
     chosen = supervisor_command(default_model_dir, tmp_path, "--expose-triton")
-    assert f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}=operator-chosen-key-123" in chosen
-    assert "operator-chosen-key-123" not in capsys.readouterr().err
-    monkeypatch.setenv(launcher.ADMIN_KEY_ENV, "bad key:with=separators")
-    with pytest.raises(launcher.LaunchError):
-        supervisor_command(default_model_dir, tmp_path, "--expose-triton")
+    assert not any("operator-chosen-key-123" in part for part in chosen)
+    err = capsys.readouterr().err
+    assert "operator-chosen-key-123" not in err and f"${launcher.ADMIN_KEY_ENV} is not used" in err
 
 
 def test_restricted_protocol_flags_work_on_the_real_tritonserver(stack, tmp_path):

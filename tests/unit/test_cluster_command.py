@@ -1,21 +1,23 @@
 """`llama-triton cluster`'s command lines: the SMG flags parse with the installed smg's own parser
-and mean what docs/SCALE-OUT.md says; the subcommand is wired into the launcher."""
+and mean what docs/SCALE-OUT.md says; keys reach SMG from files, as tenants, never as admins and
+never on a command line; the subcommand is wired into the launcher."""
 from __future__ import annotations
 
 import argparse
+import sys
 
+import pytest
 from smg.launch_router import parse_router_args
 
-from llama_triton.serve.cluster import Cluster, router_command
+from llama_triton.serve import router_launch
+from llama_triton.serve.cluster import Cluster, RouterKeys, router_command, smg_flags
 from llama_triton.serve.launcher import build_parser
 
 WORKERS = ["http://127.0.0.1:8100", "http://127.0.0.1:8101"]
 
 
 def smg_args(**kw):
-    cmd = router_command(["smg"], "127.0.0.1", 8080, 29000, WORKERS, **kw)
-    assert cmd[:2] == ["smg", "launch"]
-    return parse_router_args(cmd[2:])
+    return parse_router_args(smg_flags("127.0.0.1", 8080, 29000, WORKERS, **kw))
 
 
 def test_router_flags_as_smg_reads_them():
@@ -26,13 +28,59 @@ def test_router_flags_as_smg_reads_them():
     assert a.worker_warmup_secs == 0
     assert (a.health_check_interval_secs, a.health_failure_threshold) == (2, 1)
     assert (a.prometheus_host, a.prometheus_port) == ("127.0.0.1", 29000)
-    assert a.api_key is None and not a.tenant_api_keys
+    assert a.api_key is None and not a.tenant_api_keys and not a.control_plane_api_keys
 
 
-def test_api_keys_reach_the_router():
-    a = smg_args(api_keys=("k1", "k2", "k3"))
-    assert a.api_key == "k1"
-    assert sorted(a.tenant_api_keys) == [("key-1", "k2"), ("key-2", "k3")]
+@pytest.fixture
+def key_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("API_KEYS", "ops:k-env")
+    (tmp_path / "admin").write_text("admin:k-admin\n")
+    (tmp_path / "worker").write_text("k-worker\n")
+    # as on Kubernetes, the replicas' keys file also lists the router's worker key
+    (tmp_path / "clients").write_text("# clients\nalice:k-alice\nbob:k-bob\nk-bare\nrouter:k-worker\n")
+    return RouterKeys(tmp_path / "admin", tmp_path / "worker", tmp_path / "clients")
+
+
+def test_keys_reach_the_router_from_files_as_tenants(key_files):
+    cmd = router_command(key_files, smg_flags("127.0.0.1", 8080, 29000, WORKERS))
+    assert cmd[:3] == [sys.executable, "-m", "llama_triton.serve.router_launch"]
+    for secret in ("k-admin", "k-worker", "k-alice", "k-bob", "k-bare", "k-env"):
+        assert not any(secret in part for part in cmd)
+    a = router_launch.router_args(cmd[3:])
+    assert a.worker_urls == WORKERS and a.policy == "cache_aware"
+    # clients: tenants (the frontend's key ids), never the control plane's
+    tenants = dict(a.tenant_api_keys)
+    assert tenants["alice"] == "k-alice" and tenants["bob"] == "k-bob" and tenants["ops"] == "k-env"
+    assert len(tenants) == 4 and tenants[next(t for t in tenants if t.startswith("key-"))] == "k-bare"
+    assert a.control_plane_api_keys == [("admin", "admin", "k-admin", "admin")]
+    assert a.api_key == "k-worker"        # SMG's own calls to the replicas; not a tenant too
+    assert "router" not in tenants
+
+
+def test_router_launch_refuses_keys_on_its_command_line_and_a_missing_admin_key(key_files, tmp_path, capsys):
+    flags = smg_flags("127.0.0.1", 8080, 29000, WORKERS)
+    for bad in (["--api-key", "x"], ["--api-key=x"], ["--tenant-api-key", "t:x"], ["--control-plane-api-keys", "a:b:admin:x"]):
+        cmd = router_command(key_files, flags + bad)
+        assert router_launch.main(cmd[3:]) == 2
+        assert "may not be given on the command line" in capsys.readouterr().err
+    with pytest.raises(SystemExit):     # --admin-key-file is required
+        router_launch.router_args(["--", *flags])
+    capsys.readouterr()
+    (tmp_path / "empty").write_text("# nothing\n")
+    cmd = router_command(RouterKeys(tmp_path / "empty"), flags)
+    assert router_launch.main(cmd[3:]) == 2 and "holds no key" in capsys.readouterr().err
+    # client keys but no worker key: SMG could not discover the replicas' models
+    cmd = router_command(RouterKeys(key_files.admin, None, key_files.tenants), flags)
+    assert router_launch.main(cmd[3:]) == 2 and "worker-key-file" in capsys.readouterr().err
+
+
+def test_without_client_keys_smg_has_no_data_plane_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("API_KEYS", raising=False)
+    (tmp_path / "admin").write_text("k-admin-only\n")
+    a = router_launch.router_args(router_command(RouterKeys(tmp_path / "admin"), smg_flags(
+        "127.0.0.1", 8080, 29000, WORKERS))[3:])
+    assert a.api_key is None and a.tenant_api_keys == []
+    assert a.control_plane_api_keys == [("admin", "admin", "k-admin-only", "admin")]
 
 
 def test_round_robin_for_the_comparison():

@@ -73,8 +73,10 @@ def test_replica_pod(objects):
     # to exit and 30 s for tritonserver (llama_triton/serve/launcher.py: Supervisor.shutdown).
     grace = float(flag(args, "--shutdown-grace"))
     assert pod["terminationGracePeriodSeconds"] == grace + 15 + 30
-    # Only the frontend's port; Triton's stay on the pod's loopback.
-    assert [p["containerPort"] for p in c["ports"]] == [8080]
+    # The frontend's API port and its metrics-only port; Triton's stay on the pod's loopback.
+    assert [p["containerPort"] for p in c["ports"]] == [8080, 9400]
+    assert flag(args, "--metrics-port") == "9400"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9400"
     assert "--expose-triton" not in args
 
 
@@ -129,5 +131,8 @@ def test_router_service_pdb_and_autoscaler(objects):
 def test_replicas_only_reachable_from_the_router_and_prometheus(objects):
     pol = find(objects, "NetworkPolicy", "llama-triton-replica")
     assert pol["spec"]["podSelector"]["matchLabels"] == REPLICA_LABELS
-    (rule,) = pol["spec"]["ingress"]
-    assert [p["port"] for p in rule["ports"]] == [8080]
+    api, metrics = pol["spec"]["ingress"]
+    assert [p["port"] for p in api["ports"]] == [8080] and api["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "smg"}}}]
+    assert [p["port"] for p in metrics["ports"]] == [9400] and metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
