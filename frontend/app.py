@@ -144,7 +144,7 @@ def cors_preflight(request: web.Request) -> web.Response:
     if origin is None:
         return error_response(errors.APIError(403, "CORS: this origin is not allowed.", errors.INVALID_REQUEST,
                                               None, "cors_origin_not_allowed"))
-    headers = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS", "Access-Control-Max-Age": "600"}
+    headers = {"Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS", "Access-Control-Max-Age": "600"}
     asked = request.headers.get("Access-Control-Request-Headers")
     headers["Access-Control-Allow-Headers"] = asked if asked else "Authorization, Content-Type"
     return web.Response(status=204, headers=headers)
@@ -358,7 +358,7 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
     except errors.APIError as e:
         if ctx is not None:
             ctx.outcome, ctx.error_code = "error", e.code
-        await _write_error(resp, e)
+        await _write_error(resp, e, stream)
     except asyncio.CancelledError:
         await iterator.aclose()          # cancels the decoder request (stream cancel + stop=true)
         reason = take_own_cancellation(ctx)
@@ -366,7 +366,7 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
             raise                        # the client went away
         err = cancelled_error(reason, settings)
         ctx.error_code = err.code
-        await _write_error(resp, err)
+        await _write_error(resp, err, stream)
     except SlowClient:
         await iterator.aclose()
         if ctx is not None:
@@ -383,7 +383,7 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
         log.exception("stream failed")
         if ctx is not None:
             ctx.outcome, ctx.error_code = "error", "internal_error"
-        await _write_error(resp, errors.internal())
+        await _write_error(resp, errors.internal(), stream)
     finally:
         metrics.active_streams.dec()
         await iterator.aclose()
@@ -391,11 +391,14 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
     return resp
 
 
-async def _write_error(resp: web.StreamResponse, err: errors.APIError) -> None:
-    """The error event and `data: [DONE]`, given at most a second (the client may not be reading)."""
+async def _write_error(resp: web.StreamResponse, err: errors.APIError, stream: EventStream) -> None:
+    """The error event and `data: [DONE]` (or the stream's own error events), given at most a
+    second (the client may not be reading)."""
+    data = stream.error_event(err) if stream.error_event is not None else \
+        errors.sse_error_event(err) + b"data: [DONE]\n\n"
     try:
         async with asyncio.timeout(ERROR_EVENT_WRITE_TIMEOUT_S):
-            await resp.write(errors.sse_error_event(err) + b"data: [DONE]\n\n")
+            await resp.write(data)
     except (TimeoutError, ConnectionError):
         pass
 
@@ -486,6 +489,8 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
     playground.add_routes(app)
+    from frontend.responses import routes as responses_routes   # imports this module
+    responses_routes.add_routes(app)
 
     async def close_decoder(_app):
         if getattr(decoder, "health", None) is not None:

@@ -128,6 +128,15 @@ class CompletionService:
 
     # ---- chat -------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest):
+        run = await self.start_chat(req)
+        if req.stream:
+            return EventStream(run.prep.request_id, self._chat_stream(req, run.prep, run.gen, run.outputs))
+        return await self._chat_full(req, run.prep, run.gen, run.outputs)
+
+    async def start_chat(self, req: ChatCompletionRequest, prefix: str = "chatcmpl") -> "ChatRun":
+        """Everything a chat request needs before its first decoder token: the prompt (template,
+        tools, reasoning), the guide, the decoder tensors, and one ChatOutput per choice. The chat
+        endpoint and the Responses API (frontend/responses/) both run requests through it."""
         self.check_model(req.model)
         plan = ToolPlan.from_request(req, self.renders_tools)
         format_guide = response_format_guide(req.response_format)
@@ -156,14 +165,11 @@ class CompletionService:
             spec = spec.after_reasoning(reasoning)
         guide = await self.structured.resolve(spec)
         prompt_ids = encode_prompt(self.tokenizer, prompt)   # the request's text is text, see literal_text
-        prep = await self.prepare(req, prompt_ids, "chatcmpl", guide=guide, logprobs=bool(req.logprobs),
+        prep = await self.prepare(req, prompt_ids, prefix, guide=guide, logprobs=bool(req.logprobs),
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
                          bool(req.logprobs), req.top_logprobs or 0)
-        outputs = [ChatOutput(plan, reasoning) for _ in gen.choices]
-        if req.stream:
-            return EventStream(prep.request_id, self._chat_stream(req, prep, gen, outputs))
-        return await self._chat_full(req, prep, gen, outputs)
+        return ChatRun(prep, gen, [ChatOutput(plan, reasoning) for _ in gen.choices])
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
         return usage_dict(len(prep.prompt_ids), gen.completion_tokens, gen.cached_tokens)
@@ -228,6 +234,15 @@ class CompletionService:
         if explicit and include_usage:
             yield enc.usage(self.usage(prep, gen))
         yield b"data: [DONE]\n\n"
+
+
+@dataclass
+class ChatRun:
+    """A chat request ready to decode: iterate `CompletionService.events(prep, gen)` and feed each
+    event's text to `outputs[event.index]`."""
+    prep: Prepared
+    gen: Generation
+    outputs: list["ChatOutput"]
 
 
 class ChatOutput:
