@@ -314,6 +314,9 @@ class Supervisor:
             cmd += ["--served-model-name", a.served_model_name]
         extra = [x for x in a.frontend_args if x != "--"]
         env = dict(self.env)
+        if "--responses-store" not in extra and not env.get("LLAMA_TRITON_RESPONSES_STORE"):
+            # Stored responses (/v1/responses) outlive a frontend restart and are shared by the workers.
+            cmd += ["--responses-store", f"sqlite:{(Path(a.work_dir) / 'responses.sqlite3').resolve()}"]
         if a.frontend_workers > 1:
             cmd += ["--reuse-port"]
             # prometheus_client reads this at import: every worker writes its samples there and
