@@ -90,6 +90,7 @@ def chat_request(req: ResponsesRequest, history: list) -> ChatCompletionRequest:
         value = getattr(req, name)
         if value is not None:
             body[name] = value
+    body["top_k"] = max(req.top_k, 0)
     if req.tools:
         body["tools"] = [{"type": "function", "function": {k: v for k, v in {
             "name": t.name, "description": t.description, "parameters": t.parameters, "strict": t.strict}.items()

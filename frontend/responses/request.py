@@ -311,7 +311,9 @@ class ResponsesRequest(_RequestBase):
     safety_identifier: Optional[str] = None
     prompt_cache_key: Optional[str] = None
     # extensions, as on the chat endpoint
-    top_k: _int(ge=0, lt=1000) = 0
+    # -1 is vLLM's "off" as well as 0: Shepherd Model Gateway adds `top_k: -1` to every Responses
+    # request it forwards (measured with smg 1.13, docs/SCALE-OUT.md).
+    top_k: _int(ge=-1, lt=1000) = Field(0, description="0 or -1 = off.")
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
