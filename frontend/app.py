@@ -409,7 +409,8 @@ async def list_models(request: web.Request) -> web.Response:
     context = await _context_or_none(service)
     metadata = None if context is None else ModelMetadata(
         context_length=context, max_tokens=min(context, service.settings.max_tokens_cap))
-    card = ModelCard(id=name, created=service.created, owned_by="llama-triton", root=name, metadata=metadata)
+    card = ModelCard(id=name, created=service.created, owned_by="llama-triton", root=name, max_model_len=context,
+                     metadata=metadata)
     return json_response(ModelList(data=[card]).model_dump(mode="json"))
 
 
@@ -489,7 +490,9 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
     playground.add_routes(app)
-    from frontend.responses import routes as responses_routes   # imports this module
+    from frontend import operator_api                           # these import this module
+    from frontend.responses import routes as responses_routes
+    operator_api.add_routes(app)
     responses_routes.add_routes(app)
 
     async def close_decoder(_app):

@@ -137,6 +137,17 @@ class CompletionService:
         """Everything a chat request needs before its first decoder token: the prompt (template,
         tools, reasoning), the guide, the decoder tensors, and one ChatOutput per choice. The chat
         endpoint and the Responses API (frontend/responses/) both run requests through it."""
+        chat = self.render_chat(req)
+        guide = await self.structured.resolve(chat.guide)
+        prep = await self.prepare(req, chat.prompt_ids, prefix, guide=guide, logprobs=bool(req.logprobs),
+                                  top_logprobs=req.top_logprobs or 0)
+        gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
+                         bool(req.logprobs), req.top_logprobs or 0)
+        return ChatRun(prep, gen, [ChatOutput(chat.plan, chat.reasoning) for _ in gen.choices])
+
+    def render_chat(self, req: ChatCompletionRequest) -> "RenderedChat":
+        """The prompt ids of a chat request (template, tools, reasoning) and what decoding it needs:
+        what the decoder is sent, and what POST /tokenize returns for the same messages."""
         self.check_model(req.model)
         plan = ToolPlan.from_request(req, self.renders_tools)
         format_guide = response_format_guide(req.response_format)
@@ -163,13 +174,8 @@ class CompletionService:
         spec = plan.guide() if plan.active else format_guide
         if spec is not None and reasoning is not None:
             spec = spec.after_reasoning(reasoning)
-        guide = await self.structured.resolve(spec)
         prompt_ids = encode_prompt(self.tokenizer, prompt)   # the request's text is text, see literal_text
-        prep = await self.prepare(req, prompt_ids, prefix, guide=guide, logprobs=bool(req.logprobs),
-                                  top_logprobs=req.top_logprobs or 0)
-        gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
-                         bool(req.logprobs), req.top_logprobs or 0)
-        return ChatRun(prep, gen, [ChatOutput(plan, reasoning) for _ in gen.choices])
+        return RenderedChat(prompt_ids, plan, reasoning, spec)
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
         return usage_dict(len(prep.prompt_ids), gen.completion_tokens, gen.cached_tokens)
@@ -234,6 +240,14 @@ class CompletionService:
         if explicit and include_usage:
             yield enc.usage(self.usage(prep, gen))
         yield b"data: [DONE]\n\n"
+
+
+@dataclass
+class RenderedChat:
+    prompt_ids: list[int]
+    plan: ToolPlan
+    reasoning: Optional[str]        # where a reasoning model's reply starts: "inside", "optional" or None
+    guide: Optional[object]         # the GuideSpec for tools / response_format, or None
 
 
 @dataclass
