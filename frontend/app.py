@@ -11,8 +11,10 @@ Middlewares, outermost first:
 * `error_middleware`: every failure becomes the error envelope.
 * `auth_middleware`: bearer keys.
 
-`X-Request-Id` on every response is the service's completion id (`chatcmpl-...`/`cmpl-...`), which
-is also the request id sent to Triton; requests refused before they get one carry `req-...`.
+`X-Request-Id` on every response is the client's own `X-Request-Id` when it sent one (at most 128
+safe characters, logged as `client_request_id`), else the service's completion id
+(`chatcmpl-...`/`cmpl-...`/`resp-...`), which is also the request id sent to Triton; requests
+refused before they get one carry `req-...`. A client's id never becomes the Triton or completion id.
 
 SIGTERM: stop accepting, let in-flight requests finish for `--shutdown-grace` seconds, then cancel
 the rest (streams get an error event and `data: [DONE]`), then exit.
@@ -34,8 +36,9 @@ from aiohttp import web
 
 from frontend import decoder_probes, errors, logging_setup
 from frontend.decoder_health import DecoderHealth
-from frontend.logging_setup import RequestContext, current_request, hash_user
+from frontend.logging_setup import RequestContext, client_request_id, current_request, hash_user
 from frontend.metrics import FrontendMetrics
+from frontend.vllm_metrics import refresh_kv_cache_usage
 from frontend.openapi import build_openapi
 from frontend import playground
 from frontend.request_models import ChatCompletionRequest, CompletionRequest, parse_request
@@ -153,7 +156,8 @@ def cors_preflight(request: web.Request) -> web.Response:
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     ctx = request.get(CTX)
     if ctx is not None:
-        response.headers["X-Request-Id"] = ctx.id
+        # The client's own id when it sent one (echoed, sanitised), else the service's.
+        response.headers["X-Request-Id"] = ctx.client_request_id or ctx.id
     origin = cors_origin(request)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
@@ -168,6 +172,7 @@ async def context_middleware(request: web.Request, handler):
     settings = app[SETTINGS]
     resource = request.match_info.route.resource
     ctx = RequestContext(request.method, request.path, route=resource.canonical if resource else "unmatched")
+    ctx.client_request_id = client_request_id(request.headers.get("X-Request-Id"))
     ctx.task = asyncio.current_task()
     request[CTX] = ctx
     token = current_request.set(ctx)
@@ -208,6 +213,7 @@ def finish_request(metrics: FrontendMetrics, ctx: RequestContext) -> None:
     metrics.count_user(ctx.user_hash)
     if ctx.outcome in CANCEL_OUTCOMES:
         metrics.cancellations.labels(ctx.outcome).inc()
+    metrics.vllm.finished(ctx, time.perf_counter() - ctx.started, ctx.outcome in CANCEL_OUTCOMES)
     quiet = ctx.path in QUIET_PATHS and ctx.status == 200
     access_log.log(logging.DEBUG if quiet else logging.INFO, "%s %s %s", ctx.method, ctx.path, ctx.status,
                    extra={"fields": ctx.access_fields(), "request_id": ctx.id})
@@ -445,6 +451,7 @@ async def liveness(request: web.Request) -> web.Response:
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     m = request.app[METRICS]
+    await refresh_kv_cache_usage(m, request.app[SETTINGS].triton_metrics, request.app[SERVICE].decoder)
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
 
 
@@ -469,7 +476,7 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     app = web.Application(middlewares=[context_middleware, metrics_middleware, error_middleware, auth_middleware],
                           client_max_size=settings.max_body_bytes)
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
-    metrics = FrontendMetrics()
+    metrics = FrontendMetrics(settings.served_model_name)
     if decoder is None:
         decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
         decoder.health = decoder_health_for(decoder, settings)

@@ -17,6 +17,7 @@ from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
 from frontend.literal_text import encode_prompt
+from frontend.logging_setup import current_request
 from frontend.request_models import ChatCompletionRequest, CompletionRequest
 from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
@@ -125,6 +126,10 @@ class CompletionService:
                 yield ev
         except DecoderFailure as e:
             raise http_error(e) from None
+        ctx = current_request.get()
+        if ctx is not None:     # for the metrics of finished requests (vllm_metrics.py)
+            ctx.cached_tokens = gen.cached_tokens
+            ctx.finish_reasons = [c.finish_reason for c in gen.choices]
 
     # ---- chat -------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest):

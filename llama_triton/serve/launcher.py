@@ -306,6 +306,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "frontend", "--host", a.host, "--port", str(a.port),
                "--triton-grpc", f"127.0.0.1:{a.triton_grpc_port}",
                "--triton-http", f"127.0.0.1:{a.triton_http_port}",
+               "--triton-metrics", f"127.0.0.1:{a.triton_metrics_port}",
                "--max-tokens-cap", str(a.max_tokens_cap), "--shutdown-grace", f"{a.shutdown_grace:g}",
                # how a frontend tells us the decoder is broken though its process lives (supervisor.py)
                "--decoder-failure-file", str(self.failure_file)]
