@@ -34,7 +34,7 @@ from typing import Optional
 import orjson
 from aiohttp import web
 
-from frontend import decoder_probes, errors, logging_setup
+from frontend import decoder_probes, errors, logging_setup, tracing
 from frontend.decoder_health import DecoderHealth
 from frontend.logging_setup import RequestContext, client_request_id, current_request, hash_user
 from frontend.metrics import FrontendMetrics
@@ -284,7 +284,8 @@ def json_result(request: web.Request, result: dict) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
-    req = parse_request(ChatCompletionRequest, body)
+    with tracing.span("validate"):
+        req = parse_request(ChatCompletionRequest, body)
     note_request(request, req)
     result = await service.chat(req)
     if isinstance(result, dict):
@@ -294,7 +295,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
-    req = parse_request(CompletionRequest, body)
+    with tracing.span("validate"):
+        req = parse_request(CompletionRequest, body)
     note_request(request, req)
     result = await LegacyCompletions(request.app[SERVICE]).complete(req)
     if isinstance(result, dict):
@@ -471,10 +473,13 @@ def decoder_health_for(decoder: TritonDecoder, settings: Settings) -> DecoderHea
 
 
 def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
-               decoder: DecoderClient | None = None) -> web.Application:
-    """`decoder`: Triton's (the default) or any other DecoderClient (the handler tests' fake)."""
-    app = web.Application(middlewares=[context_middleware, metrics_middleware, error_middleware, auth_middleware],
+               decoder: DecoderClient | None = None, tracer_provider=None) -> web.Application:
+    """`decoder`: Triton's (the default) or any other DecoderClient (the handler tests' fake).
+    `tracer_provider`: an OpenTelemetry TracerProvider (default: OTLP to --otlp-traces-endpoint, or none)."""
+    app = web.Application(middlewares=[context_middleware, tracing.tracing_middleware, metrics_middleware,
+                                       error_middleware, auth_middleware],
                           client_max_size=settings.max_body_bytes)
+    tracing.install(app, tracer_provider or tracing.provider_for(settings.otlp_traces_endpoint))
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
     metrics = FrontendMetrics(settings.served_model_name)
     if decoder is None:

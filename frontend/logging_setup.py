@@ -79,6 +79,8 @@ class RequestContext:
     cancel_reason: Optional[str] = None        # why the frontend itself cancelled the handler task
     done: bool = False
     task: Optional[asyncio.Task] = field(default=None, repr=False)
+    tracer: Optional[object] = field(default=None, repr=False)          # set while tracing is on (tracing.py)
+    trace_headers: Optional[dict] = field(default=None, repr=False)     # traceparent for Triton's request
 
     @property
     def id(self) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import AsyncIterator, Optional, Union
 
 
-from frontend import errors
+from frontend import errors, tracing
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
 from frontend.literal_text import encode_prompt
@@ -121,12 +121,26 @@ class CompletionService:
                 c.finish_reason = "length"
                 yield ChoiceEvent(c.index, finish_reason="length")
             return
+        ctx = current_request.get()
+        decode = tracing.start_span("decode")             # None unless tracing is on
+        queue = tracing.start_span("queue", decode) if decode is not None else None
+        if ctx is not None and decode is not None:
+            ctx.trace_headers = tracing.grpc_headers(decode)    # Triton's own spans join the trace
         try:
             async for ev in gen.events(self.decoder.generate(prep.request_id, prep.arrays)):
+                if queue is not None:
+                    queue.end()
+                    queue = None
+                    decode.add_event("first_token")
                 yield ev
         except DecoderFailure as e:
             raise http_error(e) from None
-        ctx = current_request.get()
+        finally:
+            if queue is not None:
+                queue.end()
+            if decode is not None:
+                decode.set_attribute("gen_ai.usage.output_tokens", gen.completion_tokens)
+                decode.end()
         if ctx is not None:     # for the metrics of finished requests (vllm_metrics.py)
             ctx.cached_tokens = gen.cached_tokens
             ctx.finish_reasons = [c.finish_reason for c in gen.choices]
@@ -142,8 +156,13 @@ class CompletionService:
         """Everything a chat request needs before its first decoder token: the prompt (template,
         tools, reasoning), the guide, the decoder tensors, and one ChatOutput per choice. The chat
         endpoint and the Responses API (frontend/responses/) both run requests through it."""
-        chat = self.render_chat(req)
-        guide = await self.structured.resolve(chat.guide)
+        with tracing.span("template"):
+            chat = self.render_chat(req)
+        if chat.guide is not None:
+            with tracing.span("guide_compile"):
+                guide = await self.structured.resolve(chat.guide)
+        else:
+            guide = await self.structured.resolve(None)
         prep = await self.prepare(req, chat.prompt_ids, prefix, guide=guide, logprobs=bool(req.logprobs),
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,

@@ -15,6 +15,7 @@ class Settings:
     triton_grpc: str = "127.0.0.1:8001"
     triton_http: str = "127.0.0.1:8000"
     triton_metrics: Optional[str] = None    # Triton's Prometheus host:port (vllm:kv_cache_usage_perc)
+    otlp_traces_endpoint: Optional[str] = None  # OTLP/HTTP traces URL; None: no tracing
     host: str = "127.0.0.1"
     port: int = 8080
     max_tokens_cap: int = 16384             # the seed's cap for max_tokens: null
@@ -68,6 +69,9 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p.add_argument("--served-model-name", default=None, help="model name clients use (default: directory name)")
     p.add_argument("--triton-grpc", default="127.0.0.1:8001")
     p.add_argument("--triton-http", default="127.0.0.1:8000")
+    p.add_argument("--otlp-traces-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+                   help="OpenTelemetry traces over OTLP/HTTP to this URL (e.g. http://collector:4318/v1/traces); "
+                        "default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else no tracing")
     p.add_argument("--triton-metrics", default=None,
                    help="Triton's Prometheus endpoint host:port, read for vllm:kv_cache_usage_perc (the launcher "
                         "passes it)")
@@ -122,6 +126,7 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
         p.error("--shutdown-grace must be >= 0")
     return Settings(model_dir=a.model_dir, served_model_name=a.served_model_name or Path(a.model_dir).name,
                     triton_grpc=a.triton_grpc, triton_http=a.triton_http, triton_metrics=a.triton_metrics,
+                    otlp_traces_endpoint=a.otlp_traces_endpoint or None,
                     host=a.host, port=a.port,
                     max_tokens_cap=a.max_tokens_cap, max_context=a.max_context, max_body_bytes=a.max_body_bytes,
                     api_keys=load_api_keys(os.environ.get("API_KEYS"), a.api_keys_file),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from frontend import errors
+from frontend import errors, tracing
 from frontend.app import SERVICE, SETTINGS, json_response, json_result, note_request, read_body, stream_sse
 from frontend.request_models import parse_request
 from frontend.responses.api import MAX_INPUT_ITEMS_PAGE, ResponsesAPI
@@ -28,7 +28,8 @@ def owner(request: web.Request) -> str:
 
 async def create(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
-    req = parse_request(ResponsesRequest, body)
+    with tracing.span("validate"):
+        req = parse_request(ResponsesRequest, body)
     note_request(request, req)
     result = await request.app[API].create(req, owner(request))
     if isinstance(result, dict):
