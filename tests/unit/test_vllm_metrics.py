@@ -33,3 +33,39 @@ def test_kv_cache_usage_from_either_decoder():
            '0.125\n')
     assert kv_cache_usage(gpu, 64) == 0.125
     assert kv_cache_usage("nothing here\n", 64) is None
+
+
+def test_engine_counters_are_published_before_the_first_step():
+    """A Triton metric reads 0 until set: 0 free blocks from an engine that has not stepped yet
+    read as a full KV cache (vllm:kv_cache_usage_perc 1.0), and a router sent every request to the
+    other replica."""
+    from llama_triton.backend.engine_setup import EngineMetrics
+
+    class Metric:
+        def __init__(self, labels):
+            self.labels, self.value = labels, 0.0
+
+        def set(self, v):
+            self.value = v
+
+    class Family:
+        GAUGE = "gauge"
+
+        def __init__(self, **_):
+            self.made = []
+
+        def Metric(self, labels):
+            self.made.append(Metric(labels))
+            return self.made[-1]
+
+    class PbUtils:
+        MetricFamily = Family
+
+    class Engine:
+        num_running, num_waiting, num_free_blocks, num_steps = 0, 0, 128, 0
+
+    metrics = EngineMetrics(PbUtils, Engine())
+    values = {m.labels["stat"]: m.value for m in metrics._family.made}
+    assert values["num_free_blocks"] == 128
+    text = "".join(f'llama_triton_engine{{model="tensorrt_llm",stat="{k}",version="1"}} {v}\n' for k, v in values.items())
+    assert kv_cache_usage(text, 128) == 0.0
