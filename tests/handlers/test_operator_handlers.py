@@ -54,3 +54,23 @@ def test_version_and_max_model_len(harness: Harness):
     assert status == 200 and body["version"]
     status, body = harness.loop.run_until_complete(get("/v1/models"))
     assert body["data"][0]["max_model_len"] == 512 == body["data"][0]["metadata"]["context_length"]
+
+
+def test_new_routes_take_the_chat_paths_auth_and_body_cap(default_model_dir, default_tokenizer, monkeypatch):
+    from tests.handlers.test_responses_handlers import KeyedHarness
+    monkeypatch.setenv("API_KEYS", "k1")
+    h = KeyedHarness(default_model_dir, default_tokenizer, "--max-body-bytes", "2048")
+    try:
+        h.decoder.says("ok")
+        small = {"model": h.model, "prompt": "Hi", "input": "Hi", "tokens": [1]}
+        for method, path in (("POST", "/tokenize"), ("POST", "/detokenize"), ("POST", "/v1/responses"),
+                             ("GET", "/version"), ("GET", "/v1/responses/resp-x")):
+            status, raw = h.call(method, path, small if method == "POST" else None)
+            assert (status, orjson.loads(raw)["error"]["type"]) == (401, "authentication_error"), path
+        big = {"model": h.model, "prompt": "x" * 4000, "input": "x" * 4000}
+        for path in ("/tokenize", "/v1/responses"):
+            status, raw = h.call("POST", path, big, key="k1")
+            assert (status, orjson.loads(raw)["error"]["code"]) == (413, "payload_too_large"), path
+        assert h.call("POST", "/tokenize", small, key="k1")[0] == 200
+    finally:
+        h.close()

@@ -281,3 +281,28 @@ def test_failure_before_the_first_token_keeps_its_status(harness: Harness):
     for stream in (False, True):
         status, raw = respond(harness, {"input": "Hi", "stream": stream})
         assert (status, orjson.loads(raw)["error"]["code"]) == (503, "model_not_ready")
+
+
+@pytest.fixture
+def reasoning_harness(reasoning_model_dir, reasoning_tokenizer):
+    h = Harness(reasoning_model_dir, reasoning_tokenizer)
+    yield h
+    h.close()
+
+
+def test_reasoning_model_gives_a_reasoning_item_then_the_message(reasoning_harness: Harness):
+    h = reasoning_harness
+    h.decoder.says("Let me think.</think>\n\nThe answer.")
+    body = orjson.loads(respond(h, {"input": "Why?", "reasoning": {"effort": "high"}})[1])
+    assert [i["type"] for i in body["output"]] == ["reasoning", "message"], body["output"]
+    assert body["output"][0]["content"] == [{"type": "reasoning_text", "text": "Let me think."}]
+    assert body["output"][1]["content"][0]["text"] == "The answer."
+    assert 0 < body["usage"]["output_tokens_details"]["reasoning_tokens"] < body["usage"]["output_tokens"]
+    events = events_of(respond(h, {"input": "Why?", "stream": True})[1])
+    assert "".join(e["delta"] for e in events if e["type"] == "response.reasoning_text.delta") == "Let me think."
+    assert [e["item"]["type"] for e in events if e["type"] == "response.output_item.done"] == ["reasoning", "message"]
+    # effort none: thinking off in the template, as the chat path does it
+    h.decoder.says("Plain.")
+    respond(h, {"input": "Why?", "reasoning": {"effort": "none"}})
+    h.chat({"messages": [{"role": "user", "content": "Why?"}], "reasoning_effort": "none"})
+    assert prompt_of(h, -2) == prompt_of(h, -1) and prompt_of(h, -1) != prompt_of(h, 0)
