@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -49,7 +50,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()       # "smart" shutdown
+            # SIGINT is PostgreSQL's "fast" shutdown: open sessions are ended (SIGTERM, "smart",
+            # waits for every client to disconnect first)
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
