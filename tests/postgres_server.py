@@ -61,10 +61,15 @@ class PostgresServer:
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
-def _as_server_user(cmd: list[str]) -> list[str]:
+def _server_user() -> dict:
+    """Popen arguments that run a command as the `postgres` user when we are root: the process is
+    then PostgreSQL itself, so signals reach it (a wrapper such as runuser would not pass them on)."""
     if os.geteuid() != 0:
-        return cmd
-    return ["runuser", "-u", "postgres", "--", *cmd]
+        return {}
+    import pwd
+    entry = pwd.getpwnam("postgres")
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],
+            "env": {**os.environ, "HOME": entry.pw_dir, "USER": "postgres", "LOGNAME": "postgres"}}
 
 
 def start_postgres(timeout: float = 60.0) -> PostgresServer:
@@ -76,12 +81,13 @@ def start_postgres(timeout: float = 60.0) -> PostgresServer:
         os.chmod(root, 0o700)
     port = free_port()
     log = root / "postgres.log"
-    subprocess.run(_as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-U", "llama_triton", "-A", "trust",
-                                    "-E", "UTF8", "--no-sync"]),
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proc = subprocess.Popen(_as_server_user([str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
-                                             "-h", "127.0.0.1", "-k", str(root), "-c", "fsync=off"]),
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "llama_triton", "-A", "trust", "-E", "UTF8",
+                    "--no-sync"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
+                   **_server_user())
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+                                 "-k", str(root), "-c", "fsync=off"], stdout=subprocess.DEVNULL, stderr=log_file,
+                                cwd=root, **_server_user())
     server = PostgresServer(proc, port, data)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
