@@ -21,6 +21,7 @@ its `InferRequest`, model and compute spans carry our trace id.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Optional
@@ -127,6 +128,9 @@ async def tracing_middleware(request: web.Request, handler):
             resp = await handler(request)
             status = resp.status
             return resp
+        except asyncio.CancelledError:
+            status = 499        # the client went away
+            raise
         finally:
             root.set_attribute("http.response.status_code", status)
             if ctx is not None:

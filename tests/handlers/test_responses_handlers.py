@@ -306,3 +306,12 @@ def test_reasoning_model_gives_a_reasoning_item_then_the_message(reasoning_harne
     respond(h, {"input": "Why?", "reasoning": {"effort": "none"}})
     h.chat({"messages": [{"role": "user", "content": "Why?"}], "reasoning_effort": "none"})
     assert prompt_of(h, -2) == prompt_of(h, -1) and prompt_of(h, -1) != prompt_of(h, 0)
+
+
+def test_stop_string_ends_the_answer_and_cancels_the_decoder(harness: Harness):
+    harness.decoder.says("Hello world. And more text")
+    for stream in (False, True):
+        status, raw = respond(harness, {"input": "Hi", "stop": ["."], "stream": stream})
+        final = events_of(raw)[-1]["response"] if stream else orjson.loads(raw)
+        assert final["output"][0]["content"][0]["text"] == "Hello world" and final["status"] == "completed"
+    assert harness.decoder.closed_early == [rid for rid, _ in harness.decoder.requests]   # leaving = cancelling

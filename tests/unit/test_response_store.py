@@ -84,3 +84,13 @@ def test_two_stores_on_one_database_see_each_other(store_url):
         await one.close()
         await two.close()
     run(go())
+
+
+def test_a_password_is_refused_on_the_command_line_but_taken_from_the_environment(monkeypatch, capsys):
+    from frontend.settings import RESPONSES_STORE_ENV, parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--model-dir", "m", "--responses-store", "postgresql://app:s3cret@db:5432/r"])
+    assert "s3cret" not in capsys.readouterr().err
+    monkeypatch.setenv(RESPONSES_STORE_ENV, "postgresql://app:s3cret@db:5432/r")
+    assert parse_args(["--model-dir", "m"]).responses_store == "postgresql://app:s3cret@db:5432/r"
+    assert parse_args(["--model-dir", "m", "--responses-store", "sqlite:/x.db"]).responses_store == "sqlite:/x.db"
