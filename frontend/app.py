@@ -13,8 +13,10 @@ Middlewares, outermost first:
   `/metrics` takes a metrics key, never a client key (`--metrics-keys-file`), or is served without
   one on `--metrics-port`.
 
-`X-Request-Id` on every response is the service's completion id (`chatcmpl-...`/`cmpl-...`), which
-is also the request id sent to Triton; requests refused before they get one carry `req-...`.
+`X-Request-Id` on every response is the client's own `X-Request-Id` when it sent one (at most 128
+safe characters, logged as `client_request_id`), else the service's completion id
+(`chatcmpl-...`/`cmpl-...`/`resp-...`), which is also the request id sent to Triton; requests
+refused before they get one carry `req-...`. A client's id never becomes the Triton or completion id.
 
 SIGTERM: stop accepting, let in-flight requests finish for `--shutdown-grace` seconds, then cancel
 the rest (streams get an error event and `data: [DONE]`), then exit.
@@ -34,10 +36,11 @@ from typing import Optional
 import orjson
 from aiohttp import web
 
-from frontend import decoder_probes, errors, logging_setup
+from frontend import decoder_probes, errors, logging_setup, tracing
 from frontend.decoder_health import DecoderHealth
-from frontend.logging_setup import RequestContext, current_request, hash_user
+from frontend.logging_setup import RequestContext, client_request_id, current_request, hash_user
 from frontend.metrics import FrontendMetrics
+from frontend.vllm_metrics import refresh_kv_cache_usage
 from frontend.openapi import build_openapi
 from frontend import playground
 from frontend.request_models import ChatCompletionRequest, CompletionRequest, parse_request
@@ -148,7 +151,7 @@ def cors_preflight(request: web.Request) -> web.Response:
     if origin is None:
         return error_response(errors.APIError(403, "CORS: this origin is not allowed.", errors.INVALID_REQUEST,
                                               None, "cors_origin_not_allowed"))
-    headers = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS", "Access-Control-Max-Age": "600"}
+    headers = {"Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS", "Access-Control-Max-Age": "600"}
     asked = request.headers.get("Access-Control-Request-Headers")
     headers["Access-Control-Allow-Headers"] = asked if asked else "Authorization, Content-Type"
     return web.Response(status=204, headers=headers)
@@ -157,7 +160,8 @@ def cors_preflight(request: web.Request) -> web.Response:
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     ctx = request.get(CTX)
     if ctx is not None:
-        response.headers["X-Request-Id"] = ctx.id
+        # The client's own id when it sent one (echoed, sanitised), else the service's.
+        response.headers["X-Request-Id"] = ctx.client_request_id or ctx.id
     # JSON and SSE are never to be sniffed into something a browser would run.
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     origin = cors_origin(request)
@@ -174,6 +178,7 @@ async def context_middleware(request: web.Request, handler):
     settings = app[SETTINGS]
     resource = request.match_info.route.resource
     ctx = RequestContext(request.method, request.path, route=resource.canonical if resource else "unmatched")
+    ctx.client_request_id = client_request_id(request.headers.get("X-Request-Id"))
     ctx.task = asyncio.current_task()
     request[CTX] = ctx
     token = current_request.set(ctx)
@@ -216,6 +221,7 @@ def finish_request(metrics: FrontendMetrics, ctx: RequestContext) -> None:
         metrics.count_key(ctx.tenant.key_id, ctx.prompt_tokens, ctx.completion_tokens)
     if ctx.outcome in CANCEL_OUTCOMES:
         metrics.cancellations.labels(ctx.outcome).inc()
+    metrics.vllm.finished(ctx, time.perf_counter() - ctx.started, ctx.outcome in CANCEL_OUTCOMES)
     quiet = ctx.path in QUIET_PATHS and ctx.status == 200
     access_log.log(logging.DEBUG if quiet else logging.INFO, "%s %s %s", ctx.method, ctx.path, ctx.status,
                    extra={"fields": ctx.access_fields(), "request_id": ctx.id})
@@ -312,7 +318,8 @@ def json_result(request: web.Request, result: dict) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
-    req = parse_request(ChatCompletionRequest, body)
+    with tracing.span("validate"):
+        req = parse_request(ChatCompletionRequest, body)
     note_request(request, req)
     result = await service.chat(req)
     if isinstance(result, dict):
@@ -322,7 +329,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
-    req = parse_request(CompletionRequest, body)
+    with tracing.span("validate"):
+        req = parse_request(CompletionRequest, body)
     note_request(request, req)
     result = await LegacyCompletions(request.app[SERVICE]).complete(req)
     if isinstance(result, dict):
@@ -392,7 +400,7 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
     except errors.APIError as e:
         if ctx is not None:
             ctx.outcome, ctx.error_code = "error", e.code
-        await _write_error(resp, e)
+        await _write_error(resp, e, stream)
     except asyncio.CancelledError:
         await iterator.aclose()          # cancels the decoder request (stream cancel + stop=true)
         reason = take_own_cancellation(ctx)
@@ -400,7 +408,7 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
             raise                        # the client went away
         err = cancelled_error(reason, settings)
         ctx.error_code = err.code
-        await _write_error(resp, err)
+        await _write_error(resp, err, stream)
     except SlowClient:
         await iterator.aclose()
         if ctx is not None:
@@ -417,7 +425,7 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
         log.exception("stream failed")
         if ctx is not None:
             ctx.outcome, ctx.error_code = "error", "internal_error"
-        await _write_error(resp, errors.internal())
+        await _write_error(resp, errors.internal(), stream)
     finally:
         metrics.active_streams.dec()
         await iterator.aclose()
@@ -425,11 +433,14 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
     return resp
 
 
-async def _write_error(resp: web.StreamResponse, err: errors.APIError) -> None:
-    """The error event and `data: [DONE]`, given at most a second (the client may not be reading)."""
+async def _write_error(resp: web.StreamResponse, err: errors.APIError, stream: EventStream) -> None:
+    """The error event and `data: [DONE]` (or the stream's own error events), given at most a
+    second (the client may not be reading)."""
+    data = stream.error_event(err) if stream.error_event is not None else \
+        errors.sse_error_event(err) + b"data: [DONE]\n\n"
     try:
         async with asyncio.timeout(ERROR_EVENT_WRITE_TIMEOUT_S):
-            await resp.write(errors.sse_error_event(err) + b"data: [DONE]\n\n")
+            await resp.write(data)
     except (TimeoutError, ConnectionError):
         pass
 
@@ -440,7 +451,8 @@ async def list_models(request: web.Request) -> web.Response:
     context = await _context_or_none(service)
     metadata = None if context is None else ModelMetadata(
         context_length=context, max_tokens=min(context, service.settings.max_tokens_cap))
-    card = ModelCard(id=name, created=service.created, owned_by="llama-triton", root=name, metadata=metadata)
+    card = ModelCard(id=name, created=service.created, owned_by="llama-triton", root=name, max_model_len=context,
+                     metadata=metadata)
     return json_response(ModelList(data=[card]).model_dump(mode="json"))
 
 
@@ -475,6 +487,7 @@ async def liveness(request: web.Request) -> web.Response:
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     m = request.app[METRICS]
+    await refresh_kv_cache_usage(m, request.app[SETTINGS].triton_metrics, request.app[SERVICE].decoder)
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
 
 
@@ -504,12 +517,15 @@ def decoder_health_for(decoder: TritonDecoder, settings: Settings) -> DecoderHea
 
 
 def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
-               decoder: DecoderClient | None = None) -> web.Application:
-    """`decoder`: Triton's (the default) or any other DecoderClient (the handler tests' fake)."""
-    app = web.Application(middlewares=[context_middleware, metrics_middleware, error_middleware, auth_middleware],
+               decoder: DecoderClient | None = None, tracer_provider=None) -> web.Application:
+    """`decoder`: Triton's (the default) or any other DecoderClient (the handler tests' fake).
+    `tracer_provider`: an OpenTelemetry TracerProvider (default: OTLP to --otlp-traces-endpoint, or none)."""
+    app = web.Application(middlewares=[context_middleware, tracing.tracing_middleware, metrics_middleware,
+                                       error_middleware, auth_middleware],
                           client_max_size=settings.max_body_bytes)
+    tracing.install(app, tracer_provider or tracing.provider_for(settings.otlp_traces_endpoint))
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
-    metrics = FrontendMetrics()
+    metrics = FrontendMetrics(settings.served_model_name)
     if decoder is None:
         decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
         decoder.health = decoder_health_for(decoder, settings)
@@ -530,6 +546,10 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     app.router.add_get(METRICS_PATH, metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
     playground.add_routes(app)
+    from frontend import operator_api                           # these import this module
+    from frontend.responses import routes as responses_routes
+    operator_api.add_routes(app)
+    responses_routes.add_routes(app)
 
     async def close_decoder(_app):
         if getattr(decoder, "health", None) is not None:

@@ -44,6 +44,20 @@ def hash_user(user: Optional[str], secret: bytes) -> Optional[str]:
     return hmac.new(secret, user.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:USER_HASH_CHARS]
 
 
+CLIENT_REQUEST_ID_MAX = 128
+_CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+=-]")
+
+
+def client_request_id(header: Optional[str]) -> Optional[str]:
+    """A client's X-Request-Id as the service keeps it: at most 128 characters of
+    `[A-Za-z0-9._:/@+=-]` (anything else becomes `_`), so it cannot forge log fields or header
+    values. It is echoed and logged, never used as the Triton request id or the completion id."""
+    if not header:
+        return None
+    value = _CLIENT_ID_UNSAFE.sub("_", header.strip()[:CLIENT_REQUEST_ID_MAX])
+    return value or None
+
+
 def new_request_id() -> str:
     """An id for requests that fail before the service names them (bad JSON, 401, 404 ...)."""
     return f"req-{uuid.uuid4().hex}"
@@ -57,6 +71,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     request_id: Optional[str] = None           # the service's id once known (also Triton's)
     triton_request_id: Optional[str] = None    # set by TritonDecoder.generate
+    client_request_id: Optional[str] = None    # the client's X-Request-Id, sanitised (client_request_id())
     user_hash: Optional[str] = None
     tenant: Optional[Tenant] = None            # set by the auth middleware: the key's id and cache scope
     stream: bool = False
@@ -65,10 +80,14 @@ class RequestContext:
     error_code: Optional[str] = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0                     # prompt tokens served from the prefix cache (usage's)
+    finish_reasons: Optional[list] = None      # each choice's, once the decoder finished (service.events)
     ttft: Optional[float] = None
     cancel_reason: Optional[str] = None        # why the frontend itself cancelled the handler task
     done: bool = False
     task: Optional[asyncio.Task] = field(default=None, repr=False)
+    tracer: Optional[object] = field(default=None, repr=False)          # set while tracing is on (tracing.py)
+    trace_headers: Optional[dict] = field(default=None, repr=False)     # traceparent for Triton's request
 
     @property
     def id(self) -> str:
@@ -89,6 +108,8 @@ class RequestContext:
                "latency_ms": round((time.perf_counter() - self.started) * 1000, 2), "outcome": self.outcome}
         if self.tenant is not None:
             out["key_id"] = self.tenant.key_id
+        if self.client_request_id is not None:
+            out["client_request_id"] = self.client_request_id
         if self.user_hash is not None:
             out["user"] = self.user_hash
         if self.stream:
@@ -109,9 +130,11 @@ current_request: contextvars.ContextVar[Optional[RequestContext]] = contextvars.
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        ctx = current_request.get()
         if not hasattr(record, "request_id"):
-            ctx = current_request.get()
             record.request_id = (ctx.request_id or ctx.triton_request_id) if ctx is not None else None
+        if not hasattr(record, "client_request_id"):
+            record.client_request_id = ctx.client_request_id if ctx is not None else None
         return True
 
 
@@ -165,6 +188,9 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             out["request_id"] = rid
+        client_rid = getattr(record, "client_request_id", None)
+        if client_rid:
+            out["client_request_id"] = client_rid
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for k, v in fields.items():

@@ -12,6 +12,8 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from frontend.vllm_metrics import Tee, VllmMetrics
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 MAX_USER_LABELS = 1000      # distinct hashed users with their own series; the rest count as "other"
@@ -20,7 +22,7 @@ MAX_USER_LABELS = 1000      # distinct hashed users with their own series; the r
 class FrontendMetrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str = "") -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("llama_triton_http_requests", "HTTP requests by route and status",
                                 ["route", "status"], registry=r)
@@ -56,6 +58,12 @@ class FrontendMetrics:
                                     ["key_id"], registry=r)
         self.key_tokens = Counter("llama_triton_key_tokens", "Prompt and completion tokens by API key id",
                                   ["key_id", "kind"], registry=r)
+        # vLLM-named metrics fed from the same calls (frontend/vllm_metrics.py)
+        self.vllm = VllmMetrics(r, model_name)
+        self.decoder_queued = Tee(self.decoder_queued, (self.vllm.waiting, 1), (self.vllm.running, -1))
+        self.decoder_streams = Tee(self.decoder_streams, (self.vllm.running, 1))
+        self.ttft = Tee(self.ttft, (self.vllm.ttft, 1))
+        self.itl = Tee(self.itl, (self.vllm.itl, 1))
         self._users: set[str] = set()
         self._lock = threading.Lock()
         self._exposition = r

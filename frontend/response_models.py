@@ -200,7 +200,7 @@ class ModelMetadata(ResponseModel):
 
 
 class ModelCard(ResponseModel):
-    _omit_if_none = frozenset({"metadata"})
+    _omit_if_none = frozenset({"metadata", "max_model_len"})
 
     id: str
     object: Literal["model"] = "model"
@@ -208,6 +208,7 @@ class ModelCard(ResponseModel):
     owned_by: str
     root: str
     parent: None = None
+    max_model_len: Optional[int] = Field(None, description="Prompt + output tokens per request (vLLM's field).")
     metadata: Optional[ModelMetadata] = None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import AsyncIterator, Optional, Union
 
 
-from frontend import errors
+from frontend import errors, tracing
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
 from frontend.literal_text import encode_prompt
@@ -137,14 +137,57 @@ class CompletionService:
                 c.finish_reason = "length"
                 yield ChoiceEvent(c.index, finish_reason="length")
             return
+        ctx = current_request.get()
+        decode = tracing.start_span("decode")             # None unless tracing is on
+        queue = tracing.start_span("queue", decode) if decode is not None else None
+        if ctx is not None and decode is not None:
+            ctx.trace_headers = tracing.grpc_headers(decode)    # Triton's own spans join the trace
         try:
             async for ev in gen.events(self.decoder.generate(prep.request_id, prep.arrays)):
+                if queue is not None:
+                    queue.end()
+                    queue = None
+                    decode.add_event("first_token")
                 yield ev
         except DecoderFailure as e:
             raise http_error(e) from None
+        finally:
+            if queue is not None:
+                queue.end()
+            if decode is not None:
+                decode.set_attribute("gen_ai.usage.output_tokens", gen.completion_tokens)
+                decode.end()
+        if ctx is not None:     # for the metrics of finished requests (vllm_metrics.py)
+            ctx.cached_tokens = gen.cached_tokens
+            ctx.finish_reasons = [c.finish_reason for c in gen.choices]
 
     # ---- chat -------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest):
+        run = await self.start_chat(req)
+        if req.stream:
+            return EventStream(run.prep.request_id, self._chat_stream(req, run.prep, run.gen, run.outputs))
+        return await self._chat_full(req, run.prep, run.gen, run.outputs)
+
+    async def start_chat(self, req: ChatCompletionRequest, prefix: str = "chatcmpl") -> "ChatRun":
+        """Everything a chat request needs before its first decoder token: the prompt (template,
+        tools, reasoning), the guide, the decoder tensors, and one ChatOutput per choice. The chat
+        endpoint and the Responses API (frontend/responses/) both run requests through it."""
+        with tracing.span("template"):
+            chat = self.render_chat(req)
+        if chat.guide is not None:
+            with tracing.span("guide_compile"):
+                guide = await self.structured.resolve(chat.guide)
+        else:
+            guide = await self.structured.resolve(None)
+        prep = await self.prepare(req, chat.prompt_ids, prefix, guide=guide, logprobs=bool(req.logprobs),
+                                  top_logprobs=req.top_logprobs or 0)
+        gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
+                         bool(req.logprobs), req.top_logprobs or 0)
+        return ChatRun(prep, gen, [ChatOutput(chat.plan, chat.reasoning) for _ in gen.choices])
+
+    def render_chat(self, req: ChatCompletionRequest) -> "RenderedChat":
+        """The prompt ids of a chat request (template, tools, reasoning) and what decoding it needs:
+        what the decoder is sent, and what POST /tokenize returns for the same messages."""
         self.check_model(req.model)
         plan = ToolPlan.from_request(req, self.renders_tools)
         format_guide = response_format_guide(req.response_format)
@@ -171,16 +214,8 @@ class CompletionService:
         spec = plan.guide() if plan.active else format_guide
         if spec is not None and reasoning is not None:
             spec = spec.after_reasoning(reasoning)
-        guide = await self.structured.resolve(spec)
         prompt_ids = encode_prompt(self.tokenizer, prompt)   # the request's text is text, see literal_text
-        prep = await self.prepare(req, prompt_ids, "chatcmpl", guide=guide, logprobs=bool(req.logprobs),
-                                  top_logprobs=req.top_logprobs or 0)
-        gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
-                         bool(req.logprobs), req.top_logprobs or 0)
-        outputs = [ChatOutput(plan, reasoning) for _ in gen.choices]
-        if req.stream:
-            return EventStream(prep.request_id, self._chat_stream(req, prep, gen, outputs))
-        return await self._chat_full(req, prep, gen, outputs)
+        return RenderedChat(prompt_ids, plan, reasoning, spec)
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
         # Never more than the prompt less its last token, which no decoder serves from its cache (the
@@ -250,6 +285,23 @@ class CompletionService:
         if explicit and include_usage:
             yield enc.usage(self.usage(prep, gen))
         yield b"data: [DONE]\n\n"
+
+
+@dataclass
+class RenderedChat:
+    prompt_ids: list[int]
+    plan: ToolPlan
+    reasoning: Optional[str]        # where a reasoning model's reply starts: "inside", "optional" or None
+    guide: Optional[object]         # the GuideSpec for tools / response_format, or None
+
+
+@dataclass
+class ChatRun:
+    """A chat request ready to decode: iterate `CompletionService.events(prep, gen)` and feed each
+    event's text to `outputs[event.index]`."""
+    prep: Prepared
+    gen: Generation
+    outputs: list["ChatOutput"]
 
 
 class ChatOutput:

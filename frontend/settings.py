@@ -16,6 +16,8 @@ class Settings:
     served_model_name: str
     triton_grpc: str = "127.0.0.1:8001"
     triton_http: str = "127.0.0.1:8000"
+    triton_metrics: Optional[str] = None    # Triton's Prometheus host:port (vllm:kv_cache_usage_perc)
+    otlp_traces_endpoint: Optional[str] = None  # OTLP/HTTP traces URL; None: no tracing
     host: str = "127.0.0.1"
     port: int = 8080
     max_tokens_cap: int = 16384             # the seed's cap for max_tokens: null
@@ -36,6 +38,26 @@ class Settings:
     ready_file: Optional[str] = None        # touched once listening (the launcher waits for every worker)
     decoder_failure_file: Optional[str] = None  # where to tell the launcher the decoder is broken
     liveness_timeout: float = 900.0         # /health/live fails once the decoder has been down this long
+    # Stored responses (/v1/responses, frontend/responses/store.py): where, how long, how big
+    responses_store: Optional[str] = None   # sqlite:PATH or postgresql://...; None: SQLite in memory
+    responses_ttl: float = 30 * 24 * 3600.0
+    responses_max_bytes: int = 16 * 1024 * 1024
+    responses_max_per_key: int = 10_000
+
+
+RESPONSES_STORE_ENV = "LLAMA_TRITON_RESPONSES_STORE"
+
+
+def responses_store_url(option: Optional[str], env: Optional[str]) -> Optional[str]:
+    """--responses-store, else $LLAMA_TRITON_RESPONSES_STORE. A URL with a password is refused on the
+    command line (every process listing shows it): it belongs in the variable or PGPASSWORD."""
+    if option:
+        from urllib.parse import urlsplit
+        if urlsplit(option).password:
+            raise ValueError(f"--responses-store must not carry a password (the process list shows it); put the "
+                             f"URL in ${RESPONSES_STORE_ENV}, or the password in PGPASSWORD or a pgpass file")
+        return option
+    return env or None
 
 
 def load_api_keys(env_value: Optional[str], keys_file: Optional[str],
@@ -61,6 +83,12 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p.add_argument("--served-model-name", default=None, help="model name clients use (default: directory name)")
     p.add_argument("--triton-grpc", default="127.0.0.1:8001")
     p.add_argument("--triton-http", default="127.0.0.1:8000")
+    p.add_argument("--otlp-traces-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+                   help="OpenTelemetry traces over OTLP/HTTP to this URL (e.g. http://collector:4318/v1/traces); "
+                        "default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else no tracing")
+    p.add_argument("--triton-metrics", default=None,
+                   help="Triton's Prometheus endpoint host:port, read for vllm:kv_cache_usage_perc (the launcher "
+                        "passes it)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-tokens-cap", type=int, default=16384)
@@ -97,7 +125,25 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p.add_argument("--liveness-timeout", type=float, default=900.0,
                    help="seconds the decoder may stay down (the launcher restarting it, a GPU engine "
                         "loading) before GET /health/live answers 503 (docs/OPERATIONS.md)")
+    p.add_argument("--responses-store", default=None,
+                   help="where /v1/responses keeps stored responses: sqlite:PATH (the launcher passes a file in "
+                        "its work dir) or postgresql://user@host:port/db for a cluster (no password here: use "
+                        f"${RESPONSES_STORE_ENV} or PGPASSWORD); default: ${RESPONSES_STORE_ENV}, else SQLite in "
+                        "memory (this process only)")
+    p.add_argument("--responses-ttl", type=float, default=30 * 24 * 3600.0,
+                   help="seconds a stored response is kept (OpenAI: 30 days)")
+    p.add_argument("--responses-max-bytes", type=int, default=16 * 1024 * 1024,
+                   help="largest stored response (input items + response JSON); a larger one is not stored")
+    p.add_argument("--responses-max-per-key", type=int, default=10_000,
+                   help="stored responses kept per API key; the oldest go first")
     a = p.parse_args(argv)
+    try:
+        store = responses_store_url(a.responses_store, os.environ.get(RESPONSES_STORE_ENV))
+    except ValueError as e:
+        p.error(str(e))
+    for name in ("responses_ttl", "responses_max_bytes", "responses_max_per_key"):
+        if getattr(a, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
     for name in ("request_timeout", "write_timeout", "liveness_timeout", "keepalive_timeout"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
@@ -110,11 +156,15 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     except (OSError, KeysInvalid) as e:
         p.error(str(e))
     return Settings(model_dir=a.model_dir, served_model_name=a.served_model_name or Path(a.model_dir).name,
-                    triton_grpc=a.triton_grpc, triton_http=a.triton_http, host=a.host, port=a.port,
+                    triton_grpc=a.triton_grpc, triton_http=a.triton_http, triton_metrics=a.triton_metrics,
+                    otlp_traces_endpoint=a.otlp_traces_endpoint or None,
+                    host=a.host, port=a.port,
                     max_tokens_cap=a.max_tokens_cap, max_context=a.max_context, max_body_bytes=a.max_body_bytes,
                     api_keys=api_keys, metrics_keys=metrics_keys, metrics_port=a.metrics_port,
                     keepalive_timeout=a.keepalive_timeout,
                     cors_origins=tuple(a.cors_origin), request_timeout=a.request_timeout,
                     shutdown_grace=a.shutdown_grace, write_timeout=a.write_timeout, log_format=a.log_format,
                     reuse_port=a.reuse_port, ready_file=a.ready_file,
-                    decoder_failure_file=a.decoder_failure_file, liveness_timeout=a.liveness_timeout)
+                    decoder_failure_file=a.decoder_failure_file, liveness_timeout=a.liveness_timeout,
+                    responses_store=store, responses_ttl=a.responses_ttl, responses_max_bytes=a.responses_max_bytes,
+                    responses_max_per_key=a.responses_max_per_key)

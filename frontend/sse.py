@@ -14,7 +14,7 @@ with five top logprobs 1.4 us (+3 us for `token_logprob` building the entry).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Optional, Sequence, Union
 
 import orjson
 
@@ -33,8 +33,11 @@ DECODER_ANSWERED = DecoderAnswered()
 
 @dataclass
 class EventStream:
-    id: str                                                     # the completion id (chatcmpl-/cmpl-...)
+    id: str                                                     # the completion id (chatcmpl-/cmpl-/resp-...)
     chunks: AsyncIterator[Union[bytes, DecoderAnswered]]
+    # How this stream reports an error the writer finds (timeout, shutdown) once it has started;
+    # None: the chat framing, an error envelope then `data: [DONE]`. The Responses API has its own.
+    error_event: Optional[Callable[[Any], bytes]] = None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -287,7 +287,8 @@ class TritonDecoder:
 
         key = health.track(abort) if health is not None else None
         try:
-            stream = self.client.stream_infer(requests())
+            # `traceparent` of the request's decode span, when tracing is on (frontend/tracing.py)
+            stream = self.client.stream_infer(requests(), headers=ctx.trace_headers if ctx is not None else None)
             async for result, error in stream:
                 if key is not None:
                     health.heard(key)

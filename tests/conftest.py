@@ -97,3 +97,17 @@ def reasoning_tokenizer(reasoning_model_dir: Path):
     from llama_triton.text.tokenization import Tokenizer
 
     return Tokenizer.from_dir(reasoning_model_dir)
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (tests/postgres_server.py): the response store's
+    tests and the cluster's shared store. Without Debian's postgresql package this fails, naming it."""
+    from tests.postgres_server import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()

@@ -15,6 +15,9 @@
   ];
   // Fields the openai package does not take as keyword arguments: they go in extra_body.
   const PY_EXTRA = new Set(["min_p", "top_k", "repetition_penalty", "min_tokens", "stop_token_ids"]);
+  const PY_EXTRA_RESPONSES = new Set([...PY_EXTRA, "presence_penalty", "frequency_penalty", "seed", "stop"]);
+  // Chat fields the Responses API does not have (the panel greys them out in that mode).
+  const NOT_IN_RESPONSES = new Set(["n", "logprobs", "top_logprobs"]);
   const DEFAULT_SCHEMA = {
     type: "object",
     properties: {answer: {type: "string", maxLength: 40}, confidence: {type: "integer", minimum: 0, maximum: 9}},
@@ -90,9 +93,23 @@
     return out;
   }
 
+  // Integers past 2^53 (seed's bounds) as /openapi.json wrote them: JSON.parse rounds them.
+  const exactNumbers = new Map();
+
+  function parseDoc(text) {
+    return JSON.parse(text, (key, value, context) => {
+      if (typeof value === "number" && !Number.isSafeInteger(value) && Number.isInteger(value) && context && context.source) {
+        exactNumbers.set(value, context.source);
+      }
+      return value;
+    });
+  }
+
+  function num(n) { return exactNumbers.get(n) || String(n); }
+
   function rangeText(f) {
-    const lo = f.exclusiveMinimum !== undefined ? "(" + f.exclusiveMinimum : f.minimum !== undefined ? "[" + f.minimum : "(-inf";
-    const hi = f.exclusiveMaximum !== undefined ? f.exclusiveMaximum + ")" : f.maximum !== undefined ? f.maximum + "]" : "inf)";
+    const lo = f.exclusiveMinimum !== undefined ? "(" + num(f.exclusiveMinimum) : f.minimum !== undefined ? "[" + num(f.minimum) : "(-inf";
+    const hi = f.exclusiveMaximum !== undefined ? num(f.exclusiveMaximum) + ")" : f.maximum !== undefined ? num(f.maximum) + "]" : "inf)";
     return lo + ", " + hi;
   }
 
@@ -267,12 +284,101 @@
     renderTurns();
   }
 
+  function responsesMode() { return $("api-mode").value === "responses"; }
+
+  function endpoint() { return API + (responsesMode() ? "/responses" : "/chat/completions"); }
+
   function buildRequest() {
     const body = {model: $("model").value, messages: messages()};
     readParams(body);
     body.stream = true;
+    if (responsesMode()) return asResponsesRequest(body);
     body.stream_options = {include_usage: true};
     return body;
+  }
+
+  // The same conversation and settings as a Responses API request: the system message becomes
+  // `instructions`, the turns input items (a reply's tool calls are `function_call` items, a tool
+  // result a `function_call_output`), and the chat-shaped settings their Responses names. The
+  // whole conversation is sent each time (store: false), so earlier turns stay editable.
+  function asResponsesRequest(chat) {
+    const body = {model: chat.model, input: [], stream: true, store: false};
+    for (const m of chat.messages) {
+      if (m.role === "system") body.instructions = m.content;
+      else if (m.role === "tool") body.input.push({type: "function_call_output", call_id: m.tool_call_id, output: m.content});
+      else {
+        if (m.content) body.input.push({role: m.role, content: m.content});
+        for (const c of m.tool_calls || []) {
+          body.input.push({type: "function_call", call_id: c.id, name: c.function.name, arguments: c.function.arguments});
+        }
+      }
+    }
+    for (const [k, v] of Object.entries(chat)) {
+      if (["model", "messages", "stream", "stream_options", "response_format", "tools", "tool_choice",
+           "max_tokens", "reasoning_effort"].includes(k) || NOT_IN_RESPONSES.has(k)) continue;
+      body[k] = v;
+    }
+    if (chat.max_tokens !== undefined) body.max_output_tokens = chat.max_tokens;
+    if (chat.reasoning_effort) body.reasoning = {effort: chat.reasoning_effort};
+    const rf = chat.response_format;
+    if (rf && rf.type === "json_schema") {
+      body.text = {format: {type: "json_schema", name: rf.json_schema.name, schema: rf.json_schema.schema, strict: true}};
+    } else if (rf && rf.type === "json_object") {
+      body.text = {format: {type: "json_object"}};
+    } else if (rf && rf.type !== "text") {
+      throw new Error("response_format " + rf.type + " has no Responses API form; use chat completions");
+    }
+    if (chat.tools) {
+      body.tools = chat.tools.map((t) => ({type: "function", ...t.function}));
+    }
+    const tc = chat.tool_choice;
+    if (tc) body.tool_choice = typeof tc === "string" ? tc : {type: "function", name: tc.function.name};
+    return body;
+  }
+
+  // A Responses stream event as the chat chunk the reply view reads (one choice, index 0).
+  class ResponsesEvents {
+    constructor() { this.calls = {}; this.sawCall = false; }
+
+    chunk(ev) {
+      const one = (delta) => ({choices: [{index: 0, delta}]});
+      switch (ev.type) {
+        case "response.output_text.delta": return one({content: ev.delta});
+        case "response.reasoning_text.delta": return one({reasoning_content: ev.delta});
+        case "response.output_item.added":
+          if (ev.item && ev.item.type === "function_call") {
+            const index = this.calls[ev.output_index] = Object.keys(this.calls).length;
+            this.sawCall = true;
+            return one({tool_calls: [{index, id: ev.item.call_id, type: "function",
+                                      function: {name: ev.item.name, arguments: ""}}]});
+          }
+          return null;
+        case "response.function_call_arguments.delta":
+          return one({tool_calls: [{index: this.calls[ev.output_index], function: {arguments: ev.delta}}]});
+        case "response.completed":
+        case "response.incomplete": {
+          const u = ev.response.usage || {};
+          const finish = ev.type === "response.incomplete" ? "length" : this.sawCall ? "tool_calls" : "stop";
+          return {choices: [{index: 0, delta: {}, finish_reason: finish}],
+                  usage: {prompt_tokens: u.input_tokens, completion_tokens: u.output_tokens, total_tokens: u.total_tokens,
+                          prompt_tokens_details: {cached_tokens: (u.input_tokens_details || {}).cached_tokens || 0}}};
+        }
+        case "error": return {error: {message: ev.message, code: ev.code, param: ev.param}};
+        case "response.failed": return ev.response.error ? null : {error: {message: "response.failed"}};
+        default: return null;
+      }
+    }
+  }
+
+  function syncMode() {
+    const responses = responsesMode();
+    for (const name of NOT_IN_RESPONSES) {
+      const c = controls[name];
+      if (!c) continue;
+      c.input.disabled = responses;
+      c.input.closest(".param").classList.toggle("off", responses);
+      c.input.title = responses ? "not part of the Responses API" : "";
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -514,9 +620,10 @@
     controller = new AbortController();
     setBusy(true);
     const reply = current = new Reply(Number.isInteger(body.n) && body.n > 0 && body.n <= 16 ? body.n : 1, performance.now());
+    const events = responsesMode() ? new ResponsesEvents() : null;
     try {
-      const resp = await fetch(API + "/chat/completions", {method: "POST", headers: headers(), body: JSON.stringify(body),
-                                                           signal: controller.signal});
+      const resp = await fetch(endpoint(), {method: "POST", headers: headers(), body: JSON.stringify(body),
+                                            signal: controller.signal});
       if (!resp.ok) {
         showError("HTTP " + resp.status, await resp.text());
         reply.failed = true;
@@ -525,7 +632,10 @@
         current = null;
         return;
       }
-      await readSSE(resp, (ev) => reply.onEvent(ev));
+      await readSSE(resp, (ev) => {
+        const chunk = events ? events.chunk(ev) : ev;
+        if (chunk) reply.onEvent(chunk);
+      });
       reply.setState(reply.failed ? "error" : "done");
     } catch (e) {
       if (e.name === "AbortError") {
@@ -566,7 +676,7 @@
 
   function asCurl(body) {
     const json = JSON.stringify(body, null, 2).replace(/'/g, "'\\''");
-    return ["curl -sN " + location.origin + API + "/chat/completions",
+    return ["curl -sN " + location.origin + endpoint(),
             "  -H 'Content-Type: application/json'",
             ...(apiKey() ? ['  -H "Authorization: Bearer $OPENAI_API_KEY"'] : []),
             "  -d '" + json + "'"].join(" \\\n") + "\n";
@@ -575,17 +685,33 @@
   function asPython(body) {
     const args = [];
     const extra = {};
+    const responses = responsesMode();
     for (const [k, v] of Object.entries(body)) {
-      if (PY_EXTRA.has(k)) extra[k] = v;
+      if ((responses ? PY_EXTRA_RESPONSES : PY_EXTRA).has(k)) extra[k] = v;
       else args.push("    " + k + "=" + py(v, "    ") + ",");
     }
     if (Object.keys(extra).length) args.push("    extra_body=" + py(extra, "    ") + ",");
-    return [
+    const head = [
       "import os",
       "",
       "from openai import OpenAI",
       "",
       "client = OpenAI(base_url=" + JSON.stringify(location.origin + API) + ", api_key=os.environ.get(\"OPENAI_API_KEY\", \"unused\"))",
+    ];
+    if (responses) {
+      return [...head,
+        "stream = client.responses.create(",
+        ...args,
+        ")",
+        "for event in stream:",
+        "    if event.type == \"response.output_text.delta\":",
+        "        print(event.delta, end=\"\", flush=True)",
+        "    elif event.type in (\"response.completed\", \"response.incomplete\"):",
+        "        print(\"\\n\", event.response.usage)",
+        "",
+      ].join("\n");
+    }
+    return [...head,
       "stream = client.chat.completions.create(",
       ...args,
       ")",
@@ -677,10 +803,12 @@
       $("rf-regex").hidden = t !== "regex";
     });
     $("tool-choice").addEventListener("change", () => { $("tool-choice-name").hidden = $("tool-choice").value !== "function"; });
+    $("api-mode").addEventListener("change", syncMode);
     document.addEventListener("mouseover", showTip);
     try {
       const resp = await fetch("/openapi.json");
-      buildParams(await resp.json());
+      buildParams(parseDoc(await resp.text()));
+      syncMode();
     } catch (e) {
       showError("GET /openapi.json", String(e));
     }

@@ -61,6 +61,10 @@ class EngineMetrics:
         self._values: dict[str, float] = {}
         self._last = 0.0
         self._occupancy = (None, None)
+        # Published at once: a Triton metric reads 0 until set, and 0 free KV blocks on an engine that
+        # has not stepped yet read as a full cache (vllm:kv_cache_usage_perc 1.0, which sent a
+        # router's every request to the other replica).
+        self.update()
 
     def update(self) -> None:
         # Every set() is a message to the Triton process: at most every 100 ms while the engine

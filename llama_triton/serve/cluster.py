@@ -412,6 +412,9 @@ class Cluster:
             self.prepare()
             a = self.args
             log(f"starting {a.replicas} replica(s) (tritonserver + frontend each; logs in {self.work}/replica-*/)")
+            if a.replicas > 1 and not os.environ.get("LLAMA_TRITON_RESPONSES_STORE", "").startswith("postgres"):
+                log("stored responses (/v1/responses) stay on the replica that made them (SQLite each); set "
+                    "$LLAMA_TRITON_RESPONSES_STORE to a PostgreSQL URL to share them (docs/SCALE-OUT.md)")
             for r in self.replicas:
                 self.start_replica(r)
             self.wait_replicas(a.ready_timeout)

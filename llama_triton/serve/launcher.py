@@ -165,12 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decoder-restart-delay", type=float, default=0.0,
                    help="seconds between seeing a decoder (Python backend stub) process die and restarting "
                         "tritonserver; the frontend ends the open requests on its own meanwhile")
+    s.add_argument("--otlp-traces-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+                   help="send OpenTelemetry traces over OTLP/HTTP to this URL (e.g. http://collector:4318/v1/traces): "
+                        "the frontend's spans, and Triton's own (its OpenTelemetry trace mode) for the same requests, "
+                        "in one trace (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else off)")
     multigpu.add_arguments(s)   # --world-size, --mpirun (llama_triton/serve/multigpu.py)
     llmapi_launch.add_arguments(s)   # --llm-api, --tp, --pp, ... (llama_triton/serve/llmapi_launch.py)
     s.add_argument("frontend_args", nargs=argparse.REMAINDER, help="-- then extra frontend options")
     from llama_triton.serve import cluster   # `llama-triton cluster`: replicas behind a router (cluster.py)
     cluster.add_parser(sub)
     return p
+
+
+def triton_trace_args(endpoint: Optional[str]) -> list[str]:
+    """Triton's OpenTelemetry trace mode, exporting to the frontend's endpoint. `rate=0`: Triton
+    traces only the requests that arrive with a trace context (the frontend's, when it traces),
+    which it samples whatever the rate (docs/user_guide/trace.md "OpenTelemetry Context
+    Propagation"; src/tracer.cc:295-320 at v2.51.0)."""
+    if not endpoint:
+        return []
+    return ["--trace-config", "mode=opentelemetry", "--trace-config", "rate=0", "--trace-config", "count=-1",
+            "--trace-config", "level=TIMESTAMPS", "--trace-config", f"opentelemetry,url={endpoint}",
+            "--trace-config", "opentelemetry,resource=service.name=llama-triton-tritonserver"]
 
 
 class Supervisor:
@@ -265,10 +281,11 @@ class Supervisor:
             log(f"{world_size} ranks under {mpirun}: rank 0 serves, the others run the engine's other GPUs")
             return multigpu.mpirun_command(install, repo, world_size, a.triton_grpc_port, a.triton_http_port,
                                            a.triton_metrics_port, bind_address=bind, mpirun=mpirun,
-                                           extra_args=self.triton_security_args())
+                                           extra_args=self.triton_security_args()
+                                           + triton_trace_args(a.otlp_traces_endpoint))
         return server_command(install, repo, grpc_port=a.triton_grpc_port, http_port=a.triton_http_port,
                               metrics_port=a.triton_metrics_port, bind_address=bind,
-                              extra_args=self.triton_security_args())
+                              extra_args=self.triton_security_args() + triton_trace_args(a.otlp_traces_endpoint))
 
     def prepare_llmapi(self, install, work: Path, bind: str) -> list[str]:
         """The LLM-API decoder: render its repository (no engine), one tritonserver, under
@@ -363,15 +380,21 @@ class Supervisor:
         cmd = [sys.executable, "-m", "frontend", "--host", a.host, "--port", str(a.port),
                "--triton-grpc", f"127.0.0.1:{a.triton_grpc_port}",
                "--triton-http", f"127.0.0.1:{a.triton_http_port}",
+               "--triton-metrics", f"127.0.0.1:{a.triton_metrics_port}",
                "--max-tokens-cap", str(a.max_tokens_cap), "--shutdown-grace", f"{a.shutdown_grace:g}",
                # how a frontend tells us the decoder is broken though its process lives (supervisor.py)
                "--decoder-failure-file", str(self.failure_file)]
         cmd += ["--model-dir", str(self.tokenizer_dir())]
         if a.served_model_name:
             cmd += ["--served-model-name", a.served_model_name]
+        if a.otlp_traces_endpoint:
+            cmd += ["--otlp-traces-endpoint", a.otlp_traces_endpoint]
         extra = [x for x in a.frontend_args if x != "--"]
         env = dict(self.env)
         env[HASH_SECRET_ENV] = self.hash_secret       # the environment, never the command line
+        if "--responses-store" not in extra and not env.get("LLAMA_TRITON_RESPONSES_STORE"):
+            # Stored responses (/v1/responses) outlive a frontend restart and are shared by the workers.
+            cmd += ["--responses-store", f"sqlite:{(Path(a.work_dir) / 'responses.sqlite3').resolve()}"]
         if a.frontend_workers > 1:
             cmd += ["--reuse-port"]
             # prometheus_client reads this at import: every worker writes its samples there and

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from frontend.app import SETTINGS, create_app
 from frontend.decoder import DecoderCapabilities, DecoderResponse
+from frontend.logging_setup import current_request
 from frontend.settings import parse_args
 from llama_triton.trtllm.tensor_contract import decoder_io
 
@@ -68,10 +69,17 @@ class FakeDecoder:
         self.requests.append((request_id, arrays))
         steps = list(self.script(request_id, arrays))
         done = False
+        # The request context's bookkeeping, as TritonDecoder.generate keeps it (ids, token counts)
+        ctx = current_request.get()
+        if ctx is not None:
+            ctx.triton_request_id = request_id
+            ctx.prompt_tokens += int(arrays["input_lengths"].sum())
         try:
             for step in steps:
                 if isinstance(step, BaseException):
                     raise step
+                if ctx is not None:
+                    ctx.completion_tokens += len(step.token_ids)
                 yield step
                 await asyncio.sleep(0)
             done = True

@@ -30,7 +30,9 @@ HEALTH_INTERVAL_S = 1
 
 
 @pytest.fixture(scope="session")
-def cluster(default_model_dir, tmp_path_factory) -> ServedCluster:
+def cluster(default_model_dir, tmp_path_factory, postgres_server) -> ServedCluster:
+    """Its replicas keep stored responses (/v1/responses) in one real PostgreSQL database, as a
+    deployed cluster does ($LLAMA_TRITON_RESPONSES_STORE, docs/SCALE-OUT.md)."""
     if os.environ.get("LLAMA_TRITON_EXTERNAL_URL"):
         pytest.skip("starts a cluster of its own; the suite targets an external stack")
     t0 = time.monotonic()
@@ -39,7 +41,8 @@ def cluster(default_model_dir, tmp_path_factory) -> ServedCluster:
     c = start_served_cluster(str(default_model_dir), tmp_path_factory.mktemp("cluster"), 2,
                              "--health-check-interval", str(HEALTH_INTERVAL_S), "--shutdown-grace", "5",
                              serve_args=CLUSTER_SERVE_ARGS, cwd=ROOT,
-                             env={"API_KEYS_FILE": str(keys_file), "METRICS_KEYS": CLUSTER_METRICS_KEY})
+                             env={"API_KEYS_FILE": str(keys_file), "METRICS_KEYS": CLUSTER_METRICS_KEY,
+                                  "LLAMA_TRITON_RESPONSES_STORE": postgres_server.url})
     c.client_keys_file = keys_file
     print(f"\n2-replica cluster serving after {time.monotonic() - t0:.1f} s")
     yield c

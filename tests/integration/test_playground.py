@@ -328,3 +328,45 @@ def test_reasoning_apart_and_an_in_stream_error_render(stack, page):
     assert page.inner_text("#replies .reply .reasoning").endswith("Thinking it over.")
     assert page.inner_text("#replies .reply .content") == "The answer."
     assert json.loads(page.inner_text("#error-body")) == error
+
+
+def test_responses_mode_and_long_ranges_fit_the_panel(stack, page):
+    # seed's range is 20-digit numbers: shown exactly, and wrapped inside the panel's content box
+    # (the unbreakable text once widened its row into the panel's padding)
+    geometry = page.evaluate("""() => {
+        const panel = document.getElementById('params');
+        const row = document.querySelector('#p-seed').closest('.param');
+        const style = getComputedStyle(panel);
+        const inner = panel.getBoundingClientRect().right - parseFloat(style.paddingRight) - parseFloat(style.borderRightWidth);
+        return {overflow: Math.max(...[row, ...row.children].map(e => e.getBoundingClientRect().right)) - inner,
+                hint: row.querySelector('.hint').textContent};
+    }""")
+    assert geometry["hint"].startswith("[-9223372036854775808, 18446744073709551616)"), geometry
+    assert geometry["overflow"] <= 0.5, geometry
+    posted: list[str] = []
+    page.on("request", lambda r: posted.append(r.url) if r.method == "POST" else None)
+    page.select_option("#api-mode", "responses")
+    assert page.is_disabled("#p-n") and page.is_disabled("#p-logprobs")
+    page.fill("#system", "You are terse.")
+    set_param(page, "max_tokens", "6")
+    send(page, "Tell me a story")
+    wait_state(page, "done")
+    assert posted[-1] == stack.base_url + "/v1/responses"
+    text = page.text_content("#replies .reply .content")
+    assert text
+    stats = page.inner_text("#replies .reply .stats")
+    assert "finish_reason length" in stats and "tokens 6" in stats, stats
+    m = re.search(r"prompt_tokens (\d+) \(cached_tokens (\d+)\) · completion_tokens 6", page.inner_text("#usage"))
+    assert m and int(m.group(1)) > 0
+    # a second turn sends the conversation as input items; the copied code runs with the SDK
+    send(page, "Shorter")
+    wait_state(page, "done")
+    page.click("#copy-python")
+    code = page.inner_text("#copied")
+    assert "client.responses.create(" in code and "instructions=" in code and "max_output_tokens=6" in code
+    assert '"role": "assistant"' in code and json.dumps(text, ensure_ascii=False)[1:-1] in code
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OPENAI_API_KEY": "unused"})
+    assert run.returncode == 0 and "output_tokens=" in run.stdout, run.stderr[-2000:]
+    page.select_option("#api-mode", "chat")
+    assert not page.is_disabled("#p-n")
