@@ -34,8 +34,11 @@ from torch import nn
 MATMUL_CHOICES = ("auto", "plain", "swapped", "prepacked")
 # Row counts up to this are decode batches; above it prefill chunks. `auto` times the two kinds
 # apart (at DECODE_ROWS and PREFILL_ROWS rows): the BLAS may pick different kernels for them.
+# The LM head only ever sees one row per sequence, so it is timed for decode batches only: timing
+# it at prefill sizes cost most of the ~27 s a first plan took for the 1.1B model in fp32 on two
+# busy AVX2 cores (at 64 rows and without it: ~5 s).
 DECODE_MAX_ROWS = 32
-DECODE_ROWS, PREFILL_ROWS = 8, 128
+DECODE_ROWS, PREFILL_ROWS = 8, 64
 _REDUCED = (torch.bfloat16, torch.float16)
 
 
@@ -78,8 +81,8 @@ def prepacked_supported(dtype: torch.dtype) -> Optional[str]:
     return None
 
 
-def _linears(model: nn.Module) -> Iterable[Linear]:
-    return (m for m in model.modules() if isinstance(m, Linear))
+def _linears(model: nn.Module) -> Iterable[tuple[str, Linear]]:
+    return ((name, m) for name, m in model.named_modules() if isinstance(m, Linear))
 
 
 def configure_matmul(model: nn.Module, mode: str) -> dict[str, str]:
@@ -88,7 +91,7 @@ def configure_matmul(model: nn.Module, mode: str) -> dict[str, str]:
         raise ValueError(f"matmul must be one of {', '.join(MATMUL_CHOICES)}, got {mode!r}")
     tied = {id(p) for name, p in model.named_parameters() if "embed" in name}
     plan: dict[str, str] = {}
-    for lin in _linears(model):
+    for name, lin in _linears(model):
         shape = f"{lin.out_features}x{lin.in_features}"
         if mode == "prepacked":
             if id(lin.weight) in tied:
@@ -101,7 +104,8 @@ def configure_matmul(model: nn.Module, mode: str) -> dict[str, str]:
             plan[shape] = "prepacked"
             continue
         if mode == "auto":
-            lin.batched = (_faster_batched(lin.weight, DECODE_ROWS), _faster_batched(lin.weight, PREFILL_ROWS))
+            decode = _faster_batched(lin.weight, DECODE_ROWS)
+            lin.batched = (decode, decode if name == "lm_head" else _faster_batched(lin.weight, PREFILL_ROWS))
         else:
             kernel = "swapped" if mode == "swapped" else "linear"
             lin.batched = (kernel, kernel)
@@ -123,6 +127,10 @@ _batched_choices: dict[tuple, str] = {}
 
 
 def _faster_batched(weight: torch.Tensor, rows: int) -> str:
+    if prepacked_supported(weight.dtype) is not None and weight.dtype in _REDUCED:
+        # bf16 without native instructions: both run torch's reference kernels (minutes to time
+        # at prefill sizes); keep the decoder's original choice. `auto` dtype never lands here.
+        return "linear"
     key = (tuple(weight.shape), weight.dtype, torch.get_num_threads(), rows)
     if key not in _batched_choices:
         _batched_choices[key] = _time_kernels(weight, rows)
@@ -134,11 +142,15 @@ def _time_kernels(weight: torch.Tensor, rows: int) -> str:
     kernels = {"linear": lambda: F.linear(x, weight), "swapped": lambda: torch.mm(weight, x.t()).t().contiguous()}
     best = {name: float("inf") for name in kernels}
     with torch.inference_mode():
-        for _ in range(3):          # interleaved, best of three: other load hits both alike
+        for fn in kernels.values():
+            fn()                    # first calls set up oneDNN primitives / MKL buffers
+        for _ in range(2):          # interleaved, best of two
             for name, fn in kernels.items():
-                t0 = time.perf_counter()
+                # CPU time of this process, not wall time: on a shared machine other processes'
+                # slices would otherwise decide (wall time flipped choices between runs under load)
+                t0 = time.process_time()
                 fn()
-                best[name] = min(best[name], time.perf_counter() - t0)
+                best[name] = min(best[name], time.process_time() - t0)
     return min(best, key=best.get)
 
 
@@ -146,7 +158,7 @@ def weight_bytes(model: nn.Module) -> int:
     """Bytes of weights the model holds resident, packed or dense, each tensor counted once."""
     seen: set[int] = set()
     total = 0
-    for t in [p for p in model.parameters()] + [lin.packed for lin in _linears(model) if lin.packed is not None]:
+    for t in [p for p in model.parameters()] + [lin.packed for _, lin in _linears(model) if lin.packed is not None]:
         if id(t) in seen:
             continue
         seen.add(id(t))
