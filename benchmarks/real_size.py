@@ -84,20 +84,21 @@ class _Ours:
     name = "ours"
     ignore_eos = "min_tokens"
 
-    def __init__(self, model_dir: str, dtype: str, threads: int):
+    def __init__(self, model_dir: str, dtype: str, threads: int, matmul: str = "auto"):
         self.stack = start_stack(model_dir, work_name=f"real-size-{dtype}",
-                                 extra=("--dtype", dtype, "--decoder-threads", str(threads)))
+                                 extra=("--dtype", dtype, "--decoder-threads", str(threads), "--decoder-matmul", matmul))
         self.base_url = self.stack.api_url
         self.model_name = self.stack.model_name
-        self.notes = f"llama-triton serve --dtype {dtype} --decoder-threads {threads}"
+        self.notes = f"llama-triton serve --dtype {dtype} --decoder-threads {threads} --decoder-matmul {matmul}"
 
     def stop(self) -> None:
         self.stack.stop()
 
 
-def start(target: str, model_dir: str, threads: int, install: bool, ours_dtype: str = "bfloat16"):
+def start(target: str, model_dir: str, threads: int, install: bool, ours_dtype: str = "bfloat16",
+          ours_matmul: str = "auto"):
     if target == "ours":
-        return _Ours(model_dir, ours_dtype, threads)
+        return _Ours(model_dir, ours_dtype, threads, ours_matmul)
     if target == "vllm":
         if install and not peer_setup.vllm_installed():
             rep = peer_setup.install_vllm()
@@ -143,6 +144,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--output-len", default="32")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--ours-dtype", default="bfloat16", help="auto: float32 on a CPU without native bf16")
+    ap.add_argument("--ours-matmul", default="auto", choices=("auto", "plain", "swapped", "prepacked"),
+                    help="our decoder's linear-layer kernels (--decoder-matmul)")
     ap.add_argument("--runs", type=int, default=2, help="runs per point; the better one counts")
     ap.add_argument("--max-duration", type=float, default=180.0)
     ap.add_argument("--no-install", action="store_true", help="leave vLLM out unless it is installed already")
@@ -163,7 +166,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             bandwidth.append(measure_bandwidth(args.threads, "before ours"))
         t0 = time.monotonic()
         try:
-            server = start(target, args.model_dir, args.threads, not args.no_install, args.ours_dtype)
+            server = start(target, args.model_dir, args.threads, not args.no_install, args.ours_dtype,
+                           args.ours_matmul)
         except (peer_setup.PeerUnavailable, RuntimeError, OSError) as e:
             log(f"!! {target} left out: {str(e).splitlines()[0] if str(e) else repr(e)}")
             targets[target] = {"available": False, "reason": str(e)[-2000:]}
@@ -198,6 +202,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_json(args.name, {"benchmark": NAME, "machine": machine_info(),
                       "setup": {"model_dir": args.model_dir, "shape": TINYLLAMA_SHAPE, "prompt_len": args.prompt_len,
                                 "output_len": args.output_len, "threads": args.threads, "ours_dtype": args.ours_dtype,
+                                "ours_matmul": args.ours_matmul,
                                 "runs_per_point": args.runs},
                       "targets": targets, "table": table, "bandwidth": bandwidth, "roofline": limit,
                       "goals": goal_list, "decoder_rss_mb": rss, "total_s": round(time.monotonic() - t_begin, 1),
