@@ -220,8 +220,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def measure_bandwidth(threads: int, when: str) -> dict:
     bw = membw.read_bandwidth(threads)
     bw["when"] = when
-    log(f"memory read bandwidth {when}: {bw['gb_s']} GB/s best, {bw['gb_s_median']} median "
-        f"({threads} thread(s), {bw['buffer_mib']} MiB buffer)")
+    log(f"memory read bandwidth {when}: {bw['gb_s']} GB/s ({bw['kernel']}; by kernel {bw['gb_s_by_kernel']}; "
+        f"{threads} thread(s), {bw['buffer_mib']} MiB buffer)")
     return bw
 
 

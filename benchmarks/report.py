@@ -203,10 +203,13 @@ def real_size(d: dict) -> list[str]:
                    "c=8 tok/s", "c=8 TTFT p50 (ms)"], rows), ""]
     bw = d.get("bandwidth") or []
     if bw:
-        out.append("Memory read bandwidth in this run (`benchmarks/membw.py`, torch sum over a "
-                   f"{bw[0]['buffer_mib']:,} MiB float32 buffer): "
-                   + "; ".join(f"{b['when']} {num(b['gb_s'], 1)} GB/s best, {num(b['gb_s_median'], 1)} median, "
-                               f"{b['threads']} thread(s), load average {b['load_average'][0]:.1f}" for b in bw) + ".")
+        out.append(f"Memory read bandwidth in this run (`benchmarks/membw.py`, the fastest streaming read of a "
+                   f"{bw[0]['buffer_mib']:,} MiB buffer): "
+                   + "; ".join(f"{b['when']} {num(b['gb_s'], 1)} GB/s ({b.get('kernel', 'sum float32')}, median "
+                               f"{num(b['gb_s_median'], 1)}; "
+                               + ", ".join(f"{k} {num(v, 1)}" for k, v in (b.get("gb_s_by_kernel") or {}).items())
+                               + f"), {b['threads']} thread(s), load average {b['load_average'][0]:.1f}"
+                               for b in bw) + ".")
     else:
         out.append("Memory read bandwidth: not measured in this run (before the roofline was part of the benchmark).")
     out += goal_lines(real_size_goals(d), goals.REAL_SIZE)
