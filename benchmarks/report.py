@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import goals
 from benchmarks.common import ROOT
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -159,29 +160,86 @@ def peers(d: dict) -> list[str]:
     if ratio_rows:
         out += [*table(["pair, ours / vLLM", "concurrency", "output tok/s", "TTFT p99", "ITL p50",
                         "frontend CPU / API server CPU per token"], ratio_rows), ""]
-    g = d["goals"]
-    mark = lambda x: {True: "**met**", False: "**not met**", None: "not measured (needs c=16 and c=64)"}[x]
-    thr = "; ".join(f"c={p['concurrency']}: x{num(p['ratio'], 2)}, TTFT p99 {num(p['ttft_p99_ms_ours_vllm'][0])} "
-                    f"against {num(p['ttft_p99_ms_ours_vllm'][1])} ms" for p in g["throughput"]["points"])
-    fe = "; ".join(f"c={p['concurrency']}: {num(p['cpu_ms_per_1k_ours_frontend_vllm_api_server'][0])} against "
-                   f"{num(p['cpu_ms_per_1k_ours_frontend_vllm_api_server'][1])} ms, x{num(p['ratio'], 2)}"
-                   for p in g["frontend_cpu"]["points"])
-    out += [f"* Goal, {g['throughput']['goal']}: {mark(g['throughput']['met'])} ({thr}).",
-            f"* Goal, {g['frontend_cpu']['goal']}: {mark(g['frontend_cpu']['met'])} ({fe})."]
-    cap = d.get("capacity")
-    if cap:
-        cpu = ", ".join(f"{k} {v['cpu_s']:.2f}" for k, v in cap["cpu"].items())
-        out.append(f"* Goal, {g['serving_capacity']['goal']}: {mark(g['serving_capacity']['met'])} "
-                   f"({num(cap['serving_path_tokens_per_cpu_s'])} at concurrency {cap['concurrency']}, "
-                   f"{cap['settings']['osl']} tokens per request, {num(cap['output_tokens_per_s'])} tok/s, "
-                   f"{num(cap['tokens_per_event'], 2)} tokens per SSE event; "
-                   f"{num(cap['whole_stack_tokens_per_cpu_s'])} counting the Python stubs too; CPU seconds: {cpu}).")
-    else:
-        out.append(f"* Goal, {g['serving_capacity']['goal']}: not measured in this run.")
+    out += goal_lines(peers_goals(d), goals.PEERS)
     for name, t in d["runs"].items():
         out.append(f"* {name}: " + (f"{t.get('notes', '')}, ready in {t.get('startup_s')} s" if t.get("available")
                                     else f"not available here: {t.get('reason', '')[:300]}"))
     return out
+
+
+def peers_goals(d: dict) -> list[dict]:
+    """The goal list a peers run wrote; a run from before issue 27's goals (a dict of issue 18's)
+    is evaluated from its own numbers by the same module."""
+    g = d.get("goals")
+    return g if isinstance(g, list) else goals.peers_goals(d["results"], d.get("capacity"))
+
+
+def real_size_goals(d: dict) -> list[dict]:
+    g = d.get("goals")
+    return g if isinstance(g, list) else goals.real_size_goals(d.get("table") or [], d.get("roofline"))
+
+
+def goal_lines(goal_list: list[dict], bench: str) -> list[str]:
+    """One line per goal that `bench` measures (the combined table at the end has them all)."""
+    return [f"* Goal, {g['goal']}: **{goals.status(g['met'])}** ({g['detail']})."
+            for g in goal_list if g["measured_by"] == bench]
+
+
+def real_size(d: dict) -> list[str]:
+    s = d["setup"]
+    cols = [("c1_tok_s", 2), ("c1_ttft_p50_ms", 0), ("c1_itl_p50_ms", 0), ("c1_tpot_p50_ms", 0), ("c8_tok_s", 1),
+            ("c8_ttft_p50_ms", 0)]
+    rows = [[r["target"], *[num(r.get(k), digits) for k, digits in cols]] for r in d["table"]]
+    by = {r["target"]: r for r in d["table"]}
+    if "ours" in by and "vllm" in by:
+        ratio = lambda k: (num(by["ours"][k] / by["vllm"][k], 2) + "x"
+                           if by["ours"].get(k) and by["vllm"].get(k) else "-")
+        rows.append(["ours / vLLM", *[ratio(k) for k, _ in cols]])
+    runs = s.get("runs_per_point", 1)
+    out = [f"### Real size: 1.1B random-weight Llama (TinyLlama shape), {s['prompt_len']}-token prompts, "
+           f"{s['output_len']} output tokens, {s['threads']} thread(s) each, ours in {s.get('ours_dtype', 'bfloat16')}"
+           f"{f', better of {runs} runs per point' if runs > 1 else ''} (`results/real-size/`)", "", machine_line(d), "",
+           *table(["target", "c=1 tok/s", "c=1 TTFT p50 (ms)", "c=1 ITL p50 (ms)", "c=1 TPOT p50 (ms)",
+                   "c=8 tok/s", "c=8 TTFT p50 (ms)"], rows), ""]
+    bw = d.get("bandwidth") or []
+    if bw:
+        out.append(f"Memory read bandwidth in this run (`benchmarks/membw.py`, the fastest streaming read of a "
+                   f"{bw[0]['buffer_mib']:,} MiB buffer): "
+                   + "; ".join(f"{b['when']} {num(b['gb_s'], 1)} GB/s ({b.get('kernel', 'sum float32')}, median "
+                               f"{num(b['gb_s_median'], 1)}; "
+                               + ", ".join(f"{k} {num(v, 1)}" for k, v in (b.get("gb_s_by_kernel") or {}).items())
+                               + f"), {b['threads']} thread(s), load average {b['load_average'][0]:.1f}"
+                               for b in bw) + ".")
+    else:
+        out.append("Memory read bandwidth: not measured in this run (before the roofline was part of the benchmark).")
+    out += goal_lines(real_size_goals(d), goals.REAL_SIZE)
+    for name, t in d["targets"].items():
+        out.append(f"* {name}: " + (f"{t.get('notes', '')}, ready in {t.get('startup_s')} s" if t.get("available")
+                                    else f"not available here: {t.get('reason', '')[:300]}"))
+    return out
+
+
+def goal_table(runs: Optional[dict[str, Optional[dict]]] = None) -> list[str]:
+    """Issue 27's goals in one table, each from the run that measures it (`runs`: the peers and
+    real-size JSON by name; default: the committed files)."""
+    runs = runs if runs is not None else {"peers": load("peers"), "real-size": load("real-size")}
+    sources = {goals.PEERS: ("peers", peers_goals), goals.REAL_SIZE: ("real-size", real_size_goals)}
+    found: dict[str, tuple[dict, dict]] = {}
+    for by, (name, fn) in sources.items():
+        d = runs.get(name)
+        if d is not None and (name != "peers" or "goals" in d):
+            found.update({g["id"]: (g, d) for g in fn(d) if g["measured_by"] == by})
+    rows = []
+    for goal_id, (text, by) in goals.GOALS.items():
+        g, d = found.get(goal_id, (None, None))
+        if g is None:
+            rows.append([text, "not measured", "-", f"make {by}"])
+            continue
+        m = d["machine"]
+        rows.append([text, goals.status(g["met"]), g["detail"],
+                     f"make {by}, commit {str(m.get('git_commit'))[:7]}, {str(m.get('date_utc'))[:10]}"])
+    return ["### Issue 27's goals (`benchmarks/goals.py`, from the JSON of the runs above)", "",
+            *table(["goal", "status", "numbers", "run"], rows, right=4)]
 
 
 def peers_openai_load(d: dict) -> list[str]:
@@ -230,7 +288,7 @@ def block_hash(d: dict) -> list[str]:
 
 SECTIONS = (("engine", engine), ("triton_perf", triton_perf), ("openai_load", openai_load),
             ("layer_cost", layer_cost), ("serving_capacity", serving_capacity), ("peers", peers),
-            ("router_cost", router_cost), ("block_hash", block_hash))
+            ("real-size", real_size), ("router_cost", router_cost), ("block_hash", block_hash))
 
 
 def render() -> str:
@@ -239,6 +297,7 @@ def render() -> str:
         d = load(name)
         if d is not None:
             parts.append("\n".join(fn(d)))
+    parts.append("\n".join(goal_table()))
     return "\n\n".join(parts) + "\n"
 
 

@@ -28,6 +28,7 @@ def build_engine(params: dict[str, str]) -> DecoderEngine:
         # save, and the frontend and Triton share the cores), every core for real sizes.
         num_threads=int(params.get("num_threads", "0")),
         dtype=params.get("dtype", "auto"),
+        matmul=params.get("matmul", "auto"),
     )
     if kind == "zero_cost":
         from llama_triton.engine.zero_cost import ZeroCostEngine
@@ -38,7 +39,8 @@ def build_engine(params: dict[str, str]) -> DecoderEngine:
     engine = Engine(params["model_dir"], config)
     import torch
     # one line in Triton's log: what the decoder holds its weights in and how many threads it runs
-    print(f"llama-triton CPU decoder: dtype {engine.dtype}, {torch.get_num_threads()} torch thread(s)", flush=True)
+    print(f"llama-triton CPU decoder: dtype {engine.dtype}, {torch.get_num_threads()} torch thread(s), "
+          f"matmul {config.matmul}: " + "; ".join(f"{k} {v}" for k, v in engine.matmul_plan.items()), flush=True)
     return engine
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: llama_triton.llama.dtype.resolve_dtype
+MATMULS = ("auto", "plain", "swapped", "prepacked")    # llama_triton.llama.linear (kept in step by a test)
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class EngineConfig:
     dtype: str = "float32"             # model and KV cache dtype; "auto": bf16 where the CPU has native bf16
     num_threads: Optional[int] = None  # torch intra-op threads, process-wide; None leaves torch's default,
                                        # 0 picks by model size (auto_num_threads)
+    matmul: str = "auto"               # kernels of the linear layers (llama_triton.llama.linear): auto, plain,
+                                       # swapped, prepacked (oneDNN's blocked weights; one row slower)
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_num_tokens", "block_size", "max_queue_size", "prefill_chunk_size"):
@@ -36,6 +39,8 @@ class EngineConfig:
             raise ValueError("EngineConfig.max_num_tokens must hold at least one block")
         if self.dtype not in DTYPES:
             raise ValueError(f"EngineConfig.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.matmul not in MATMULS:
+            raise ValueError(f"EngineConfig.matmul must be one of {', '.join(MATMULS)}, got {self.matmul!r}")
 
     @property
     def num_blocks(self) -> int:

@@ -19,6 +19,7 @@ import torch
 from ..llama import AttentionMetadata, Llama, ModelConfig, load_model
 from ..llama.checkpoint import read_json_file
 from ..llama.dtype import resolve_dtype
+from ..llama.linear import configure_matmul
 from .config import EngineConfig, auto_num_threads
 from .kv_cache import BlockManager, allocate_kv_cache, copy_blocks
 from .scheduler import ScheduledBatch, Scheduler
@@ -110,6 +111,7 @@ class Engine:
                 threads = auto_num_threads(model_config.macs_per_token)
             torch.set_num_threads(threads)
         self.model = load_model(model_dir, self.dtype)
+        self.matmul_plan = configure_matmul(self.model, config.matmul)   # weight shape -> kernels, for the log
         self.model_config = self.model.config
         self.vocab_size = self.model_config.vocab_size
         self.max_seq_len = config.max_seq_len or self.model_config.max_position_embeddings

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, RopeConfig
+from .linear import Linear
 
 
 @dataclass
@@ -79,22 +80,6 @@ class AttentionMetadata:
             decode_mask=decode_mask,
             prefills=prefills,
         )
-
-
-class Linear(nn.Linear):
-    """nn.Linear with a matrix-vector path for one row in bf16/fp16.
-
-    A single decoding sequence multiplies one row by each weight matrix. For bf16, torch sends
-    that through oneDNN's GEMM, which costs ~1.5-1.9x the CPU time of `torch.mv` on the same
-    weights (measured on 2048x11264 and 5632x2048, AVX512-BF16); at c=1 the decoder is nothing but
-    these products. fp32 takes the same kernel either way, so it is left alone.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == 1 and x.dim() == 2 and x.dtype in (torch.bfloat16, torch.float16):
-            out = torch.mv(self.weight, x[0]).unsqueeze(0)
-            return out if self.bias is None else out + self.bias
-        return F.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU decoder weights and KV cache (auto: bfloat16 on CPUs with AVX512-BF16 or AMX)")
     s.add_argument("--decoder-threads", type=int, default=0,
                    help="CPU decoder torch threads (0: 1 for tiny models, every core for real sizes)")
+    s.add_argument("--decoder-matmul", choices=("auto", "plain", "swapped", "prepacked"), default="auto",
+                   help="CPU decoder linear-layer kernels (llama_triton/llama/linear.py; prepacked: oneDNN's "
+                        "blocked weights, faster batches, slower single sequences)")
     s.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE, help="sequences the decoder runs at once")
     s.add_argument("--max-num-tokens", type=int, default=65536, help="KV cache capacity in tokens")
     s.add_argument("--max-seq-len", type=int, default=4096, help="prompt + output tokens per sequence")
@@ -261,7 +264,7 @@ class Supervisor:
         else:
             repo = render_repository(RepositorySettings(
                 model_dir=str(model_dir.resolve()), decoder_io=a.decoder_io, decoder_kind=a.decoder_kind, dtype=a.dtype,
-                num_threads=a.decoder_threads,
+                num_threads=a.decoder_threads, matmul=a.decoder_matmul,
                 max_batch_size=a.max_batch_size, max_num_tokens=a.max_num_tokens, max_seq_len=a.max_seq_len,
                 max_queue_size=a.max_queue_size), work / "model_repository").resolve()
         log(f"tritonserver from {install.source}: {install.binary}")

@@ -88,6 +88,7 @@ class RepositorySettings:
     decoder_kind: str = "llama"          # CPU decoder variant: llama | zero_cost
     dtype: str = "auto"                  # CPU decoder weights and KV: auto | bfloat16 | float32
     num_threads: int = 0                 # CPU decoder torch threads; 0: by model size
+    matmul: str = "auto"                 # CPU decoder linear-layer kernels (llama_triton/llama/linear.py)
     triton_max_batch_size: int = MAX_BATCH_SIZE
     max_batch_size: int = MAX_BATCH_SIZE  # running sequences in the decoder
     max_num_tokens: int = 65536          # KV cache capacity in tokens
@@ -142,6 +143,7 @@ class RepositorySettings:
             "decoder_kind": self.decoder_kind,
             "dtype": self.dtype,
             "num_threads": self.num_threads,
+            "matmul": self.matmul,
             "decoder_inputs": _tensor_block(inputs, inputs=True),
             "decoder_outputs": _tensor_block(outputs, inputs=False),
             "engine_dir": self.engine_dir,

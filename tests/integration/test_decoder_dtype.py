@@ -15,7 +15,11 @@ def decoder_line(stack) -> str:
 def test_suite_stack_runs_float32(stack):
     if not hasattr(stack, "log_path"):
         pytest.skip("an external stack (LLAMA_TRITON_EXTERNAL_URL) has no log here")
-    assert "dtype float32, 1 torch thread(s)" in decoder_line(stack)   # tests/conftest.py pins float32
+    line = decoder_line(stack)
+    assert "dtype float32, 1 torch thread(s)" in line   # tests/conftest.py pins float32
+    # the linear layers' kernels reached the served decoder: `auto` timed one per weight shape
+    plan = line.split("matmul auto: ", 1)[1]
+    assert plan.count("rows)") == 2 * plan.count("x") and {"swapped", "linear"} & set(plan.replace(",", " ").split())
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,12 @@
 """The aiperf side-by-side benchmark's own logic (benchmarks/aiperf_runner.py, benchmarks/peers.py):
-the exact aiperf command, reading aiperf's files back, CPU accounting and the goal checks.
+the exact aiperf command, reading aiperf's files back, CPU accounting, the report (the goal checks:
+test_bench_goals.py).
 No aiperf or server runs here: `make bench-peers` is the end-to-end check."""
 import json
 import os
 import time
 
-from benchmarks import aiperf_runner, peers, report
+from benchmarks import aiperf_runner, goals, report
 from benchmarks.aiperf_runner import AiperfSettings, CpuSampler, command, parse_artifacts, proc_cpu_ticks
 
 
@@ -73,27 +74,6 @@ def test_cpu_sampler_interpolates_inside_the_window():
     assert abs(cpu["b"] - 0.25) < 1e-9
 
 
-def _result(run, c, tok, ttft99, frontend, api=None):
-    cpu = {"frontend": {"cpu_ms_per_1k_tokens": frontend}} if api is None else \
-        {"API server": {"cpu_ms_per_1k_tokens": api}}
-    return {"run": run, "concurrency": c, "output_tokens_per_s": tok, "ttft_ms": {"p99": ttft99},
-            "itl_ms": {"p50": 10.0}, "cpu": cpu}
-
-
-def test_goals_need_both_concurrencies_and_ttft_no_worse():
-    pairs = {"fastest": ("ours bf16", "vllm bf16")}
-    results = [_result("ours bf16", 16, 1300, 100, 60), _result("vllm bf16", 16, 1000, 120, None, api=100),
-               _result("ours bf16", 64, 2500, 500, 65), _result("vllm bf16", 64, 2000, 450, None, api=100)]
-    ratios = peers.compare(results, pairs)
-    assert [r["tok_s_ratio"] for r in ratios] == [1.3, 1.25]
-    g = peers.goals(ratios, {"serving_path_tokens_per_cpu_s": 6100.0})
-    # c=64: 1.25x but TTFT p99 500 > 450 ms: not met
-    assert [p["met"] for p in g["throughput"]["points"]] == [True, False] and g["throughput"]["met"] is False
-    assert g["frontend_cpu"]["met"] is True and g["serving_capacity"]["met"] is True
-    only16 = peers.goals(peers.compare(results[:2], pairs), None)
-    assert only16["throughput"]["met"] is None and only16["serving_capacity"]["met"] is None
-
-
 def test_report_renders_an_aiperf_peers_file(tmp_path):
     _write_artifacts(tmp_path)
     r = parse_artifacts(tmp_path)
@@ -104,7 +84,7 @@ def test_report_renders_an_aiperf_peers_file(tmp_path):
          "setup": {"client": "aiperf 0.13.0", "prompt_tokens": 128, "output_tokens": 64,
                    "extra_inputs": {"ignore_eos": True}},
          "results": [r], "ratios": [], "capacity": None, "runs": {"ours auto (bfloat16)": {"available": True}},
-         "goals": peers.goals([], None)}
+         "goals": goals.peers_goals([], None)}
     text = "\n".join(report.peers(d))
     assert "(ignore_eos: true)" in text and "| ours auto (bfloat16) | 16 | 128 | 126 | 20.0 / 40.0 | 5.0 / 10.0 | 5.0 / 10.0 |" in text
     assert "frontend 150" in text and "not measured" in text

@@ -88,11 +88,16 @@ def test_dtype_reaches_the_decoder_parameters(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--dtype", "float16"])
     assert build_parser().parse_args(["serve", "--decoder-threads", "3"]).decoder_threads == 3
-    repo = render_repository(RepositorySettings(model_dir=str(tmp_path), dtype="bfloat16", num_threads=3),
-                             tmp_path / "repo")
+    assert build_parser().parse_args(["serve"]).decoder_matmul == "auto"
+    assert build_parser().parse_args(["serve", "--decoder-matmul", "prepacked"]).decoder_matmul == "prepacked"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--decoder-matmul", "fast"])
+    repo = render_repository(RepositorySettings(model_dir=str(tmp_path), dtype="bfloat16", num_threads=3,
+                                                matmul="swapped"), tmp_path / "repo")
     text = (repo / "tensorrt_llm" / "config.pbtxt").read_text()
     assert 'key: "dtype" value: { string_value: "bfloat16" }' in text
     assert 'key: "num_threads" value: { string_value: "3" }' in text
+    assert 'key: "matmul" value: { string_value: "swapped" }' in text
 
 
 def test_build_script_dtype_option(make_default_model):
