@@ -100,6 +100,7 @@ class CompilePool:
         self._warm: Optional[asyncio.Future] = None    # set once the first worker is ready
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
+        self._has_idle: Optional[asyncio.Event] = None
         self.num_killed = 0
 
     # -- workers ------------------------------------------------------------------------------------
@@ -157,6 +158,17 @@ class CompilePool:
                 waiter.set_result(worker)
                 return
         self._idle.append(worker)
+        if self._has_idle is not None:
+            self._has_idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until some worker is idle (for tests and warm-up; requests never wait here)."""
+        await self._ensure_started()
+        while not self._idle:
+            if self._has_idle is None:
+                self._has_idle = asyncio.Event()
+            self._has_idle.clear()
+            await self._has_idle.wait()
 
     async def _ensure_started(self) -> None:
         if self._warm is None:
