@@ -9,8 +9,11 @@ deadline; otherwise it gets `PoolBusy` at once. So a pathological guide costs at
 for one deadline, and the pool never holds more than `size` cores.
 
 Starting a worker (importing xgrammar and torch, building the TokenizerInfo) takes seconds. The
-first start happens on the first guided request and is not charged to its deadline (as the
-tokenizer info never was); later restarts run in the background while the other workers serve.
+first start happens on the first guided request; a killed worker's replacement starts at once, in
+the background, while the other workers serve. A job's deadline (`timeout_s`) covers queueing
+behind other compiles and its own compile, not the pool's start-ups: while no worker is up at all
+(the first start, or every worker just killed), a job waits for one to come up, and its deadline
+starts then.
 """
 from __future__ import annotations
 
@@ -95,6 +98,7 @@ class CompilePool:
         self.max_waiting = self.size * 2 if max_waiting is None else int(max_waiting)
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
+        self._up: set[_Worker] = set()         # started and not killed
         self._starting = 0
         self._waiters: list[asyncio.Future] = []
         self._warm: Optional[asyncio.Future] = None    # set once the first worker is ready
@@ -132,6 +136,7 @@ class CompilePool:
                     self._warm.set_exception(RuntimeError(f"the guide compile workers cannot start: {e}"))
             raise
         self._starting -= 1
+        self._up.add(worker)
         if self._warm is not None and not self._warm.done():
             self._warm.set_result(None)
         self._release(worker)
@@ -139,6 +144,7 @@ class CompilePool:
     def _discard(self, worker: _Worker) -> None:
         worker.kill()
         self._all.discard(worker)
+        self._up.discard(worker)
         task = asyncio.get_running_loop().create_task(worker.proc.wait())   # reap it
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -177,17 +183,19 @@ class CompilePool:
                 self._spawn()
         await asyncio.shield(self._warm)
 
-    async def _acquire(self, deadline: float) -> _Worker:
+    async def _acquire(self, timeout_s: float) -> tuple[_Worker, bool]:
+        """An idle worker, and whether the job waited for one to start up; raises PoolBusy."""
         await self._ensure_started()
+        loop = asyncio.get_running_loop()
         if self._idle:
-            return self._idle.pop()
+            return self._idle.pop(), False
         if len(self._waiters) >= self.max_waiting:
             raise PoolBusy()
-        loop = asyncio.get_running_loop()
+        starting_up = not self._up          # no worker is up: wait for one, outside the deadline
         waiter = loop.create_future()
         self._waiters.append(waiter)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), max(0.0, deadline - loop.time()))
+            worker = await asyncio.wait_for(asyncio.shield(waiter), START_TIMEOUT_S if starting_up else timeout_s)
         except (asyncio.TimeoutError, asyncio.CancelledError) as e:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
@@ -197,14 +205,17 @@ class CompilePool:
             if isinstance(e, asyncio.CancelledError):
                 raise
             raise PoolBusy() from None
+        return worker, starting_up
 
     # -- the one entry point --------------------------------------------------------------------------
-    async def run(self, job: dict, deadline: float) -> dict:
+    async def run(self, job: dict, timeout_s: float) -> dict:
         """The worker's answer ({"ok": ...} or {"error": ..., "param": ...}); raises PoolBusy,
-        CompileTimeout or WorkerLost. `deadline` is in loop time (loop.time())."""
-        worker = await self._acquire(deadline)
-        progress = {"param": job.get("param")}
+        CompileTimeout or WorkerLost. `timeout_s` bounds waiting for a worker and compiling together."""
         loop = asyncio.get_running_loop()
+        start = loop.time()
+        worker, started_up = await self._acquire(timeout_s)
+        deadline = (loop.time() if started_up else start) + timeout_s
+        progress = {"param": job.get("param")}
         try:
             answer = await asyncio.wait_for(worker.run(job, progress), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:

@@ -230,10 +230,8 @@ class StructuredOutputs:
 
     async def _compile(self, spec: GuideSpec) -> tuple:
         pool = self._get_pool()
-        await pool._ensure_started()          # the first workers' start-up is not charged to a deadline
-        loop = asyncio.get_running_loop()
         try:
-            answer = await pool.run(spec.job(), loop.time() + self.compile_timeout_s)
+            answer = await pool.run(spec.job(), self.compile_timeout_s)
         except PoolBusy:
             return ("busy", spec.param)
         except CompileTimeout as e:

@@ -15,7 +15,7 @@ Guide types are exactly TensorRT-LLM's (`guided_decoding_guide_type`):
 * ``regex``         text that matches the regular expression in ``guide`` (whole match).
 * ``ebnf_grammar``  text derived from the GBNF/EBNF grammar in ``guide`` (root rule ``root``).
 
-Whitespace. xgrammar 0.2.8's ``compile_json_schema`` offers two ways to bound the whitespace of
+Whitespace. xgrammar's ``compile_json_schema`` offers two ways to bound the whitespace of
 JSON output: ``any_whitespace=False`` (no free whitespace at all: the output is laid out like
 ``json.dumps`` with the separators ``", "`` and ``": "``, or ``indent``/``separators``), and
 ``any_whitespace=True`` with ``max_whitespace_cnt=N`` (at most N whitespace characters at each
@@ -25,6 +25,9 @@ and ``json_schema`` are compiled through ``compile_json_schema``: ``json`` as th
 ``{"type": "object"}`` with ``strict_mode=False`` (any object, any keys), and by default with
 ``any_whitespace=False``; ``GuideCompiler(json_max_whitespace=N)`` selects the second form.
 Regexes and EBNF grammars are compiled as given: their whitespace is the author's business.
+(That is this CPU decoder's reading of `json` / `json_schema`, for direct Triton clients; the
+engine reads them loosely, `compile_like_engine` below, so the frontend sends neither: it sends
+JSON guides as `ebnf_grammar`, llama_triton/text/guide_forms.py.)
 
 Compile time limit. Each compilation runs in its own daemon thread; the caller waits at most
 ``compile_timeout_s`` (default 10 s, ``llama_triton.defaults.DECODER_GRAMMAR_COMPILE_TIMEOUT_S``)

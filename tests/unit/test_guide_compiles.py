@@ -48,7 +48,9 @@ class GatedPool(CompilePool):
         self._starting -= 1
         if not self._warm.done():
             self._warm.set_result(None)
-        self._release(GatedWorker(self, self._n))
+        worker = GatedWorker(self, self._n)
+        self._up.add(worker)
+        self._release(worker)
 
     def _discard(self, worker) -> None:
         worker.kill()
