@@ -21,7 +21,9 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import sys
+import threading
 from typing import Callable, Optional
 
 log = logging.getLogger("frontend.compile_pool")
@@ -47,15 +49,34 @@ class WorkerLost(Exception):
 
 
 class _Worker:
-    def __init__(self, proc: asyncio.subprocess.Process):
+    """One worker process. Plain `subprocess` pipes with a reader thread, not the event loop's
+    subprocess transport: uvloop's spawn runs the parent's fork handlers, and with gRPC's threads
+    busy in the frontend the child's pipes came back closed (seen in the served stack)."""
+
+    def __init__(self, proc: subprocess.Popen, loop: asyncio.AbstractEventLoop):
         self.proc = proc
+        self._loop = loop
+        self._lines: asyncio.Queue = asyncio.Queue()
+        threading.Thread(target=self._read, name=f"compile-worker-{proc.pid}", daemon=True).start()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    def _read(self) -> None:
+        try:
+            for raw in self.proc.stdout:
+                self._loop.call_soon_threadsafe(self._lines.put_nowait, raw)
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                self._loop.call_soon_threadsafe(self._lines.put_nowait, b"")
+            except RuntimeError:      # the loop is closed: nobody waits any more
+                pass
+
     async def _line(self) -> dict:
-        raw = await self.proc.stdout.readline()
+        raw = await self._lines.get()
         if not raw:
             raise WorkerLost("the compile worker exited")
         try:
@@ -63,16 +84,25 @@ class _Worker:
         except ValueError:
             raise WorkerLost(f"the compile worker wrote {raw[:80]!r}") from None
 
+    def _write_blocking(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    async def _write(self, data: bytes) -> None:
+        # in a thread: the setup payload is megabytes, more than a pipe holds while the child imports
+        try:
+            await self._loop.run_in_executor(None, self._write_blocking, data)
+        except (BrokenPipeError, OSError, ValueError) as e:
+            raise WorkerLost(f"the compile worker's stdin is closed ({e})") from None
+
     async def start(self, setup: bytes) -> None:
-        self.proc.stdin.write(setup)
-        await self.proc.stdin.drain()
+        await self._write(setup)
         msg = await asyncio.wait_for(self._line(), START_TIMEOUT_S)
         if not msg.get("ready"):
             raise WorkerLost(f"the compile worker did not start: {msg}")
 
     async def run(self, job: dict, progress: dict) -> dict:
-        self.proc.stdin.write((json.dumps({"job": job}) + "\n").encode())
-        await self.proc.stdin.drain()
+        await self._write((json.dumps({"job": job}) + "\n").encode())
         while True:
             msg = await self._line()
             if "progress" in msg:
@@ -81,11 +111,14 @@ class _Worker:
             return msg
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
+        if self.proc.poll() is None:
             try:
                 self.proc.kill()
             except ProcessLookupError:
                 pass
+
+    async def wait(self) -> int:
+        return await self._loop.run_in_executor(None, self.proc.wait)
 
 
 class CompilePool:
@@ -120,10 +153,9 @@ class CompilePool:
             if self._setup is None:
                 payload = await asyncio.get_running_loop().run_in_executor(None, self._setup_fn)
                 self._setup = (json.dumps(payload) + "\n").encode()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", WORKER_MODULE, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            worker = _Worker(proc)
+            proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            worker = _Worker(proc, asyncio.get_running_loop())
             self._all.add(worker)
             await worker.start(self._setup)
         except BaseException as e:
@@ -145,7 +177,7 @@ class CompilePool:
         worker.kill()
         self._all.discard(worker)
         self._up.discard(worker)
-        task = asyncio.get_running_loop().create_task(worker.proc.wait())   # reap it
+        task = asyncio.get_running_loop().create_task(worker.wait())   # reap it
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -212,6 +244,7 @@ class CompilePool:
         """The worker's answer ({"ok": ...} or {"error": ..., "param": ...}); raises PoolBusy,
         CompileTimeout or WorkerLost. `timeout_s` bounds waiting for a worker and compiling together."""
         loop = asyncio.get_running_loop()
+        await self._ensure_started()          # the pool's first start is not the job's time
         start = loop.time()
         worker, started_up = await self._acquire(timeout_s)
         deadline = (loop.time() if started_up else start) + timeout_s
@@ -239,7 +272,7 @@ class CompilePool:
         for worker in list(self._all):
             worker.kill()
             try:
-                await worker.proc.wait()
+                await worker.wait()
             except Exception:  # noqa: BLE001
                 pass
         self._all.clear()

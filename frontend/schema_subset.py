@@ -35,6 +35,7 @@ TYPED = {"minLength": "string", "maxLength": "string", "pattern": "string", "for
          "items": "array", "minItems": "array", "maxItems": "array",
          "properties": "object", "required": "object", "additionalProperties": "object"}
 COMBINERS = ("$ref", "const", "enum", "anyOf")     # xgrammar reads these alone, in this order
+MAX_DEPTH = 32                                     # nested schemas (each level at least one keyword)
 DEFS = ("$defs", "definitions")
 
 
@@ -48,28 +49,33 @@ class UnsupportedSchema(ValueError):
 
 def check_schema(schema: Any) -> Any:
     """The schema with integer bounds rewritten; raises UnsupportedSchema for what would go unenforced."""
-    return _node(schema, "#")
+    return _node(schema, "#", 0)
 
 
-def _types(node: dict) -> set:
+def _types(node: dict, where: str) -> set:
     t = node.get("type")
     if t is None:
         return set()
-    return set(t) if isinstance(t, list) else {t}
+    types = t if isinstance(t, list) else [t]
+    if not types or not all(isinstance(x, str) for x in types):
+        raise UnsupportedSchema(f"{where}/type", "'type' must be a type name or a list of them")
+    return set(types)
 
 
-def _node(node: Any, where: str) -> Any:
+def _node(node: Any, where: str, depth: int) -> Any:
     if isinstance(node, bool):
         return node
     if not isinstance(node, dict):
         raise UnsupportedSchema(where, "a schema must be an object or a boolean")
+    if depth > MAX_DEPTH:
+        raise UnsupportedSchema(where, f"schemas nest at most {MAX_DEPTH} levels deep")
     out = {k: v for k, v in node.items() if k in ANNOTATIONS}
     for key in DEFS:
         if key in node:
             defs = node[key]
             if not isinstance(defs, dict):
                 raise UnsupportedSchema(f"{where}/{key}", f"'{key}' must be an object")
-            out[key] = {name: _node(sub, f"{where}/{key}/{name}") for name, sub in defs.items()}
+            out[key] = {name: _node(sub, f"{where}/{key}/{name}", depth + 1) for name, sub in defs.items()}
     combiner = next((k for k in COMBINERS if k in node), None)
     if combiner is not None:
         allowed = {combiner, *ANNOTATIONS, *DEFS} | ({"type"} if combiner in ("const", "enum") else set())
@@ -82,11 +88,11 @@ def _node(node: Any, where: str) -> Any:
         if combiner == "anyOf":
             if not isinstance(node["anyOf"], list) or not node["anyOf"]:
                 raise UnsupportedSchema(f"{where}/anyOf", "'anyOf' must be a non-empty array")
-            out["anyOf"] = [_node(sub, f"{where}/anyOf/{i}") for i, sub in enumerate(node["anyOf"])]
+            out["anyOf"] = [_node(sub, f"{where}/anyOf/{i}", depth + 1) for i, sub in enumerate(node["anyOf"])]
         else:
             out[combiner] = node[combiner]
         return out
-    types = _types(node)
+    types = _types(node, where)
     if not types <= TYPES:
         raise UnsupportedSchema(f"{where}/type", f"unknown type {sorted(types - TYPES)}")
     for key, value in node.items():
@@ -111,15 +117,15 @@ def _node(node: Any, where: str) -> Any:
         if key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and "number" in types:
             raise UnsupportedSchema(f"{where}/{key}", f"'{key}' on a number is not supported: the decoder's "
                                     f"grammar engine does not enforce number bounds; use an integer or an enum")
-        if key == "format" and value not in FORMATS:
+        if key == "format" and (not isinstance(value, str) or value not in FORMATS):
             raise UnsupportedSchema(f"{where}/format", f"the format {value!r} is not supported (supported: "
                                     f"{', '.join(sorted(FORMATS))})")
         if key == "properties":
             if not isinstance(value, dict):
                 raise UnsupportedSchema(f"{where}/properties", "'properties' must be an object")
-            out[key] = {name: _node(sub, f"{where}/properties/{name}") for name, sub in value.items()}
+            out[key] = {name: _node(sub, f"{where}/properties/{name}", depth + 1) for name, sub in value.items()}
         elif key in ("items", "additionalProperties"):
-            out[key] = _node(value, f"{where}/{key}")
+            out[key] = _node(value, f"{where}/{key}", depth + 1)
         else:
             out[key] = value
     _integer_bounds(out, where)

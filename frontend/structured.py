@@ -105,7 +105,11 @@ class GuideSpec:
 
 def checked_schema(schema: Any, param: str) -> str:
     """The schema as the compact JSON we compile: size-capped, keywords checked (400s name `param`)."""
-    text = json.dumps(schema, ensure_ascii=False, separators=(", ", ": "))
+    try:
+        text = json.dumps(schema, ensure_ascii=False, separators=(", ", ": "))
+    except (RecursionError, ValueError):
+        raise errors.bad_request(f"Invalid '{param}': the schema nests too deeply.", param,
+                                 "unsupported_schema") from None
     if len(text.encode()) > MAX_SCHEMA_BYTES:
         raise errors.bad_request(f"Invalid '{param}': the schema is {len(text.encode())} bytes as JSON; at most "
                                  f"{MAX_SCHEMA_BYTES} are allowed.", param, "schema_too_large")

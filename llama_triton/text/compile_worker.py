@@ -61,7 +61,8 @@ def main() -> int:
     say({"ready": True})
     for line in sys.stdin:
         say(run_job(compiler, json.loads(line)["job"], say))
-    return 0
+    proto.flush()
+    os._exit(0)     # stdin closed: the frontend is gone; skip the bindings' leak report at teardown
 
 
 if __name__ == "__main__":

@@ -118,39 +118,44 @@ def test_grammar_mix_hurts_no_one(stack):
     run = uuid.uuid4().hex[:8]
     with ThreadPoolExecutor(max_workers=16) as pool:
         background = [pool.submit(poll_liveness), pool.submit(run_victims)]
-
-        # 1. the same new schema from six clients; the first hangs up at once
-        shared = nested(5, {"type": "string", "enum": [f"shared-{run}"]})
-        send_and_hang_up(base, schema_body(model, shared))
-        followers = [pool.submit(post_chat, base, schema_body(model, shared, seed=i)) for i in range(5)]
-        answers = [f.result() for f in followers]
-        assert [status for status, _ in answers] == [200] * 5, answers
-
-        # 2. many abandoned compiles, each a new schema of a few seconds
-        for i in range(8):
-            send_and_hang_up(base, schema_body(model, {"type": "string", "minLength": 3000 + i,
-                                                       "maxLength": 3000 + i, "description": run}))
-
-        # 3. schemas too slow to compile
-        slow = [pool.submit(post_chat, base, schema_body(model, {"type": "string", "minLength": 30000 + i,
-                                                                 "maxLength": 30000 + i, "description": run}))
-                for i in range(2)]
-        for status, body in (f.result() for f in slow):
-            assert status in (400, 429), body
-            assert body["error"]["code"] == ("grammar_too_complex" if status == 400 else "grammar_compiler_busy")
-            assert body["error"]["param"] == "response_format"
-
-        # afterwards: a fresh small schema and json_object are served
-        fresh = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
-                 "additionalProperties": False, "description": run}
-        status, body = with_retry_after(lambda: post_chat(base, schema_body(model, fresh)))
-        assert status == 200, body
-        status, body = with_retry_after(lambda: post_chat(base, {"model": model, "messages": MESSAGES, "max_tokens": 8,
-                                                                 "response_format": {"type": "json_object"}}))
-        assert status == 200, body
-        stop.set()
+        try:
+            mix(pool, base, model, run)
+        finally:
+            stop.set()
         for f in background:
             f.result()
 
     assert victims and all(ok for ok, _ in victims), [why for ok, why in victims if not ok]
     assert not probe_failures, probe_failures
+
+
+def mix(pool: ThreadPoolExecutor, base: str, model: str, run: str) -> None:
+    # 1. the same new schema from six clients; the first hangs up at once
+    shared = nested(5, {"type": "string", "enum": [f"shared-{run}"]})
+    send_and_hang_up(base, schema_body(model, shared))
+    followers = [pool.submit(post_chat, base, schema_body(model, shared, seed=i)) for i in range(5)]
+    answers = [f.result() for f in followers]
+    assert [status for status, _ in answers] == [200] * 5, answers
+
+    # 2. many abandoned compiles, each a new schema of a few seconds
+    for i in range(8):
+        send_and_hang_up(base, schema_body(model, {"type": "string", "minLength": 3000 + i,
+                                                   "maxLength": 3000 + i, "description": run}))
+
+    # 3. schemas too slow to compile
+    slow = [pool.submit(post_chat, base, schema_body(model, {"type": "string", "minLength": 30000 + i,
+                                                             "maxLength": 30000 + i, "description": run}))
+            for i in range(2)]
+    for status, body in (f.result() for f in slow):
+        assert status in (400, 429), body
+        assert body["error"]["code"] == ("grammar_too_complex" if status == 400 else "grammar_compiler_busy")
+        assert body["error"]["param"] == "response_format"
+
+    # afterwards: a fresh small schema and json_object are served
+    fresh = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+             "additionalProperties": False, "description": run}
+    status, body = with_retry_after(lambda: post_chat(base, schema_body(model, fresh)))
+    assert status == 200, body
+    status, body = with_retry_after(lambda: post_chat(base, {"model": model, "messages": MESSAGES, "max_tokens": 8,
+                                                             "response_format": {"type": "json_object"}}))
+    assert status == 200, body

@@ -147,7 +147,7 @@ def test_a_compile_past_its_deadline_is_killed_and_not_cached(default_tokenizer)
                     await s.resolve(GuideSpec("json_schema", PATHOLOGICAL, "response_format"))
                 assert e.value.status == 400 and e.value.code == "grammar_too_complex"
                 assert e.value.param == "response_format"
-                assert await asyncio.wait_for(worker.proc.wait(), WAIT_S) is not None   # killed, not running on
+                assert await asyncio.wait_for(worker.wait(), WAIT_S) is not None   # killed, not running on
                 assert pool.num_killed == attempt                                      # compiled again
                 await asyncio.wait_for(pool.wait_idle(), WAIT_S)
                 assert pid not in pool.worker_pids()
