@@ -67,13 +67,11 @@ class _Worker:
         try:
             for raw in self.proc.stdout:
                 self._loop.call_soon_threadsafe(self._lines.put_nowait, raw)
+            self._loop.call_soon_threadsafe(self._lines.put_nowait, b"")
         except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                self._loop.call_soon_threadsafe(self._lines.put_nowait, b"")
-            except RuntimeError:      # the loop is closed: nobody waits any more
-                pass
+            self._loop.call_soon_threadsafe(self._lines.put_nowait, b"")
+        except RuntimeError:          # the loop is closed: nobody waits any more
+            self.kill()
 
     async def _line(self) -> dict:
         raw = await self._lines.get()
