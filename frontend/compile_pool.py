@@ -69,7 +69,10 @@ class _Worker:
                 self._loop.call_soon_threadsafe(self._lines.put_nowait, raw)
             self._loop.call_soon_threadsafe(self._lines.put_nowait, b"")
         except (OSError, ValueError):
-            self._loop.call_soon_threadsafe(self._lines.put_nowait, b"")
+            try:
+                self._loop.call_soon_threadsafe(self._lines.put_nowait, b"")
+            except RuntimeError:
+                self.kill()
         except RuntimeError:          # the loop is closed: nobody waits any more
             self.kill()
 
