@@ -46,6 +46,14 @@ def nested(depth: int, leaf: dict) -> dict:
     return s
 
 
+def too_slow(i: int, run: str) -> dict:
+    """Over a minute to compile (xgrammar 0.1.32): 30 strings of distinct fixed lengths."""
+    return {"type": "object", "description": run,
+            "properties": {f"p{k}": {"type": "string", "minLength": 2000 + 30 * i + k, "maxLength": 2000 + 30 * i + k}
+                           for k in range(30)},
+            "required": [f"p{k}" for k in range(30)]}
+
+
 def schema_body(model: str, schema: dict, **kw) -> dict:
     return {"model": model, "messages": MESSAGES, "max_tokens": 16, **kw,
             "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
@@ -143,9 +151,7 @@ def mix(pool: ThreadPoolExecutor, base: str, model: str, run: str) -> None:
                                                    "maxLength": 3000 + i, "description": run}))
 
     # 3. schemas too slow to compile
-    slow = [pool.submit(post_chat, base, schema_body(model, {"type": "string", "minLength": 30000 + i,
-                                                             "maxLength": 30000 + i, "description": run}))
-            for i in range(2)]
+    slow = [pool.submit(post_chat, base, schema_body(model, too_slow(i, run))) for i in range(2)]
     for status, body in (f.result() for f in slow):
         assert status in (400, 429), body
         assert body["error"]["code"] == ("grammar_too_complex" if status == 400 else "grammar_compiler_busy")

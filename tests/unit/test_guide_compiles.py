@@ -127,9 +127,10 @@ def test_a_busy_pool_is_a_429_and_is_never_cached():
     asyncio.run(main())
 
 
-# Converting this schema takes xgrammar far longer than any deadline here.
-PATHOLOGICAL = json.dumps({"type": "object", "properties": {"s": {"type": "string", "minLength": 30000, "maxLength": 30000}},
-                           "required": ["s"]})
+# Compiling this schema takes xgrammar 0.1.32 over a minute (30 strings of distinct fixed lengths).
+PATHOLOGICAL = json.dumps({"type": "object", "properties": {f"p{i}": {"type": "string", "minLength": 2000 + i,
+                                                                      "maxLength": 2000 + i} for i in range(30)},
+                           "required": [f"p{i}" for i in range(30)]})
 
 
 def test_a_compile_past_its_deadline_is_killed_and_not_cached(default_tokenizer):
