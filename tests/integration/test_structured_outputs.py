@@ -98,15 +98,15 @@ def test_text_format_is_unconstrained(stack, openai_client):
 
 
 def test_pathological_schema_is_a_quick_400(stack, openai_client):
-    t0 = time.monotonic()
     status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES,
                                 "response_format": {"type": "json_schema",
                                                     "json_schema": {"name": "p", "schema": PATHOLOGICAL}}})
-    took = time.monotonic() - t0
     assert status == 400, body
     assert body["error"]["param"] == "response_format"
     assert body["error"]["type"] == "invalid_request_error"
-    assert took < 20, took          # the 5 s compile limit plus overhead, not a stalled decoder
+    # stopped at the compile deadline (the first guided request of a stack also waits for the
+    # compile workers to start, so its latency says nothing about the deadline)
+    assert body["error"]["code"] == "grammar_too_complex"
     # the stack still serves (the abandoned compilation runs in the frontend, not the decoder)
     t0 = time.monotonic()
     r = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, seed=1, max_tokens=4)
@@ -121,12 +121,11 @@ def test_pathological_schema_is_a_quick_400(stack, openai_client):
 def test_pathological_tool_parameters_are_a_400_naming_the_tool(stack):
     tools = [{"type": "function", "function": {"name": "ok", "parameters": {"type": "object", "properties": {}}}},
              {"type": "function", "function": {"name": "slow", "parameters": PATHOLOGICAL}}]
-    t0 = time.monotonic()
     status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES, "tools": tools,
                                 "tool_choice": "required"})
     assert status == 400, body
     assert body["error"]["param"] == "tools[1].function.parameters"
-    assert time.monotonic() - t0 < 20
+    assert body["error"]["code"] == "grammar_too_complex"
 
 
 @pytest.mark.parametrize("response_format,fragment", [
