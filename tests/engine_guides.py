@@ -22,6 +22,11 @@ def _model_dir() -> str:
     return os.environ.get("LLAMA_TRITON_MODEL_DIR") or str(ROOT / "var" / "models" / "llama2-tiny")
 
 
+def engine_compiler(model_dir: str | None = None):
+    """The engine's GrammarCompiler for the model (cached): what `engine_compile` compiles with."""
+    return _compiler(model_dir or _model_dir())
+
+
 @lru_cache(maxsize=2)
 def _compiler(model_dir: str):
     from importlib.metadata import version

@@ -19,7 +19,7 @@ from frontend.request_models import ChatCompletionRequest, parse_request
 from frontend.structured import GuideSpec, StructuredOutputs, checked_schema, response_format_guide
 from frontend.tools import ToolPlan
 from llama_triton.text.compile_worker import run_job
-from tests.engine_guides import _compiler, _model_dir, engine_accepts
+from tests.engine_guides import engine_accepts, engine_compiler
 
 USER = [{"role": "user", "content": "hi"}]
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -36,7 +36,7 @@ def request(**kw) -> ChatCompletionRequest:
 
 def sent(spec: GuideSpec) -> tuple[str, str]:
     """What the frontend sends for `spec`: the compile worker's job, run here."""
-    answer = run_job(_compiler(_model_dir()), spec.job(), lambda msg: None)
+    answer = run_job(engine_compiler(), spec.job(), lambda msg: None)
     assert "ok" in answer, answer
     guide_type, guide = answer["ok"]
     # never a form the engine compiles with free whitespace (json: builtin grammar; json_schema: any_whitespace)

@@ -1,23 +1,20 @@
 """Tool calling without a server: the incremental parser, grammars, prompts, guide checks, ChatOutput."""
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import random
-import time
 
 import jsonschema
 import pytest
 
-from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.request_models import ChatCompletionRequest, parse_request
 from frontend.service import ChatOutput
 from frontend.structured import GuideSpec, response_format_guide
 from frontend.tools import ARGUMENTS, PARAMETERS, ToolCallParser, ToolPlan, calls_schema, tools_system_prompt
 from llama_triton.text.compile_worker import run_job
-from tests.engine_guides import _compiler, _model_dir, engine_accepts
+from tests.engine_guides import engine_accepts, engine_compiler
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -219,7 +216,7 @@ def test_calls_schema_accepts_calls_and_only_calls():
 
 def build(spec: GuideSpec):
     """(guide_type, guide) as the frontend sends it: the compile worker's job, run here."""
-    answer = run_job(_compiler(_model_dir()), spec.job(), lambda msg: None)
+    answer = run_job(engine_compiler(), spec.job(), lambda msg: None)
     assert "ok" in answer, answer
     return tuple(answer["ok"])
 
@@ -300,14 +297,14 @@ def test_after_reasoning():
     assert matches(guide_type, guide, "<think>hmm</think>\nabc")
 
 
-def test_errors_name_the_field(default_tokenizer):
+def test_errors_name_the_field():
     bad_tool = {"type": "function", "function": {"name": "bad", "parameters": {"type": "object", "properties": {
         "x": {"type": "string", "pattern": "(unclosed"}}}}}
     plan = ToolPlan.from_request(request(tools=[WEATHER, bad_tool], tool_choice="required"), False)
-    answer = run_job(_compiler(_model_dir()), plan.guide().job(), lambda msg: None)
+    answer = run_job(engine_compiler(), plan.guide().job(), lambda msg: None)
     assert answer["param"] == "tools[1].function.parameters" and "invalid" in answer["error"]
     spec = response_format_guide(request(response_format={"type": "regex", "regex": "(a"}).response_format)
-    answer = run_job(_compiler(_model_dir()), spec.job(), lambda msg: None)
+    answer = run_job(engine_compiler(), spec.job(), lambda msg: None)
     assert answer["param"] == "response_format" and answer["error"].startswith("invalid regex")
 
 
