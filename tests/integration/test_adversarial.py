@@ -11,6 +11,7 @@ liveness probe's timeoutSeconds in deploy/, and a fresh small schema and json_ob
 """
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
@@ -38,7 +39,8 @@ def liveness_timeout_s() -> float:
 
 
 def nested(depth: int, leaf: dict) -> dict:
-    """Nested anyOf of objects and arrays: about 0.5 s to compile at depth 5 (xgrammar 0.1.32)."""
+    """Nested anyOf of objects and arrays: about 0.5 s to compile at depth 5, 1 s at depth 6 (xgrammar
+    0.1.32); depth 6 is 54 KB of JSON, under the 64 KiB cap."""
     s = leaf
     for _ in range(depth):
         s = {"anyOf": [{"type": "object", "properties": {"a": s, "b": s}, "required": ["a"]},
@@ -59,14 +61,28 @@ def schema_body(model: str, schema: dict, **kw) -> dict:
             "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
 
 
-def send_and_hang_up(base_url: str, body: dict) -> None:
-    """Sends a whole request and closes the connection without reading the answer."""
+def send_request(base_url: str, body: dict) -> socket.socket:
+    """A connection with a whole chat request sent on it (the answer not read yet)."""
     host, port = base_url.split("//")[1].split(":")
     data = json.dumps(body).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n").encode()
-    with socket.create_connection((host, int(port)), timeout=30) as s:
-        s.sendall(head + data)
+            f"Connection: close\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+    s = socket.create_connection((host, int(port)), timeout=120)
+    s.sendall(head + data)
+    return s
+
+
+def send_and_hang_up(base_url: str, body: dict) -> None:
+    """Sends a whole request and closes the connection without reading the answer."""
+    send_request(base_url, body).close()
+
+
+def read_answer(s: socket.socket) -> tuple[int, dict]:
+    """The status and JSON body of the answer on a connection from `send_request`."""
+    with s:
+        r = http.client.HTTPResponse(s)
+        r.begin()
+        return r.status, json.loads(r.read() or b"null")
 
 
 def victim(base_url: str, model: str) -> tuple[bool, str]:
@@ -138,11 +154,17 @@ def test_grammar_mix_hurts_no_one(stack):
 
 
 def mix(pool: ThreadPoolExecutor, base: str, model: str, run: str) -> None:
-    # 1. the same new schema from six clients; the first hangs up at once
-    shared = nested(5, {"type": "string", "enum": [f"shared-{run}"]})
-    send_and_hang_up(base, schema_body(model, shared))
-    followers = [pool.submit(post_chat, base, schema_body(model, shared, seed=i)) for i in range(5)]
-    answers = [f.result() for f in followers]
+    # 1. the same new schema from six clients; the first hangs up at once, once the other five
+    #    have sent theirs (so they are waiting on its compile: about a second at this depth)
+    shared = {**nested(6, {"type": "integer"}), "description": f"shared {run}"}
+    leader = send_request(base, schema_body(model, shared))
+    followers = [send_request(base, schema_body(model, shared, seed=i)) for i in range(5)]
+    # Not a synchronisation: the assertion below holds whenever the leader leaves. This pause only
+    # lets the followers reach the shared compile first, the case that lost their connections on
+    # main (hung up within milliseconds, the leader is gone before anyone shares its compile).
+    time.sleep(0.3)
+    leader.close()
+    answers = [read_answer(f) for f in followers]
     assert [status for status, _ in answers] == [200] * 5, answers
 
     # 2. many abandoned compiles, each a new schema of a few seconds
