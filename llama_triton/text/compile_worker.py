@@ -43,7 +43,14 @@ def run_job(compiler, job: dict, say) -> dict:
         return {"error": f"invalid {what}: {_clean_error(e)}", "param": param}
 
 
+NICE = 10      # compiles yield the CPU to decoding (the frontend and a CPU decoder share the cores)
+
+
 def main() -> int:
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)           # anything else printed goes to stderr, not into the protocol
     import xgrammar as xgr
