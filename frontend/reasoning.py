@@ -36,9 +36,9 @@ chunks the concatenated outputs are the same (tested at every split point), so t
 `message.reasoning_content` / `message.content`.
 
 Structured outputs on reasoning models. A response_format or tool grammar constrains the
-answer, not the reasoning: `structured.py` prefixes the grammar with "any text without
-`</think>`, then `</think>`" (plus at most two whitespace characters), so the model reasons
-freely and the constrained part starts after the reasoning.
+answer, not the reasoning: the guide is prefixed with "any text without `</think>`, then
+`</think>`" (plus at most two whitespace characters; llama_triton/text/guide_forms.py), so the
+model reasons freely and the constrained part starts after the reasoning.
 """
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ from typing import Any, Optional
 
 from frontend import errors
 from frontend.request_models import ChatCompletionRequest, ChatTool
-from frontend.structured import GuideSpec, _xgr, json_schema_grammar
+from frontend.structured import MAX_TOOLS, GuideSpec, checked_schema
 
 ARGUMENTS = "arguments"     # our key (Llama-2 and other templates without a tool list)
 PARAMETERS = "parameters"   # Llama-3.1's key
@@ -84,6 +84,9 @@ class ToolPlan:
 
     @classmethod
     def from_request(cls, req: ChatCompletionRequest, native: bool) -> "ToolPlan":
+        if req.tools and len(req.tools) > MAX_TOOLS:
+            raise errors.bad_request(f"Invalid 'tools': {len(req.tools)} tools; at most {MAX_TOOLS} are allowed.",
+                                     "tools", "too_many_tools")
         mode = req.tool_choice_mode
         tools = list(req.tools or []) if mode != "none" else []
         return cls(mode, tools, PARAMETERS if native else ARGUMENTS, native, bool(req.parallel_tool_calls),
@@ -185,13 +188,15 @@ def _rewrite_refs(node: Any, base: str) -> Any:
     return node
 
 
-def calls_schema(tools: list[ChatTool], key: str, parallel: bool) -> dict:
-    """JSON schema of the call output: one call object (any tool), or an array of >= 1 when parallel."""
+def calls_schema(tools: list[ChatTool], key: str, parallel: bool, parameters: Optional[list[dict]] = None) -> dict:
+    """JSON schema of the call output: one call object (any tool), or an array of >= 1 when parallel.
+    `parameters` are the tools' parameter schemas as checked (schema_subset), else as given."""
     defs: dict = {}
     alternatives = []
     for i, tool in enumerate(tools):
         name = f"tool{i}"
-        defs[name] = _rewrite_refs(copy.deepcopy(parameters_of(tool)), f"#/$defs/{name}")
+        params = parameters[i] if parameters is not None else parameters_of(tool)
+        defs[name] = _rewrite_refs(copy.deepcopy(params), f"#/$defs/{name}")
         alternatives.append({"type": "object",
                              "properties": {"name": {"const": tool.function.name}, key: {"$ref": f"#/$defs/{name}"}},
                              "required": ["name", key], "additionalProperties": False})
@@ -202,22 +207,22 @@ def calls_schema(tools: list[ChatTool], key: str, parallel: bool) -> dict:
 
 
 def tool_guide(plan: ToolPlan) -> GuideSpec:
-    checks = tuple((f"tools[{i}].function.parameters", "json_schema", json.dumps(parameters_of(t), ensure_ascii=False))
-                   for i, t in enumerate(plan.tools))
+    """The calls guide. Each tool's parameters are size-capped and keyword-checked here (a 400 names
+    `tools[i].function.parameters`) and compiled on their own first (`checks`), so a compile error
+    names the tool too."""
+    checked = [checked_schema(parameters_of(t), f"tools[{i}].function.parameters") for i, t in enumerate(plan.tools)]
+    checks = tuple((f"tools[{i}].function.parameters", "json_schema", text) for i, text in enumerate(checked))
     if plan.arguments_only:
         i = plan.tools.index(plan.named)
         return GuideSpec("json_schema", checks[i][2], checks[i][0])
-    tools = [plan.named] if plan.mode == "named" else plan.tools
+    indices = [plan.tools.index(plan.named)] if plan.mode == "named" else range(len(plan.tools))
+    tools = [plan.tools[i] for i in indices]
     parallel = plan.parallel and plan.mode != "named"
-    schema = json.dumps(calls_schema(tools, plan.key, parallel), ensure_ascii=False)
+    schema = json.dumps(calls_schema(tools, plan.key, parallel, [json.loads(checked[i]) for i in indices]),
+                        ensure_ascii=False)
     if plan.mode in ("required", "named"):
         return GuideSpec("json_schema", schema, "tools", checks)
-
-    def auto_grammar():
-        xgr = _xgr()
-        return xgr.Grammar.union(json_schema_grammar(schema), xgr.Grammar.from_ebnf(TEXT_RULE))
-
-    return GuideSpec("ebnf_grammar", None, "tools", checks, auto_grammar, "auto:" + schema)
+    return GuideSpec("json_schema", schema, "tools", checks, kind="tools_auto", text_rule=TEXT_RULE)
 
 
 # ---- the incremental parser ------------------------------------------------------------------

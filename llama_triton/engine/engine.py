@@ -4,6 +4,11 @@
 runs on the engine thread (`start`/`run_forever`) or on whoever calls `step` when there is none.
 Each step: take new requests and cancellations, schedule (admit, chunk prefill, decode, preempt),
 run one forward pass over the packed batch, sample, check stops, emit outputs, retire.
+
+Guides compile on the engine's own compile threads, never on the caller's thread (Triton's execute
+thread, which also serves the health probes) nor on the engine thread: a guided request is parked
+in the scheduler (`SequenceStatus.WAITING_FOR_GUIDE`, as vLLM parks requests in WAITING_FOR_FSM)
+until its grammar is ready, while the others keep decoding; the compile's end wakes the engine.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import logging
 import os
 import threading
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -66,6 +72,7 @@ class RequestState:
     callback: OutputCallback
     max_new_tokens: int                                   # clamped to max_seq_len - prompt_len
     samplings: list[Any] = field(default_factory=list)    # one SequenceSampling per sequence index
+    guide: Optional[Future] = None                        # the guide's compile, while parked
     seqs: dict[int, Sequence] = field(default_factory=dict)
     finished: set[int] = field(default_factory=set)
 
@@ -150,6 +157,9 @@ class Engine:
         self.last_cancel_latency_steps = 0  # steps from cancel() to the step that freed the slots
         self._num_running = 0   # scheduler counts as of the end of the last step, safe to read anywhere
         self._num_waiting = 0
+        self._num_queued = 0
+        self._compiles: Optional[ThreadPoolExecutor] = None   # made on the first guided request
+        self._guides_ready = False                             # guarded by _lock: a parked compile ended
 
     # ---- public, thread-safe -------------------------------------------------------------
 
@@ -170,18 +180,19 @@ class Engine:
         return self.block_manager.num_free_blocks
 
     def submit(self, request: GenerationRequest, callback: OutputCallback) -> None:
-        """Queues a request. Raises RequestError for a request that cannot be served, QueueFull when full."""
+        """Queues a request. Raises RequestError for a request that cannot be served, QueueFull when full.
+
+        Quick: parameters are checked here, the guide compiles later, on the compile threads."""
         max_new_tokens = self._validate(request)
-        # Compile the guide (cached) on the caller's thread, so a slow grammar never stalls a step.
-        validate = getattr(self.sampler, "validate", None)
-        if validate is not None:
-            validate(request.params, request.prompt_ids)
+        check = getattr(self.sampler, "check", None)
+        if check is not None:
+            check(request.params, request.prompt_ids)
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the engine is shut down")
             if request.request_id in self._active_ids:
                 raise RequestError(f"request id {request.request_id!r} is already in flight")
-            if len(self._inbox) + len(self.scheduler.waiting) >= self.config.max_queue_size:
+            if len(self._inbox) + self._num_queued >= self.config.max_queue_size:
                 raise QueueFull(f"the engine queue is full ({self.config.max_queue_size} waiting requests)")
             self._active_ids.add(request.request_id)
             self._inbox.append((request, callback, max_new_tokens))
@@ -224,6 +235,8 @@ class Engine:
             self._thread = None
         else:
             self._abort_all("the engine shut down")
+        if self._compiles is not None:
+            self._compiles.shutdown(wait=False, cancel_futures=True)
 
     def run_forever(self) -> None:
         while True:
@@ -258,6 +271,7 @@ class Engine:
         finally:
             self._num_running = self.scheduler.num_running
             self._num_waiting = self.scheduler.num_waiting
+            self._num_queued = self.scheduler.num_queued
             self._notify(self._step_end_listeners)
 
     def _run_batch_or_fail(self, batch: ScheduledBatch) -> None:
@@ -402,23 +416,22 @@ class Engine:
         with self._lock:
             inbox, self._inbox = self._inbox, deque()
             cancelled, self._cancelled = self._cancelled, set()
+            guides_ready, self._guides_ready = self._guides_ready, False
         for request, callback, max_new_tokens in inbox:
             state = RequestState(request, callback, max_new_tokens)
             self._requests[request.request_id] = state
-            try:
-                prompt = list(request.prompt_ids)
-                state.samplings = [self.sampler.new_sequence(request.params, i, prompt)
-                                   for i in range(request.params.num_return_sequences)]
-            except RequestError as exc:
-                self._finish_request(state, "error", str(exc))
-                continue
-            except Exception as exc:
-                logger.exception("setting up sampling for request %s failed", request.request_id)
-                self._finish_request(state, "error", f"internal error: {exc}")
+            guided = bool(request.params.guide_type) and hasattr(self.sampler, "compile_guide")
+            if not guided and not self._set_up_sampling(state, None):
                 continue
             seq = self._new_sequence(state, 0)
             seq.num_forks = request.params.num_return_sequences
-            self.scheduler.add(seq)
+            if guided:
+                state.guide = self._compile_guide(request)
+                self.scheduler.park(seq)
+            else:
+                self.scheduler.add(seq)
+        if guides_ready:
+            self._unpark_compiled()
         for request_id in cancelled:
             with self._lock:
                 asked_at = self._cancel_step.pop(request_id, self.num_steps)
@@ -428,10 +441,63 @@ class Engine:
                 self.num_cancelled += 1
                 self.last_cancel_latency_steps = self.num_steps - asked_at
 
+    def _set_up_sampling(self, state: RequestState, compiled: Any) -> bool:
+        """Makes the request's per-sequence sampling state; False (request failed) on an error."""
+        request = state.request
+        try:
+            prompt = list(request.prompt_ids)
+            state.samplings = [self.sampler.new_sequence(request.params, i, prompt, compiled)
+                               if compiled is not None else self.sampler.new_sequence(request.params, i, prompt)
+                               for i in range(request.params.num_return_sequences)]
+        except RequestError as exc:
+            self._finish_request(state, "error", str(exc))
+            return False
+        except Exception as exc:
+            logger.exception("setting up sampling for request %s failed", request.request_id)
+            self._finish_request(state, "error", f"internal error: {exc}")
+            return False
+        if 0 in state.seqs:
+            state.seqs[0].sampling = state.samplings[0]
+        return True
+
+    def _compile_guide(self, request: GenerationRequest) -> Future:
+        if self._compiles is None:
+            self._compiles = ThreadPoolExecutor(max_workers=2, thread_name_prefix="guide-compile")
+        future = self._compiles.submit(self.sampler.compile_guide, request.params)
+
+        def ready(_):
+            with self._lock:
+                self._guides_ready = True
+                self._wakeup.notify()
+
+        future.add_done_callback(ready)
+        return future
+
+    def _unpark_compiled(self) -> None:
+        """Parked sequences whose guide has compiled join the waiting queue; a failed compile
+        fails its request alone."""
+        for seq in [s for s in self.scheduler.parked]:
+            state = self._requests.get(seq.request_id)
+            if state is None or state.guide is None or not state.guide.done():
+                continue
+            future, state.guide = state.guide, None
+            try:
+                compiled = future.result()
+            except RequestError as exc:
+                self._finish_request(state, "error", str(exc))
+                continue
+            except Exception as exc:
+                logger.exception("compiling the guide of request %s failed", seq.request_id)
+                self._finish_request(state, "error", f"internal error: {exc}")
+                continue
+            if self._set_up_sampling(state, compiled):
+                self.scheduler.unpark(seq)
+
     def _new_sequence(self, state: RequestState, index: int) -> Sequence:
         prompt = list(state.request.prompt_ids)
         seq = Sequence(self._next_seq_id, state.request.request_id, index, prompt, len(prompt),
-                       sampling=state.samplings[index], cache_salt=state.request.cache_salt)
+                       sampling=state.samplings[index] if index < len(state.samplings) else None,
+                       cache_salt=state.request.cache_salt)
         self._next_seq_id += 1
         state.seqs[index] = seq
         return seq
@@ -460,7 +526,7 @@ class Engine:
         return min(params.max_new_tokens, self.max_seq_len - len(prompt))
 
     def _has_work_locked(self) -> bool:
-        return bool(self._inbox or self._cancelled or self.scheduler.has_work)
+        return bool(self._inbox or self._cancelled or self._guides_ready or self.scheduler.has_work)
 
     def _abort_all(self, error: str) -> None:
         with self._lock:

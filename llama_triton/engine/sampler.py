@@ -423,21 +423,32 @@ class Sampler:
             return None
         return torch.from_numpy(arr.copy())
 
-    def validate(self, params: SamplingParams, prompt_ids: Optional[Sequence[int]] = None) -> None:
-        """Checks a request without making a sequence (also compiles its guide, which warms the
-        grammar cache). Raises RequestError. Safe to call from any thread."""
+    def check(self, params: SamplingParams, prompt_ids: Optional[Sequence[int]] = None) -> None:
+        """Checks a request's parameters without compiling its guide (quick: Triton's execute thread
+        calls it through Engine.submit). Raises RequestError. Safe to call from any thread."""
         self._normalise(params, prompt_ids)
         self._bias(params)
-        if params.guide_type:
-            self.guides.compile(params.guide_type, params.guide)
+
+    def compile_guide(self, params: SamplingParams):
+        """The request's compiled grammar (None without a guide); blocks up to the compile time
+        limit, so the engine calls it on its compile threads. Raises RequestError."""
+        if not params.guide_type:
+            return None
+        return self.guides.compile(params.guide_type, params.guide)
+
+    def validate(self, params: SamplingParams, prompt_ids: Optional[Sequence[int]] = None) -> None:
+        """`check`, and compiles the guide too (which warms the grammar cache). Raises RequestError."""
+        self.check(params, prompt_ids)
+        self.compile_guide(params)
 
     def new_sequence(self, params: SamplingParams, sequence_index: int,
-                     prompt_ids: Sequence[int]) -> SequenceSampling:
+                     prompt_ids: Sequence[int], compiled: Any = None) -> SequenceSampling:
         """Validates ``params`` and makes the sampling state of one sequence of a request.
 
-        Raises RequestError on bad input, an invalid guide, or a guide that takes longer than the
-        compile time limit. The n sequences of a request share the compiled grammar through the
-        compiler's cache."""
+        ``compiled`` is the request's compiled grammar when the caller has it (the engine compiles
+        off its thread, `compile_guide`); else the guide is compiled here. Raises RequestError on
+        bad input, an invalid guide, or a guide that takes longer than the compile time limit. The
+        n sequences of a request share one compiled grammar, each with its own matcher."""
         idx = _int(sequence_index, "sequence_index")
         if idx < 0:
             raise RequestError("sequence_index must be >= 0")
@@ -445,7 +456,8 @@ class Sampler:
         bias = self._bias(params)
         guide = None
         if params.guide_type:
-            compiled = self.guides.compile(params.guide_type, params.guide)
+            if compiled is None:
+                compiled = self.guides.compile(params.guide_type, params.guide)
             stops = [norm["end_id"]] if norm["end_id"] is not None else None
             guide = self.guides.new_matcher(compiled, stops)
         prompt = [] if prompt_ids is None else [int(t) for t in prompt_ids]

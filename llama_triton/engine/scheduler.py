@@ -28,6 +28,9 @@ class Scheduler:
         self.block_manager = block_manager
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []       # admission order: the last is the youngest
+        # requests whose guide is still compiling: not schedulable, but queued (they count as
+        # waiting), so a slow grammar holds up no one else's admission
+        self.parked: list[Sequence] = []
 
     @property
     def num_running(self) -> int:
@@ -35,15 +38,30 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
-        return sum(seq.num_forks for seq in self.waiting)
+        return sum(seq.num_forks for seq in self.waiting) + sum(seq.num_forks for seq in self.parked)
+
+    @property
+    def num_queued(self) -> int:
+        """Requests admitted to the engine but not running yet (the queue bound counts these)."""
+        return len(self.waiting) + len(self.parked)
 
     @property
     def has_work(self) -> bool:
+        """Something to schedule (parked sequences are not: their compile wakes the engine)."""
         return bool(self.waiting or self.running)
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
+
+    def park(self, seq: Sequence) -> None:
+        """Holds a sequence until its guide is ready (`unpark`)."""
+        seq.status = SequenceStatus.WAITING_FOR_GUIDE
+        self.parked.append(seq)
+
+    def unpark(self, seq: Sequence) -> None:
+        self.parked.remove(seq)
+        self.add(seq)
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
@@ -121,4 +139,6 @@ class Scheduler:
             self.block_manager.free(seq)
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
+        elif seq.status is SequenceStatus.WAITING_FOR_GUIDE:
+            self.parked.remove(seq)
         seq.status = SequenceStatus.FINISHED

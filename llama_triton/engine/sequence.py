@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 
 class SequenceStatus(Enum):
+    WAITING_FOR_GUIDE = auto()    # parked until its grammar has compiled (vLLM's WAITING_FOR_FSM)
     WAITING = auto()
     RUNNING = auto()
     FINISHED = auto()

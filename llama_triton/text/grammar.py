@@ -1,4 +1,8 @@
-"""Guided (grammar-constrained) decoding on top of xgrammar 0.2.8: compilation and per-sequence matchers.
+"""Guided (grammar-constrained) decoding on top of xgrammar 0.1.32: compilation and per-sequence matchers.
+
+xgrammar 0.1.32 is the version TensorRT-LLM 1.2.1 pins (its `requirements.txt` at the v1.2.1 tag)
+and the one project-wide: the frontend builds guides with it, the CPU decoder constrains with it,
+and `compile_like_engine` compiles a guide exactly as the engine does (docs/GPU.md, "Guides").
 
 Shared by the CPU decoder's sampler and the frontend's request checks (frontend/structured.py), so it
 lives outside the engine package and imports no torch (only the engine's plain request types): a
@@ -11,7 +15,7 @@ Guide types are exactly TensorRT-LLM's (`guided_decoding_guide_type`):
 * ``regex``         text that matches the regular expression in ``guide`` (whole match).
 * ``ebnf_grammar``  text derived from the GBNF/EBNF grammar in ``guide`` (root rule ``root``).
 
-Whitespace. xgrammar 0.2.8's ``compile_json_schema`` offers two ways to bound the whitespace of
+Whitespace. xgrammar's ``compile_json_schema`` offers two ways to bound the whitespace of
 JSON output: ``any_whitespace=False`` (no free whitespace at all: the output is laid out like
 ``json.dumps`` with the separators ``", "`` and ``": "``, or ``indent``/``separators``), and
 ``any_whitespace=True`` with ``max_whitespace_cnt=N`` (at most N whitespace characters at each
@@ -21,6 +25,9 @@ and ``json_schema`` are compiled through ``compile_json_schema``: ``json`` as th
 ``{"type": "object"}`` with ``strict_mode=False`` (any object, any keys), and by default with
 ``any_whitespace=False``; ``GuideCompiler(json_max_whitespace=N)`` selects the second form.
 Regexes and EBNF grammars are compiled as given: their whitespace is the author's business.
+(That is this CPU decoder's reading of `json` / `json_schema`, for direct Triton clients; the
+engine reads them loosely, `compile_like_engine` below, so the frontend sends neither: it sends
+JSON guides as `ebnf_grammar`, llama_triton/text/guide_forms.py.)
 
 Compile time limit. Each compilation runs in its own daemon thread; the caller waits at most
 ``compile_timeout_s`` (default 10 s, ``llama_triton.defaults.DECODER_GRAMMAR_COMPILE_TIMEOUT_S``)
@@ -81,11 +88,6 @@ class GuideMatcher:
     @property
     def is_terminated(self) -> bool:
         return bool(self._matcher.is_terminated())
-
-    @property
-    def is_completed(self) -> bool:
-        """The text so far is a complete match (the stop token has not necessarily come yet)."""
-        return bool(self._matcher.is_completed())
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Writes the allowed-token bitmask into ``bitmask[row]`` (not for a terminated matcher)."""
@@ -194,7 +196,9 @@ class GuideCompiler:
 
     def compile(self, guide_type: str, guide: Optional[str]):
         """Returns an ``xgrammar.CompiledGrammar``; raises RequestError for a bad guide or a
-        compilation that takes longer than ``compile_timeout_s``."""
+        compilation that takes longer than ``compile_timeout_s``. Blocks the caller for up to that
+        long: the CPU decoder calls it from its compile threads, never from Triton's execute
+        thread or the engine thread (llama_triton/engine/engine.py)."""
         self.check_guide(guide_type, guide)
         self._get_compiler()  # build TokenizerInfo outside the time limit
         if not self._running.acquire(blocking=False):
@@ -242,3 +246,55 @@ class GuideCompiler:
                       vocab_size: int) -> None:
         _import_xgrammar().apply_token_bitmask_inplace(
             logits, bitmask, vocab_size=vocab_size, indices=rows)
+
+
+# ---- the engine's way (TensorRT-LLM 1.2.1) --------------------------------------------------------
+
+def tokenizer_info_payload(hf_tokenizer: Any, vocab_size: int) -> dict:
+    """What TensorRT-LLM builds xgrammar's TokenizerInfo from (the fields of the backend's
+    `xgrammar_tokenizer_info_path` file, llama_triton/gpu/build.py), from a loaded Hugging Face
+    tokenizer: the vocabulary by id, the serialised fast tokenizer, the stop token ids. JSON-able,
+    and needs no xgrammar, so a process without it (the frontend) can hand it to one with it."""
+    vocab = hf_tokenizer.get_vocab()
+    encoded = [""] * int(vocab_size)
+    for token, i in vocab.items():
+        if 0 <= i < vocab_size:
+            encoded[i] = token
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    eos = getattr(hf_tokenizer, "eos_token_id", None)
+    return {"encoded_vocab": encoded, "tokenizer_str": backend.to_str() if backend is not None else None,
+            "stop_token_ids": [int(eos)] if eos is not None else [], "vocab_size": int(vocab_size)}
+
+
+def tokenizer_info_from_payload(payload: dict):
+    """xgrammar's TokenizerInfo as TensorRT-LLM 1.2.1 builds it: vocabulary type and prefix-space
+    rule detected from the serialised tokenizer (tensorrt_llm/_torch/pyexecutor/grammar_matcher.py,
+    XGrammarMatcherFactory, read at 0fccc5b; the C++ GuidedDecoder's TokenizerInfo::FromHuggingFace
+    does the same from the same three fields, cpp/tensorrt_llm/batch_manager/guidedDecoder.cpp:45-55
+    read at 000a01d; neither read at the v1.2.1 tag itself, which the index does not hold)."""
+    xgr = _import_xgrammar()
+    kwargs: dict = {}
+    if payload.get("tokenizer_str"):
+        meta = xgr.TokenizerInfo._detect_metadata_from_hf(payload["tokenizer_str"])
+        kwargs = {"vocab_type": meta["vocab_type"], "add_prefix_space": meta["add_prefix_space"]}
+    return xgr.TokenizerInfo(payload["encoded_vocab"], vocab_size=payload["vocab_size"],
+                             stop_token_ids=payload["stop_token_ids"] or None, **kwargs)
+
+
+def compile_like_engine(compiler: Any, guide_type: str, guide: Optional[str]):
+    """Compiles (guide_type, guide) as TensorRT-LLM 1.2.1's C++ GuidedDecoder does
+    (cpp/tensorrt_llm/batch_manager/guidedDecoder.cpp:85-110, read at 000a01d), with the same
+    xgrammar version: ``json`` is the builtin JSON grammar (any value, free whitespace),
+    ``json_schema`` compile_json_schema with its defaults (free whitespace), ``regex`` via
+    Grammar.from_regex, ``ebnf_grammar`` via Grammar.from_ebnf (root rule ``root``). Raises
+    whatever xgrammar raises: on the engine that exception fails every active request."""
+    xgr = _import_xgrammar()
+    if guide_type == "json":
+        return compiler.compile_builtin_json_grammar()
+    if guide_type == "json_schema":
+        return compiler.compile_json_schema(guide)
+    if guide_type == "regex":
+        return compiler.compile_grammar(xgr.Grammar.from_regex(guide))
+    if guide_type == "ebnf_grammar":
+        return compiler.compile_grammar(xgr.Grammar.from_ebnf(guide))
+    raise ValueError(f"the engine has no guide type {guide_type!r}")

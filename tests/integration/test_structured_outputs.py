@@ -32,9 +32,10 @@ SCHEMA = {
     "additionalProperties": False,
 }
 JSON_SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "colour", "strict": True, "schema": SCHEMA}}
-# Converting this schema to a grammar takes xgrammar far longer than the frontend's 5 s limit.
-PATHOLOGICAL = {"type": "object", "properties": {"s": {"type": "string", "pattern": "[a-z]{12000}"}},
-                "required": ["s"]}
+# Compiling this schema takes xgrammar 0.1.32 over a minute, far longer than the frontend's 5 s limit.
+PATHOLOGICAL = {"type": "object", "properties": {f"p{i}": {"type": "string", "minLength": 2000 + i, "maxLength": 2000 + i}
+                                                 for i in range(30)},
+                "required": [f"p{i}" for i in range(30)]}
 
 
 def stream_texts(chunks) -> tuple[dict[int, str], dict[int, str]]:
@@ -97,36 +98,34 @@ def test_text_format_is_unconstrained(stack, openai_client):
 
 
 def test_pathological_schema_is_a_quick_400(stack, openai_client):
-    t0 = time.monotonic()
     status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES,
                                 "response_format": {"type": "json_schema",
                                                     "json_schema": {"name": "p", "schema": PATHOLOGICAL}}})
-    took = time.monotonic() - t0
     assert status == 400, body
     assert body["error"]["param"] == "response_format"
     assert body["error"]["type"] == "invalid_request_error"
-    assert took < 20, took          # the 5 s compile limit plus overhead, not a stalled decoder
+    # stopped at the compile deadline (the first guided request of a stack also waits for the
+    # compile workers to start, so its latency says nothing about the deadline)
+    assert body["error"]["code"] == "grammar_too_complex"
     # the stack still serves (the abandoned compilation runs in the frontend, not the decoder)
     t0 = time.monotonic()
     r = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, seed=1, max_tokens=4)
     assert r.choices[0].finish_reason == "length" and time.monotonic() - t0 < 30
-    # refused at once the second time (cached)
-    t0 = time.monotonic()
+    # a timeout is not cached (issue 24): the second time it is compiled again, and refused again
     status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES,
                                 "response_format": {"type": "json_schema",
                                                     "json_schema": {"name": "p", "schema": PATHOLOGICAL}}})
-    assert status == 400 and time.monotonic() - t0 < 2
+    assert status == 400 and body["error"]["code"] == "grammar_too_complex"
 
 
 def test_pathological_tool_parameters_are_a_400_naming_the_tool(stack):
     tools = [{"type": "function", "function": {"name": "ok", "parameters": {"type": "object", "properties": {}}}},
              {"type": "function", "function": {"name": "slow", "parameters": PATHOLOGICAL}}]
-    t0 = time.monotonic()
     status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES, "tools": tools,
                                 "tool_choice": "required"})
     assert status == 400, body
     assert body["error"]["param"] == "tools[1].function.parameters"
-    assert time.monotonic() - t0 < 20
+    assert body["error"]["code"] == "grammar_too_complex"
 
 
 @pytest.mark.parametrize("response_format,fragment", [

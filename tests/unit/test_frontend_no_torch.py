@@ -1,7 +1,7 @@
 """A frontend worker does not load torch: it imports the app, loads the tokenizer, builds the
 application and prepares an ordinary chat request, all without torch or the CPU engine's model code.
-(A guided request still loads torch on first use: xgrammar 0.2.8 imports it in its package
-__init__, xgrammar/matcher.py line 9.)
+(Guided requests do not load it either: xgrammar, which imports torch, runs only in the guide
+compile worker processes, frontend/compile_pool.py.)
 
 Runs in a fresh interpreter: this test process itself has torch loaded by other tests.
 """

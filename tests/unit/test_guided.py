@@ -1,4 +1,4 @@
-"""Guided decoding (xgrammar 0.2.8) through the sampler, with the real Llama-2 vocabulary."""
+"""Guided decoding (xgrammar 0.1.32) through the sampler, with the real Llama-2 vocabulary."""
 from __future__ import annotations
 
 import json

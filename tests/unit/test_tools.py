@@ -1,21 +1,20 @@
 """Tool calling without a server: the incremental parser, grammars, prompts, guide checks, ChatOutput."""
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import random
-import time
 
 import jsonschema
 import pytest
 
-from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.request_models import ChatCompletionRequest, parse_request
 from frontend.service import ChatOutput
-from frontend.structured import GuideSpec, StructuredOutputs, response_format_guide
+from frontend.structured import GuideSpec, response_format_guide
 from frontend.tools import ARGUMENTS, PARAMETERS, ToolCallParser, ToolPlan, calls_schema, tools_system_prompt
+from llama_triton.text.compile_worker import run_job
+from tests.engine_guides import engine_accepts, engine_compiler
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -215,156 +214,98 @@ def test_calls_schema_accepts_calls_and_only_calls():
         jsonschema.validate([], many)
 
 
-@pytest.fixture(scope="module")
-def structured(default_tokenizer):
-    s = StructuredOutputs(default_tokenizer.hf, default_tokenizer.vocab_size, compile_timeout_s=20)
-    yield s
-    s.close()
+def build(spec: GuideSpec):
+    """(guide_type, guide) as the frontend sends it: the compile worker's job, run here."""
+    answer = run_job(engine_compiler(), spec.job(), lambda msg: None)
+    assert "ok" in answer, answer
+    return tuple(answer["ok"])
 
 
-def matches(structured, guide_type, guide, text) -> bool:
-    import xgrammar as xgr
-    compiled = structured.compiler.compile(guide_type, guide)
-    matcher = xgr.GrammarMatcher(compiled)
-    return bool(matcher.accept_string(text)) and matcher.is_completed()
+def matches(guide_type, guide, text) -> bool:
+    return engine_accepts(guide_type, guide, text)
 
 
-def build(structured, spec: GuideSpec):
-    return structured.build(spec)
-
-
-def test_required_grammar(structured):
+def test_required_grammar():
     plan = ToolPlan.from_request(request(tools=[WEATHER, TIME], tool_choice="required"), False)
-    guide_type, guide = build(structured, plan.guide())
-    assert guide_type == "json_schema"
+    guide_type, guide = build(plan.guide())
+    assert guide_type == "ebnf_grammar"
     call = '{"name": "get_time", "arguments": {"tz": -12}}'
-    assert matches(structured, guide_type, guide, call)
-    assert matches(structured, guide_type, guide, f"[{call}, {call}]")
-    assert not matches(structured, guide_type, guide, "[]")
-    assert not matches(structured, guide_type, guide, '{"name":"get_time","arguments":{"tz":1}}')  # no free layout
-    assert not matches(structured, guide_type, guide, '{"name": "get_time",  "arguments": {"tz": 1}}')
-    assert not matches(structured, guide_type, guide, "hello")
+    assert matches(guide_type, guide, call)
+    assert matches(guide_type, guide, f"[{call}, {call}]")
+    assert not matches(guide_type, guide, "[]")
+    assert not matches(guide_type, guide, '{"name":"get_time","arguments":{"tz":1}}')  # no free layout
+    assert not matches(guide_type, guide, '{"name": "get_time",  "arguments": {"tz": 1}}')
+    assert not matches(guide_type, guide, "hello")
     single = ToolPlan.from_request(request(tools=[WEATHER, TIME], tool_choice="required",
                                            parallel_tool_calls=False), False)
-    assert not matches(structured, *build(structured, single.guide()), f"[{call}]")
+    assert not matches(*build(single.guide()), f"[{call}]")
 
 
-def test_auto_grammar(structured):
+def test_auto_grammar():
     plan = ToolPlan.from_request(request(tools=[WEATHER, REFS]), False)
-    guide_type, guide = build(structured, plan.guide())
+    guide_type, guide = build(plan.guide())
     assert guide_type == "ebnf_grammar"
-    assert matches(structured, guide_type, guide, '{"name": "pick", "arguments": {"color": "blue"}}')
-    assert matches(structured, guide_type, guide, "Plain text, with {braces} inside.\nFine.")
-    assert matches(structured, guide_type, guide, "  \nleading whitespace is fine")
-    assert not matches(structured, guide_type, guide, ' {"leading space": "then a brace"}')
-    assert not matches(structured, guide_type, guide, '{"not": "a call"}')
-    assert not matches(structured, guide_type, guide, "[1, 2]")
+    assert matches(guide_type, guide, '{"name": "pick", "arguments": {"color": "blue"}}')
+    assert matches(guide_type, guide, "Plain text, with {braces} inside.\nFine.")
+    assert matches(guide_type, guide, "  \nleading whitespace is fine")
+    assert not matches(guide_type, guide, ' {"leading space": "then a brace"}')
+    assert not matches(guide_type, guide, '{"not": "a call"}')
+    assert not matches(guide_type, guide, "[1, 2]")
 
 
-def test_named_grammar(structured):
+def test_named_grammar():
     named = {"type": "function", "function": {"name": "get_weather"}}
     plan = ToolPlan.from_request(request(tools=[WEATHER, TIME], tool_choice=named), False)
-    guide_type, guide = build(structured, plan.guide())
-    assert guide_type == "json_schema" and json.loads(guide) == WEATHER["function"]["parameters"]
-    assert matches(structured, guide_type, guide, '{"city": "Rome", "unit": "c"}')
+    spec = plan.guide()
+    assert spec.guide_type == "json_schema" and json.loads(spec.guide) == WEATHER["function"]["parameters"]
+    assert matches(*build(spec), '{"city": "Rome", "unit": "c"}')
     native = ToolPlan.from_request(request(tools=[WEATHER, TIME], tool_choice=named), True)
-    assert matches(structured, *build(structured, native.guide()),
-                   '{"name": "get_weather", "parameters": {"city": "Rome", "unit": "c"}}')
-    assert not matches(structured, *build(structured, native.guide()), '{"name": "get_time", "parameters": {"tz": 1}}')
+    assert matches(*build(native.guide()), '{"name": "get_weather", "parameters": {"city": "Rome", "unit": "c"}}')
+    assert not matches(*build(native.guide()), '{"name": "get_time", "parameters": {"tz": 1}}')
 
 
-def test_no_parameters_means_empty_object(structured):
+def test_no_parameters_means_empty_object():
     plan = ToolPlan.from_request(request(tools=[NOARGS], tool_choice="required", parallel_tool_calls=False), False)
-    assert matches(structured, *build(structured, plan.guide()), '{"name": "ping", "arguments": {}}')
+    assert matches(*build(plan.guide()), '{"name": "ping", "arguments": {}}')
 
 
-def test_response_format_guides(structured):
+def test_response_format_guides():
     parse_rf = lambda rf: response_format_guide(request(response_format=rf).response_format)  # noqa: E731
     assert parse_rf({"type": "text"}) is None
     spec = parse_rf({"type": "json_object"})
     assert (spec.guide_type, spec.guide, spec.param) == ("json", None, "response_format")
-    assert build(structured, spec) == ("json", None)
-    assert matches(structured, "json", None, '{"any": ["thing", 1]}')
-    assert not matches(structured, "json", None, '{"any":  1}')                 # bounded whitespace
+    assert build(spec)[0] == "ebnf_grammar"
+    assert matches(*build(spec), '{"any": ["thing", 1]}')
+    assert not matches(*build(spec), '{"any":  1}')                 # bounded whitespace
     spec = parse_rf({"type": "json_schema", "json_schema": {"name": "x", "strict": True,
                                                              "schema": WEATHER["function"]["parameters"]}})
     assert spec.guide_type == "json_schema" and json.loads(spec.guide) == WEATHER["function"]["parameters"]
     spec = parse_rf({"type": "regex", "regex": "(yes|no)"})
-    assert build(structured, spec) == ("regex", "(yes|no)")
+    assert build(spec) == ("regex", "(yes|no)")
 
 
-def test_after_reasoning(structured):
+def test_after_reasoning():
     spec = response_format_guide(request(response_format={"type": "regex", "regex": "[a-z]{1,5}"}).response_format)
-    guide_type, guide = build(structured, spec.after_reasoning("inside"))
+    guide_type, guide = build(spec.after_reasoning("inside"))
     assert guide_type == "ebnf_grammar"
-    assert matches(structured, guide_type, guide, "let me think < </thin </think>\n\nabc")
-    assert matches(structured, guide_type, guide, "</think>abc")
-    assert not matches(structured, guide_type, guide, "abc")                        # reasoning must end first
-    assert not matches(structured, guide_type, guide, "x</think>\n\n\nabc")         # at most 2 whitespace
-    guide_type, guide = build(structured, spec.after_reasoning("optional"))
-    assert matches(structured, guide_type, guide, "abc")
-    assert matches(structured, guide_type, guide, "<think>hmm</think>\nabc")
+    assert matches(guide_type, guide, "let me think < </thin </think>\n\nabc")
+    assert matches(guide_type, guide, "</think>abc")
+    assert not matches(guide_type, guide, "abc")                        # reasoning must end first
+    assert not matches(guide_type, guide, "x</think>\n\n\nabc")         # at most 2 whitespace
+    guide_type, guide = build(spec.after_reasoning("optional"))
+    assert matches(guide_type, guide, "abc")
+    assert matches(guide_type, guide, "<think>hmm</think>\nabc")
 
 
-def test_errors_name_the_field(structured):
+def test_errors_name_the_field():
     bad_tool = {"type": "function", "function": {"name": "bad", "parameters": {"type": "object", "properties": {
         "x": {"type": "string", "pattern": "(unclosed"}}}}}
     plan = ToolPlan.from_request(request(tools=[WEATHER, bad_tool], tool_choice="required"), False)
-    with pytest.raises(errors.APIError) as e:
-        asyncio.run(structured.resolve(plan.guide()))
-    assert e.value.status == 400 and e.value.param == "tools[1].function.parameters"
+    answer = run_job(engine_compiler(), plan.guide().job(), lambda msg: None)
+    assert answer["param"] == "tools[1].function.parameters" and "invalid" in answer["error"]
     spec = response_format_guide(request(response_format={"type": "regex", "regex": "(a"}).response_format)
-    with pytest.raises(errors.APIError) as e:
-        asyncio.run(structured.resolve(spec))
-    assert e.value.status == 400 and e.value.param == "response_format"
-
-
-def test_slow_builds_are_abandoned_and_remembered(default_tokenizer, monkeypatch):
-    s = StructuredOutputs(default_tokenizer.hf, default_tokenizer.vocab_size, compile_timeout_s=0.3)
-    calls = []
-
-    def slow_build(spec, progress=None):
-        calls.append(spec)
-        time.sleep(1.5)
-        return ("regex", "x")
-
-    monkeypatch.setattr(s, "build", slow_build)
-    spec = GuideSpec("regex", "x+", "response_format")
-
-    async def main():
-        t0 = time.monotonic()
-        with pytest.raises(errors.APIError) as e:
-            await s.resolve(spec)
-        took = time.monotonic() - t0
-        assert e.value.status == 400 and e.value.param == "response_format" and e.value.code == "grammar_too_complex"
-        assert took < 1.2
-        # the same guide again: refused from the cache, without a second build
-        with pytest.raises(errors.APIError):
-            await s.resolve(spec)
-        assert len(calls) == 1
-
-    asyncio.run(main())
-    s.close()
-
-
-def test_concurrent_requests_share_one_build(default_tokenizer, monkeypatch):
-    s = StructuredOutputs(default_tokenizer.hf, default_tokenizer.vocab_size)
-    calls = []
-
-    def build_once(spec, progress=None):
-        calls.append(spec)
-        time.sleep(0.2)
-        return ("regex", "y")
-
-    monkeypatch.setattr(s, "build", build_once)
-
-    async def main():
-        results = await asyncio.gather(*(s.resolve(GuideSpec("regex", "y", "response_format")) for _ in range(5)))
-        assert results == [("regex", "y")] * 5
-        assert len(calls) == 1
-
-    asyncio.run(main())
-    s.close()
+    answer = run_job(engine_compiler(), spec.job(), lambda msg: None)
+    assert answer["param"] == "response_format" and answer["error"].startswith("invalid regex")
 
 
 # ---- prompts ---------------------------------------------------------------------------------
