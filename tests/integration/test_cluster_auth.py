@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.cluster_fixtures import CLUSTER_KEYS, CLUSTER_METRICS_KEY, auth, openai_client
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)   # the session cluster may start here: two replicas and SMG
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:

@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from llama_triton.trtllm import backend_contract
+from tests.engine_guides import engine_compile
 from tests.integration.frontends import extra_frontend
 from tests.integration.grpc_proxy import RecordingProxy, drop_output
 from tests.integration.stack import ROOT, wait_for
@@ -35,11 +36,10 @@ NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def compile_with_engine_xgrammar(tokenizer, guide_type: str, guide):
-    """The one place that says "the engine's xgrammar compiles this guide". For now the project's
-    own compiler (llama_triton.text.grammar.GuideCompiler); point it at TensorRT-LLM 1.2.1's xgrammar
-    (backend_contract.ENGINE_XGRAMMAR) once the project compiles with that version."""
-    from llama_triton.text.grammar import GuideCompiler
-    GuideCompiler(tokenizer.hf, tokenizer.vocab_size).compile(guide_type, guide)
+    """The one place that says "the engine's xgrammar compiles this guide": TensorRT-LLM 1.2.1's
+    xgrammar (0.1.32) with the engine's guide-type dispatch (tests/engine_guides.py). A guide it
+    refuses would fail every active request on a GPU."""
+    engine_compile(guide_type, guide)
 
 
 def _wire(stack, default_model_dir):
@@ -141,7 +141,10 @@ def test_every_request_to_the_decoder_keeps_the_backend_contract(wire, default_t
               if r.value("guided_decoding_guide_type") is not None}
     for guide_type, guide in guides:
         compile_with_engine_xgrammar(default_tokenizer, guide_type, guide)
-    assert {t for t, _ in guides} == set(backend_contract.GUIDE_TYPES)
+    # JSON guides (json_object, json_schema, tools, reasoning) go as our own EBNF, without the free
+    # whitespace the engine's `json`/`json_schema` compile would allow; regexes as `regex`.
+    assert {t for t, _ in guides} == {"ebnf_grammar", "regex"}
+    assert {t for t, _ in guides} <= set(backend_contract.GUIDE_TYPES)
 
     # What a few requests must carry on the wire.
     gen = {name: by_id[rid] for name, rid in ids.items()}
@@ -193,7 +196,10 @@ def test_every_request_to_the_llmapi_decoder_keeps_its_declared_contract(llmapi_
               if r.value("guided_decoding_guide_type") is not None}
     for guide_type, guide in guides:
         compile_with_engine_xgrammar(default_tokenizer, guide_type, guide)
-    assert {t for t, _ in guides} == set(backend_contract.GUIDE_TYPES)
+    # JSON guides (json_object, json_schema, tools, reasoning) go as our own EBNF, without the free
+    # whitespace the engine's `json`/`json_schema` compile would allow; regexes as `regex`.
+    assert {t for t, _ in guides} == {"ebnf_grammar", "regex"}
+    assert {t for t, _ in guides} <= set(backend_contract.GUIDE_TYPES)
     gen = {name: by_id[rid] for name, rid in ids.items()}
     assert gen["min_p top_logprobs"].value("min_p") == pytest.approx(0.05)
     assert gen["min_p top_logprobs"].value("num_top_log_probs") == 3
