@@ -231,10 +231,10 @@ def test_the_cache_salt_reaches_generate_async_as_the_llm_apis_string(engine):
     """The LLM API takes `cache_salt` as a string (LLM.generate_async); our uint64 goes as its
     decimal text, and a request without one stays unsalted (None), as upstream's default."""
     eng, llm = engine
-    for rid, salt in (("a", 2 ** 64 - 1), ("b", None)):
+    for n, (rid, salt) in enumerate((("a", 2 ** 64 - 1), ("b", None)), start=1):
         got = Collector()
         eng.submit(GenerationRequest(rid, [1, 5, 6], SamplingParams(max_new_tokens=1, end_id=2), True,
                                      cache_salt=salt), got)
-        push(eng, len(llm.salts) + 1, _Response(0, [7], None, finish="length"))
+        push(eng, n, _Response(0, [7], None, finish="length"))
         got.wait(lambda o: o and o[-1].finished)
     assert llm.salts == ["18446744073709551615", None]
