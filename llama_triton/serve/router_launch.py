@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import sys
 import threading
@@ -203,7 +204,14 @@ def start_front(options, args) -> None:
             asyncio.run(serve(*options.public, (args.host, args.port), options.admin_key, started=ready.set))
         except BaseException as e:      # noqa: BLE001 - reported to the main thread
             failed.append(e)
-            ready.set()
+        if ready.is_set():
+            # Serving stopped: a router without its public port serves nobody. Stop SMG too (its
+            # own graceful shutdown), so that the supervisor (llama-triton cluster, the kubelet)
+            # starts a whole new router.
+            print(f"router_launch: the front door stopped ({failed[-1] if failed else 'no error'}); stopping SMG",
+                  file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        ready.set()
     threading.Thread(target=run, name="router-front", daemon=True).start()
     ready.wait()
     if failed:

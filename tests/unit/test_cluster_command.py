@@ -113,3 +113,15 @@ def test_zero_replicas_is_refused(tmp_path, capsys):
 
 def test_serve_still_parses():
     assert isinstance(build_parser().parse_args(["serve"]), argparse.Namespace)
+
+
+def test_router_launch_stops_before_smg_when_the_front_door_cannot_listen(tmp_path, capsys):
+    import socket
+    (tmp_path / "admin").write_text("admin:k-admin\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = router_command(RouterKeys(tmp_path / "admin"), smg_flags("127.0.0.1", port, 0, WORKERS))
+        assert router_launch.main(cmd[3:]) == 2
+    assert f"the front door cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
