@@ -260,18 +260,26 @@ def router_cost(d: dict) -> list[str]:
              num(r["cpu_ms_per_1k_tokens"].get("router (smg)"), 1), num(r["replica_cpu_ms_per_1k_tokens"], 1),
              str(r["errors"] or 0)] for r in d["results"]]
     s, sm = d["setup"], d.get("summary") or {}
-    out = [f"### Router cost: SMG vs direct to one replica, zero-cost decoder, concurrency {s['concurrency']}, "
+    out = [f"### Router cost: the router vs direct to one replica, zero-cost decoder, concurrency {s['concurrency']}, "
            f"{s['output_len']} tokens per request (`results/router_cost/`)", "", machine_line(d), "",
+           "Paths: `direct` to the replica's frontend, `router` the cluster's public port (front door + SMG), "
+           "`smg` SMG's own port behind the front door. The router process runs both SMG and the front door.", "",
            *table(["path, round", "streamed tok/s", "TTFT ms p50 / p99", "ITL ms p50 / p99",
-                   "serving CPU-ms per 1k tokens", "of which SMG", "replica (frontend + Triton)", "errors"], rows)]
+                   "serving CPU-ms per 1k tokens", "of which the router process", "replica (frontend + Triton)",
+                   "errors"], rows)]
     if sm:
         out += ["", f"Through the router / direct: throughput x{num(sm['throughput_ratio_router_over_direct'], 2)} "
                     f"best round against best round, x{num(sm['throughput_ratio_median'], 2)} median of the rounds "
                     f"({', '.join(num(x, 2) for x in sm['throughput_ratio_per_round'])}); serving CPU per token "
                     f"x{num(sm['serving_cpu_ratio_router_over_direct'], 2)} best/best, "
-                    f"x{num(sm['serving_cpu_ratio_median'], 2)} median; SMG itself "
+                    f"x{num(sm['serving_cpu_ratio_median'], 2)} median; the router process itself "
                     f"{num(sm['router_cpu_ms_per_1k_tokens'], 1)} CPU-ms per 1,000 streamed tokens. Load average "
                     f"before the run {', '.join(f'{x:.2f}' for x in s['load_average_before_start'])}."]
+        if "front_door_cpu_ms_per_1k_tokens_median" in sm:
+            out += ["", f"The front door's own share (router against smg, same round): "
+                        f"{num(sm['front_door_cpu_ms_per_1k_tokens_median'], 1)} CPU-ms per 1,000 streamed tokens, "
+                        f"median of ({', '.join(num(x, 1) for x in sm['front_door_cpu_ms_per_1k_tokens_per_round'])}); "
+                        f"throughput with it / SMG alone x{num(sm['throughput_ratio_router_over_smg_alone_median'], 2)}."]
     return out
 
 

@@ -3,19 +3,23 @@ replica directly, with the zero-cost decoder (so the serving path is all there i
 
 Starts `llama-triton cluster --replicas 1` (one replica, `--decoder-kind zero_cost`, behind SMG)
 and drives the same streamed OpenAI load (benchmarks/openai_load.py) alternately
-  (a) straight at the replica's frontend, and
-  (b) through the router,
+  (a) straight at the replica's frontend,
+  (b) through the router: the cluster's public port, the front door (router_front.py) and SMG,
+  (c) straight at SMG's own loopback port behind the front door (from the router's log),
 for --rounds rounds each, measuring streamed tokens/s and the CPU seconds of every process
-(psutil): SMG, the frontend, tritonserver and its Python stubs, the load generator. Reported:
-the router's throughput ratio (b/a, best round against best round, plus every round for the
-spread) and its CPU per 1,000 streamed tokens, next to the replica's own.
+(psutil): the router process (SMG and the front door), the frontend, tritonserver and its Python
+stubs, the load generator. Reported: the router's throughput ratio (b/a, best round against best
+round, plus every round for the spread) and its CPU per 1,000 streamed tokens, next to the
+replica's own; and the front door's own share, (b) against (c) in the same round.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,6 +64,16 @@ def process_groups(cluster) -> dict[str, Any]:
         return get
     return {"router (smg)": pick("smg"), "frontend": pick("frontend"), "tritonserver + stubs": pick("triton"),
             "client (load generator)": lambda: [self_process()]}
+
+
+def smg_url(cluster) -> str:
+    """SMG's own loopback address behind the front door, as router_launch.py logs it."""
+    for _ in range(100):
+        m = re.search(r"SMG behind it on (\S+):(\d+)", (cluster.work_dir / "router.log").read_text(errors="replace"))
+        if m:
+            return f"http://{m.group(1)}:{m.group(2)}"
+        time.sleep(0.1)
+    raise SystemExit("the router's log does not say where SMG listens")
 
 
 def run_path(label: str, base_url: str, cluster, args, specs) -> dict[str, Any]:
@@ -108,11 +122,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--decoder-kind", "zero_cost", "--max-batch-size", "512", "--max-queue-size", str(max(1024, 2 * args.concurrency)),
         "--max-tokens-cap", "16384"), cwd=ROOT)
     replica = cluster.replica_urls()[0]
+    smg = smg_url(cluster)
     specs = make_requests(args.model_dir, n, Length.parse(args.prompt_len), Length.parse(args.output_len))
     rounds: list[dict] = []
     try:
         for i in range(args.rounds):
-            for label, url in (("direct", replica), ("router", cluster.base_url)):
+            for label, url in (("direct", replica), ("router", cluster.base_url), ("smg", smg)):
                 r = run_path(label, url, cluster, args, specs)
                 r["round"] = i
                 rounds.append(r)
@@ -144,6 +159,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             "replica_cpu_ms_per_1k_tokens_via_router": rt["replica_cpu_ms_per_1k_tokens"],
             "direct_tokens_per_s": d["streamed_tokens_per_s"], "router_tokens_per_s": rt["streamed_tokens_per_s"],
         }
+        behind = [(b, c) for b in ok for c in ok if b["round"] == c["round"] and b["path"] == "router"
+                  and c["path"] == "smg"]
+        if behind:
+            # The front door's share: the router process's CPU per token with it (b) and without (c).
+            summary["front_door_cpu_ms_per_1k_tokens_per_round"] = [
+                round(b["cpu_ms_per_1k_tokens"]["router (smg)"] - c["cpu_ms_per_1k_tokens"]["router (smg)"], 1)
+                for b, c in behind]
+            summary["front_door_cpu_ms_per_1k_tokens_median"] = round(statistics.median(
+                summary["front_door_cpu_ms_per_1k_tokens_per_round"]), 1)
+            summary["throughput_ratio_router_over_smg_alone_median"] = round(statistics.median(
+                b["streamed_tokens_per_s"] / c["streamed_tokens_per_s"] for b, c in behind), 3)
+            log(f"front door: {summary['front_door_cpu_ms_per_1k_tokens_median']} CPU-ms per 1k tokens (median of "
+                f"{summary['front_door_cpu_ms_per_1k_tokens_per_round']}); throughput with it / SMG alone "
+                f"x{summary['throughput_ratio_router_over_smg_alone_median']}")
         log(f"router / direct: throughput x{summary['throughput_ratio_router_over_direct']} best/best, "
             f"x{summary['throughput_ratio_median']} median of rounds {summary['throughput_ratio_per_round']}; "
             f"serving CPU per token x{summary['serving_cpu_ratio_router_over_direct']} best/best, "
@@ -154,9 +183,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "setup": {"decoder_kind": "zero_cost", "replicas": 1, "concurrency": args.concurrency, "requests": n,
                   "prompt_len": args.prompt_len, "output_len": args.output_len, "rounds": args.rounds,
                   "load_average_before_start": load_before, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-                  "notes": "Same requests, same replica, alternating: direct to its frontend, then through SMG "
-                           "(cache_aware). CPU = user+system seconds of each process group over the measured "
-                           "window; the load generator shares the cores. Rounds with errors do not count."},
+                  "notes": "Same requests, same replica, alternating: direct to its frontend, then through the "
+                           "router (front door + SMG, cache_aware), then straight at SMG behind the front door. "
+                           "CPU = user+system seconds of each process group over the measured window (the "
+                           "'router (smg)' group is the router process: SMG and the front door); the load "
+                           "generator shares the cores. Rounds with errors do not count."},
         "results": rounds, "summary": summary})
     plot(args.name, rounds)
     return 0
@@ -168,10 +199,10 @@ def plot(name: str, rounds: list[dict]) -> None:
     pyplot = plt()
     fig, axes = pyplot.subplots(1, 2, figsize=(12, 4.5))
     labels = [f"{r['path']} #{r['round']}" for r in rounds]
-    colors = ["#4c72b0" if r["path"] == "direct" else "#dd8452" for r in rounds]
+    colors = [{"direct": "#4c72b0", "router": "#dd8452"}.get(r["path"], "#55a868") for r in rounds]
     axes[0].bar(labels, [r["streamed_tokens_per_s"] or 0 for r in rounds], color=colors)
     axes[0].set_ylabel("streamed tokens/s")
-    axes[0].set_title("throughput: direct to the replica vs through SMG")
+    axes[0].set_title("throughput: direct, through the router, at SMG behind the front door")
     groups = sorted({k for r in rounds for k in r["cpu_ms_per_1k_tokens"]})
     bottom = [0.0] * len(rounds)
     for g in groups:

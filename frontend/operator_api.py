@@ -12,23 +12,12 @@ from typing import Optional
 
 import orjson
 from aiohttp import web
-from pydantic import Field
 
 from frontend import errors
 from frontend.app import SERVICE, SETTINGS, json_response, read_body
-from frontend.request_models import ChatCompletionRequest, TokenId, _RequestBase, parse_request
-
-
-class TokenizePromptRequest(_RequestBase):
-    model: str
-    prompt: str
-    add_special_tokens: bool = Field(True, description="As /v1/completions encodes a prompt.")
-    return_token_strs: bool = False
-
-
-class DetokenizeRequest(_RequestBase):
-    model: str
-    tokens: list[TokenId]
+from frontend.operator_models import (DetokenizeRequest, DetokenizeResponse, TokenizeChatRequest,
+                                      TokenizePromptRequest, TokenizeResponse, VersionResponse)
+from frontend.request_models import parse_request
 
 
 def _version() -> str:
@@ -56,21 +45,20 @@ async def tokenize(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError:
         raw = None
     if isinstance(raw, dict) and "messages" in raw:
-        strs = raw.pop("return_token_strs", False)
-        if not isinstance(strs, bool):
-            raise errors.bad_request("'return_token_strs' must be a boolean.", "return_token_strs")
-        req = parse_request(ChatCompletionRequest, raw)
+        req = parse_request(TokenizeChatRequest, raw)
+        strs = req.return_token_strs
         ids = service.render_chat(req).prompt_ids
     else:
         preq = parse_request(TokenizePromptRequest, body)
         service.check_model(preq.model)
         strs = preq.return_token_strs
         ids = service.tokenizer.encode(preq.prompt, add_special_tokens=preq.add_special_tokens)
-    out = {"count": len(ids), "max_model_len": await _context(service), "tokens": ids, "token_strs": None}
+    token_strs = None
     if strs:
         table = service.tokenizer.token_bytes
-        out["token_strs"] = [table[t].decode("utf-8", "replace") for t in ids]
-    return json_response(out)
+        token_strs = [table[t].decode("utf-8", "replace") for t in ids]
+    return json_response(TokenizeResponse(count=len(ids), max_model_len=await _context(service), tokens=ids,
+                                          token_strs=token_strs).model_dump())
 
 
 async def detokenize(request: web.Request) -> web.Response:
@@ -82,11 +70,11 @@ async def detokenize(request: web.Request) -> web.Response:
             raise errors.bad_request(f"token id {t} is outside the vocabulary (size {service.tokenizer.vocab_size}).",
                                      f"tokens[{i}]")
     from llama_triton.text.detokenize import decode
-    return json_response({"prompt": decode(service.tokenizer, list(req.tokens))})
+    return json_response(DetokenizeResponse(prompt=decode(service.tokenizer, list(req.tokens))).model_dump())
 
 
 async def version(request: web.Request) -> web.Response:
-    return json_response({"version": VERSION})
+    return json_response(VersionResponse(version=VERSION).model_dump())
 
 
 def add_routes(app: web.Application) -> None:

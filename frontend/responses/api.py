@@ -11,7 +11,7 @@ from frontend import errors
 from frontend.decoder import DecoderFailure, http_error
 from frontend.responses.chat_mapping import chat_request, stored_items, translate
 from frontend.responses.output import EventEncoder, OutputAssembler, new_id, response_object, usage
-from frontend.responses.request import ResponsesRequest
+from frontend.responses.request import ResponsesRequest, declared
 from frontend.responses.store import ResponseStore, StoredResponse, StoreUnavailable
 from frontend.sse import DECODER_ANSWERED, EventStream
 
@@ -35,7 +35,7 @@ def _input_items_for_store(req: ResponsesRequest) -> list[dict]:
     content parts."""
     out = []
     for item in req.input_items:
-        d = item.model_dump(mode="json", exclude_none=True, by_alias=True)
+        d = declared(item)
         if d.get("type", "message") == "message":
             d["type"] = "message"
             if isinstance(d.get("content"), str):

@@ -13,8 +13,13 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from frontend.errors import ParamError
+# _by_key tags by a string field only: a list or object there is a 400, not an unhashable-key 500
 from frontend.request_models import (MAX_TOKENS_LIMIT, LogitBias, OpenAIBaseModel, Seed, Stop, TokenCount, TokenId,
-                                     _int, _RequestBase, _str_or_list, _tagged)
+                                     _by_key, _int, _RequestBase, _str_or_list, _tagged)
+
+# What orjson (the response and the store) can write: JSON integers outside this range are refused
+# where a request would be echoed or stored (tool parameters, text.format.schema, input items).
+JSON_INT_MIN, JSON_INT_MAX = -(1 << 63), (1 << 64) - 1
 
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
@@ -35,6 +40,42 @@ _REJECTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "guided_regex": ((), "'guided_regex' is not supported."),
     "structured_outputs": ((), "'structured_outputs' is not supported; use text.format."),
 }
+
+
+def declared(model: OpenAIBaseModel) -> dict[str, Any]:
+    """A request model as JSON without the fields nobody declared (those are ignored and logged,
+    never stored or echoed as if they had been accepted), by alias, without None."""
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if value is not None:
+            out[field.alias or name] = _declared_value(value)
+    return out
+
+
+def _declared_value(value: Any) -> Any:
+    if isinstance(value, OpenAIBaseModel):
+        return declared(value)
+    if isinstance(value, (list, tuple)):
+        return [_declared_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _declared_value(v) for k, v in value.items()}
+    return value
+
+
+def _check_ints(value: Any, path: str) -> None:
+    """ParamError naming the first integer a JSON writer cannot represent (orjson: 64 bits)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not JSON_INT_MIN <= value <= JSON_INT_MAX:
+            raise ParamError(f"integers beyond 64 bits are not supported here (got {str(value)[:40]}...).", path)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_ints(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_ints(v, f"{path}[{i}]")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -67,7 +108,7 @@ _PART_TAGS = {"input_text": "<input_text>", "output_text": "<output_text>", "ref
               "input_image": "<unsupported>", "input_file": "<unsupported>", "input_audio": "<unsupported>"}
 ContentPart = _tagged({"<input_text>": InputText, "<output_text>": OutputText, "<refusal>": Refusal,
                        "<unsupported>": UnsupportedPart},
-                      lambda v: _PART_TAGS.get(v.get("type")) if isinstance(v, dict) else None,
+                      _by_key("type", _PART_TAGS),
                       "invalid_part_type",
                       "content part 'type' must be one of 'input_text', 'output_text', 'refusal'")
 
@@ -257,7 +298,7 @@ class TextFormatJsonSchema(OpenAIBaseModel):
 _FORMAT_TAGS = {"text": "<text>", "json_object": "<json_object>", "json_schema": "<json_schema>"}
 TextFormat = _tagged({"<text>": TextFormatText, "<json_object>": TextFormatJsonObject,
                       "<json_schema>": TextFormatJsonSchema},
-                     lambda v: _FORMAT_TAGS.get(v.get("type")) if isinstance(v, dict) else None,
+                     _by_key("type", _FORMAT_TAGS),
                      "invalid_response_format", "text.format 'type' must be one of 'text', 'json_object', "
                                                 "'json_schema'")
 
@@ -274,7 +315,7 @@ class ReasoningConfig(OpenAIBaseModel):
     generate_summary: Optional[Literal["auto"]] = None
 
 
-class StreamOptions(OpenAIBaseModel):
+class ResponseStreamOptions(OpenAIBaseModel):
     include_obfuscation: bool = Field(True, description="Accepted; events carry no obfuscation padding.")
 
 
@@ -295,7 +336,7 @@ class ResponsesRequest(_RequestBase):
     previous_response_id: Optional[str] = None
     store: bool = True
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
+    stream_options: Optional[ResponseStreamOptions] = None
     metadata: Optional[dict[str, str]] = None
     max_output_tokens: Optional[_int(ge=1, le=MAX_TOKENS_LIMIT)] = Field(None, description="null = the server "
                                                                                            "decides.")
@@ -366,6 +407,15 @@ class ResponsesRequest(_RequestBase):
                              f"({self.max_output_tokens}).", "min_tokens")
         if self.stream_options is not None and not self.stream:
             raise ParamError("'stream_options' is only allowed when 'stream' is true.", "stream_options")
+        # What the Response echoes and the store keeps must be writable (found by the OpenAPI fuzz
+        # test: a 100-bit integer in an input item's `annotations` was a 500 when stored).
+        for i, tool in enumerate(self.tools or ()):
+            _check_ints(tool.parameters, f"tools[{i}].parameters")
+        if self.text is not None and isinstance(self.text.format, TextFormatJsonSchema):
+            _check_ints(self.text.format.schema_, "text.format.schema")
+        if isinstance(self.input, list):
+            for i, item in enumerate(self.input):
+                _check_ints(declared(item), f"input[{i}]")
         return self
 
     @property

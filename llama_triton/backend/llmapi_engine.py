@@ -27,6 +27,14 @@ What it does differently, and why:
   refuses a request past max_batch_size + max_queue_size open ones (QueueFull: a 429).
 * `cached_tokens` (RequestOutput.cached_tokens, the prompt tokens the KV cache reused) becomes
   `num_reused_tokens`, capped at the prompt.
+* The cache salt: our `cache_salt_id` input (a uint64, one per API key, frontend/tenants.py) goes
+  to `generate_async(cache_salt=...)` as its decimal text. The LLM API takes a string there
+  (`LLM.generate_async(..., cache_salt: Optional[str] = None)`, tensorrt_llm/llmapi/llm.py@4c05a74,
+  the search index's copy, not pinned to the v1.2.1 tag) and hashes it into the request's
+  `cache_salt_id` (`get_cache_salt_id`, tensorrt_llm/inputs/utils.py@bab0f2e: 8 bytes of a BLAKE3
+  hash of the UTF-8 text), which the KV cache manager hashes into block keys (docs/GPU.md 5.4), so
+  blocks are reused only between requests with the same salt. Distinct salts give distinct
+  strings, so they stay apart (up to a 64-bit hash collision).
 * Errors: an exception while iterating is that request's error (a RequestError: its text; anything
   else: "internal error: ..."). A dead executor fails every request this way, which the
   frontend's work probe sees (frontend/decoder_health.py) and reports, and the launcher restarts
@@ -208,7 +216,7 @@ class LlmApiEngine:
         req = entry.request
         try:
             entry.result = self.llm.generate_async(list(req.prompt_ids), sampling_params=entry.sampling,
-                                                   streaming=req.streaming)
+                                                   streaming=req.streaming, cache_salt=salt_text(req.cache_salt))
             if entry.cancelled:
                 entry.result.abort()
             async for out in entry.result:
@@ -336,6 +344,11 @@ class LlmApiEngine:
         while True:
             await asyncio.sleep(TICK_S if self._open else IDLE_TICK_S)
             self._notify()
+
+
+def salt_text(salt: Optional[int]) -> Optional[str]:
+    """Our uint64 cache salt as the LLM API's `cache_salt` string; None keeps the unsalted scope."""
+    return None if salt is None else str(int(salt))
 
 
 def read_model_yaml(path: Path) -> dict[str, Any]:

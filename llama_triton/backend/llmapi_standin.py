@@ -23,12 +23,16 @@ the citations name the stored commits read, nearest first:
        the request's tokens when `FinishReason.END_ID` ends it
   Q  = tensorrt_llm/_torch/pyexecutor/executor_request_queue.py (every stored copy): the request
        queue is an unbounded `queue.Queue()`; the PyTorch executor never answers "queue full"
+  L  = tensorrt_llm/llmapi/llm.py@4c05a74 (`LLM.generate_async`) and tensorrt_llm/inputs/utils.py
+       @bab0f2e (`get_cache_salt_id`): `cache_salt`, a string, becomes the request's uint64
+       `cache_salt_id`; KV blocks are reused only between requests with the same id
 
 What it cannot reproduce is listed in docs/GPU.md section 8.4.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import os
@@ -432,10 +436,13 @@ class LLM:
         return self._proc.pid
 
     def generate_async(self, inputs: Union[list[int], dict], sampling_params: Optional[SamplingParams] = None,
-                       streaming: bool = False) -> RequestOutput:
+                       streaming: bool = False, cache_salt: Optional[str] = None) -> RequestOutput:
         """Token ids in; the result to iterate. Must be called on a running event loop's thread
-        (the real result uses an asyncio queue when one runs, R GenerationResultBase.__init__)."""
+        (the real result uses an asyncio queue when one runs, R GenerationResultBase.__init__).
+        `cache_salt` scopes the prefix cache (L): only requests with the same salt share blocks."""
         loop = asyncio.get_running_loop()
+        # L: the salt is hashed before anything else is looked at (a non-string fails there too).
+        salt_id = None if cache_salt is None else get_cache_salt_id(cache_salt)
         ids = inputs["prompt_token_ids"] if isinstance(inputs, dict) else inputs
         if not isinstance(ids, list) or not ids or not all(isinstance(t, int) for t in ids):
             raise TypeError(f"The inputs must be type str or list of int, but got {type(inputs)}")
@@ -450,7 +457,8 @@ class LLM:
         with self._lock:
             self._results[rid] = (result, set(range(sp.best_of)))
         try:
-            self._channel.send(("submit", GenerationRequest(str(rid), list(ids), _engine_params(sp), streaming)))
+            self._channel.send(("submit", GenerationRequest(str(rid), list(ids), _engine_params(sp), streaming,
+                                                            cache_salt=salt_id)))
         except OSError:
             with self._lock:
                 self._results.pop(rid, None)
@@ -511,6 +519,15 @@ class LLM:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+
+
+def get_cache_salt_id(cache_salt: str) -> int:
+    """L `get_cache_salt_id`: 8 bytes of a hash of the salt's UTF-8 bytes, little-endian, unsigned.
+    Upstream hashes with BLAKE3 (its `default_hasher`, tensorrt_llm/inputs/multimodal.py); the id
+    never leaves the process, only its equality between requests matters, so the standard
+    library's BLAKE2b stands in for it rather than a dependency of its own."""
+    digest = hashlib.blake2b(cache_salt.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=False)
 
 
 def _python() -> str:

@@ -5,6 +5,11 @@ ports); SMG, an existing Rust LLM router (`smg` on PyPI, the `cluster` extra), l
 --host:--port and routes to them. Nothing of ours sits in the token path: SMG proxies the
 OpenAI requests straight to the replicas' frontends. docs/SCALE-OUT.md describes the topology.
 
+The router process also holds the cluster's front door (llama_triton/serve/router_front.py): it
+takes --host:--port and sends stored responses by id, conversations and the operator endpoints to a
+replica, which SMG would answer from its own (empty) state, and everything else to SMG, which then
+listens on loopback behind it.
+
 Routing (SMG's own mechanisms, chosen in docs/SCALE-OUT.md):
 - `--policy cache_aware` (default): SMG keeps a prefix tree over each replica's prompt text, so
   a conversation's next turn, and requests that share a system prompt, land where the prefix is
@@ -103,6 +108,11 @@ def smg_flags(host: str, port: int, metrics_port: int, worker_urls: list[str], p
             "--health-check-interval-secs", str(health_interval),
             "--health-failure-threshold", str(health_failures), "--health-success-threshold", "1",
             "--prometheus-host", host, "--prometheus-port", str(metrics_port),
+            # SMG keeps no history of its own: stored responses are the replicas' (one PostgreSQL
+            # store), and its own conversation and response routes sit behind the front door
+            # (router_front.py), which sends them to a replica. With `none` nothing that still
+            # reaches SMG can be stored there either.
+            "--history-backend", "none",
             "--shutdown-grace-period-secs", str(max(1, int(shutdown_grace))),
             "--log-level", "warn"]
 

@@ -16,6 +16,11 @@ router's flags come from the command line, with no secret among them, and the ke
                            an admin. Without client keys nor a worker key SMG's data plane is open,
                            as the replicas are.
 
+SMG's `--host`/`--port` are the cluster's public address, which the front door in this process
+takes (llama_triton/serve/router_front.py: stored responses by id, conversations and the operator
+endpoints go to a replica, because SMG answers them from its own state; everything else to SMG);
+SMG itself listens on 127.0.0.1 at `--smg-port` (0: a free port, logged), behind it.
+
 Everything after `--` goes to SMG's argument parser unchanged. Keys are read once: SMG 1.13 cannot
 reload them, so a changed key file needs a new router process (`llama-triton cluster` swaps it;
 on Kubernetes a rolling restart of the router Deployment, docs/OPERATIONS.md). For a swap on the
@@ -23,15 +28,18 @@ same ports, `--wait-for-ports` does everything but binding (keys read, SMG loade
 until the old router has let go of its ports: SMG keeps accepting for --drain-settle-secs after a
 SIGTERM, and holds its metrics port until it exits, so the new one cannot bind any earlier.
 
-Only the standard library, smg and frontend/tenants.py (standard library only) are imported, so this
-runs in SMG's own image with our code on PYTHONPATH (deploy/base/router.yaml).
+Only the standard library, smg, frontend/tenants.py and router_front.py (standard library only) are
+imported, so this runs in SMG's own image with our code on PYTHONPATH (deploy/base/router.yaml).
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -104,6 +112,8 @@ def parse(argv: list[str]):
     p.add_argument("--tenant-keys-file", default=None)
     p.add_argument("--wait-for-ports", action="store_true",
                    help="bind only once the router's ports are free (a swap: the old router is draining)")
+    p.add_argument("--smg-port", type=int, default=0,
+                   help="SMG's own port on 127.0.0.1, behind the front door on --port (0: a free port)")
     p.add_argument("smg_args", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
     smg_args = [x for x in a.smg_args if x != "--"] if a.smg_args[:1] == ["--"] else a.smg_args
@@ -123,7 +133,17 @@ def parse(argv: list[str]):
     # calls); to SMG it is its --api-key, not a tenant (SMG refuses a key listed twice).
     args.tenant_api_keys = [(t, k) for t, k in tenants if k != worker]
     args.control_plane_api_keys = admins
+    # The public address is the front door's; SMG moves behind it, on loopback.
+    a.public = (args.host, args.port)
+    a.admin_key = admins[0][2]
+    args.host, args.port = "127.0.0.1", a.smg_port or free_loopback_port()
     return a, args
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def port_bindable(host: str, port: int) -> bool:
@@ -136,8 +156,8 @@ def port_bindable(host: str, port: int) -> bool:
     return True
 
 
-def wait_for_ports(args, timeout: float = 600.0) -> None:
-    ports = [(args.host, args.port)]
+def wait_for_ports(options, args, timeout: float = 600.0) -> None:
+    ports = [options.public, (args.host, args.port)]
     if args.prometheus_port:
         ports.append((args.prometheus_host or "0.0.0.0", args.prometheus_port))
     deadline = time.monotonic() + timeout
@@ -156,12 +176,46 @@ def main(argv: Optional[list[str]] = None) -> int:
     from smg.launch_router import launch_router
     if options.wait_for_ports:
         try:
-            wait_for_ports(args)
+            wait_for_ports(options, args)
         except RouterKeysError as e:
             print(f"router_launch: {e}", file=sys.stderr)
             return 2
-    launch_router(args)      # blocks until SMG stops (SIGTERM: its own graceful shutdown)
+    try:
+        start_front(options, args)
+    except OSError as e:
+        print(f"router_launch: the front door cannot listen on {options.public[0]}:{options.public[1]}: {e}",
+              file=sys.stderr)
+        return 2
+    print(f"router_launch: front door on {options.public[0]}:{options.public[1]}, SMG behind it on "
+          f"{args.host}:{args.port}", file=sys.stderr, flush=True)
+    # Blocks until SMG stops (SIGTERM: its own graceful shutdown, in-flight requests included,
+    # which the front keeps relaying); the front's thread ends with the process.
+    launch_router(args)
     return 0
+
+
+def start_front(options, args) -> None:
+    """The front door (router_front.py) on its own event loop thread; returns once it listens."""
+    from llama_triton.serve.router_front import serve
+    ready, failed = threading.Event(), []
+
+    def run() -> None:
+        try:
+            asyncio.run(serve(*options.public, (args.host, args.port), options.admin_key, started=ready.set))
+        except BaseException as e:      # noqa: BLE001 - reported to the main thread
+            failed.append(e)
+        if ready.is_set():
+            # Serving stopped: a router without its public port serves nobody. Stop SMG too (its
+            # own graceful shutdown), so that the supervisor (llama-triton cluster, the kubelet)
+            # starts a whole new router.
+            print(f"router_launch: the front door stopped ({failed[-1] if failed else 'no error'}); stopping SMG",
+                  file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        ready.set()
+    threading.Thread(target=run, name="router-front", daemon=True).start()
+    ready.wait()
+    if failed:
+        raise failed[0] if isinstance(failed[0], OSError) else OSError(str(failed[0]))
 
 
 if __name__ == "__main__":

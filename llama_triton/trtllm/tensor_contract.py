@@ -77,6 +77,7 @@ CPU_ONLY_INPUTS: tuple[Tensor, ...] = (
     # prompt blocks are reused only between requests with the same salt (the frontend sends one per
     # API key). The C++ backend builds its executor Request without one and reads no such input
     # (docs/GPU.md, "Cache isolation"), so the GPU list lacks it and the frontend knows it cannot salt.
+    # The LLM-API decoder declares this list and passes it on as the LLM's `cache_salt`.
     _scalar("cache_salt_id", "TYPE_UINT64"),
 )
 

@@ -47,6 +47,15 @@ def respond(h: Harness, body: dict, key=None):
     return status, raw
 
 
+def post_json(h: Harness, path: str, body: dict) -> tuple[int, bytes]:
+    """With the standard library's encoder: orjson cannot write the integers beyond 64 bits that
+    some tests send."""
+    async def go():
+        resp = await h.client.post(path, data=json.dumps(body), headers={"Content-Type": "application/json"})
+        return resp.status, await resp.read()
+    return h.loop.run_until_complete(go())
+
+
 def events_of(raw: bytes) -> list[dict]:
     out = []
     for block in raw.split(b"\n\n"):
@@ -258,9 +267,19 @@ def test_store_limits(default_model_dir, default_tokenizer, tmp_path):
     ({"input": []}, "input"),
     ({"input": "Hi", "metadata": {"k": "v" * 600}}, "metadata.k"),
     ({"input": "Hi", "reasoning": {"summary": "detailed"}}, "reasoning.summary"),
+    # found by the OpenAPI fuzz test: a non-string `type` was an unhashable dict key (500)
+    ({"input": [{"role": "user", "content": [{"type": ["input_text"], "text": "x"}]}]}, "input[0].content[0].type"),
+    ({"input": "Hi", "text": {"format": {"type": {"json": 1}}}}, "text.format.type"),
+    # found by the fuzz test too: integers orjson cannot write, where the answer echoes or the store keeps
+    ({"input": [{"role": "assistant", "content": [{"type": "output_text", "text": "x", "annotations": [2 ** 70]}]}]},
+     "input[0].content[0].annotations[0]"),
+    ({"input": "Hi", "tools": [{"type": "function", "name": "f", "parameters": {"maximum": -2 ** 64}}]},
+     "tools[0].parameters.maximum"),
+    ({"input": "Hi", "text": {"format": {"type": "json_schema", "name": "s", "schema": {"maximum": 2 ** 64}}}},
+     "text.format.schema.maximum"),
 ])
 def test_bad_input_names_the_field(harness: Harness, body, param):
-    status, raw = respond(harness, body)
+    status, raw = post_json(harness, "/v1/responses", {"model": harness.model, **body})
     error = orjson.loads(raw)["error"]
     assert (status, error["param"]) == (400, param), error
     assert harness.decoder.requests == []
@@ -315,3 +334,16 @@ def test_stop_string_ends_the_answer_and_cancels_the_decoder(harness: Harness):
         final = events_of(raw)[-1]["response"] if stream else orjson.loads(raw)
         assert final["output"][0]["content"][0]["text"] == "Hello world" and final["status"] == "completed"
     assert harness.decoder.closed_early == [rid for rid, _ in harness.decoder.requests]   # leaving = cancelling
+
+
+def test_unknown_fields_of_input_items_are_not_stored(keyed: KeyedHarness):
+    """Unknown fields are ignored (and logged), so input_items does not list them as if accepted;
+    one holding a 100-bit integer was a 500 when the store wrote it (found by the fuzz test)."""
+    keyed.decoder.says("ok")
+    status, raw = post_json(keyed, "/v1/responses",
+                            {"model": keyed.model, "input": [{"role": "user", "content": "Hi", "x_unknown": 2 ** 100}]})
+    assert status == 200, raw
+    rid = orjson.loads(raw)["id"]
+    status, raw = keyed.call("GET", f"/v1/responses/{rid}/input_items")
+    [item] = orjson.loads(raw)["data"]
+    assert status == 200 and "x_unknown" not in item and item["content"] == [{"type": "input_text", "text": "Hi"}]

@@ -6,7 +6,13 @@ type, JSON bodies that match the documented response schema (error envelope incl
 streams every `data:` event a valid chunk or error envelope, ended by `data: [DONE]`. Most
 generated bodies name the served model, so they reach the decoder rather than stopping at a 404.
 
-CI-sized by default (FUZZ_EXAMPLES per operation and mode, 20): about a minute or two on 2 cores.
+The Responses API is fuzzed the same way: its streams are checked event by event (typed events
+numbered from 0, every `response.*` event a valid Response, ended by `response.completed`,
+`response.incomplete` or `response.failed`), and 3 in 4 calls to a stored response's routes name
+a response that exists (the rest a random id: a 404), so retrieval, input items and deletion are
+checked against their documented answers too.
+
+CI-sized by default (FUZZ_EXAMPLES per operation and mode, 20): about two minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -58,7 +64,21 @@ def event_validators(openapi_doc):
     def validator(name):
         return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": components})
     return {"chat": validator("ChatCompletionChunk"), "completion": validator("CompletionChunk"),
-            "error": validator("ErrorResponse")}
+            "error": validator("ErrorResponse"), "response": validator("ResponseObject")}
+
+
+def create_response(stack) -> str:
+    """A stored response (one token) for the stored-response routes to find."""
+    req = urllib.request.Request(f"{stack.base_url}/v1/responses", data=json.dumps(
+        {"model": stack.model_name, "input": "Hello", "max_output_tokens": 1}).encode(),
+        headers={"Content-Type": "application/json", **AUTH})
+    with urllib.request.urlopen(req, timeout=CALL_TIMEOUT) as r:
+        return json.loads(r.read())["id"]
+
+
+@pytest.fixture(scope="module")
+def stored_response(stack) -> str:
+    return create_response(stack)
 
 
 def operations() -> list[tuple[str, str]]:
@@ -75,7 +95,35 @@ def header(response, name: str) -> str:
     return ""
 
 
+RESPONSE_STREAM_ENDS = ("response.completed", "response.incomplete", "response.failed")
+
+
+def check_responses_sse(response, validators) -> None:
+    """A Responses stream: `event: <type>` + `data: <JSON>` per event, `type` and `sequence_number`
+    (0, 1, ...) in every one, each `response.*` event a valid Response, a known ending, no [DONE]."""
+    text = response.content.decode("utf-8")
+    assert text.endswith("\n\n"), text[-200:]
+    events = text.split("\n\n")[:-1]
+    types = []
+    for n, event in enumerate(events):
+        kind, _, data = event.partition("\n")
+        assert kind.startswith("event: ") and data.startswith("data: "), event[:200]
+        body = json.loads(data[len("data: "):])
+        assert body["type"] == kind[len("event: "):] and body["sequence_number"] == n, event[:300]
+        types.append(body["type"])
+        if body["type"].startswith("response.") and "response" in body:
+            errors = sorted(validators["response"].iter_errors(body["response"]), key=str)
+            assert not errors, f"{errors[0].message} in {event[:300]}"
+        if body["type"] == "error":
+            assert isinstance(body["message"], str) and body["message"], event[:300]
+    assert types[:2] == ["response.created", "response.in_progress"], types
+    assert types[-1] in RESPONSE_STREAM_ENDS and not any(t in RESPONSE_STREAM_ENDS for t in types[:-1]), types
+    assert (types[-2] == "error") == (types[-1] == "response.failed"), types
+
+
 def check_sse(response, path: str, validators) -> None:
+    if "/responses" in path:
+        return check_responses_sse(response, validators)
     text = response.content.decode("utf-8")
     assert text.endswith("\n\n"), text[-200:]
     events = text.split("\n\n")[:-1]
@@ -93,7 +141,8 @@ def check_sse(response, path: str, validators) -> None:
 # the operations are parametrized here and each one drives hypothesis with its own strategy.
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 @pytest.mark.parametrize("method,path", operations(), ids=[f"{m} {p}" for m, p in operations()])
-def test_api_conforms_to_its_openapi_document(api_schema, stack, event_validators, method, path, mode):
+def test_api_conforms_to_its_openapi_document(api_schema, stack, event_validators, stored_response, method, path,
+                                              mode):
     operation = api_schema[path][method]
     try:
         strategy = operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode))
@@ -110,6 +159,11 @@ def test_api_conforms_to_its_openapi_document(api_schema, stack, event_validator
         # negative case whose one violation is `model` itself (null, a number) must stay invalid.
         if isinstance(body, dict) and isinstance(body.get("model"), str) and len(calls) % 4:
             body["model"] = stack.model_name
+        # Likewise 3 in 4 calls to a stored response's routes name one that exists (a new one for
+        # each deletion); only a string id is replaced.
+        params = case.path_parameters or {}
+        if isinstance(params.get("id"), str) and len(calls) % 4:
+            params["id"] = create_response(stack) if method == "DELETE" else stored_response
         t0 = time.monotonic()
         response = case.call(timeout=CALL_TIMEOUT)
         assert time.monotonic() - t0 < CALL_TIMEOUT

@@ -19,6 +19,7 @@ import numpy as np
 import psutil
 import pytest
 
+from tests.integration.frontends import extra_frontend
 from tests.integration.stack import openai_client_for, wait_for
 from tests.integration.test_faults import SSEClient, chat_body, health, http, triton_process
 from tests.integration.test_gpu_fidelity import PROMPT, _arrays, run_decoder
@@ -93,6 +94,32 @@ def test_stop_for_an_unknown_id_is_an_empty_final_response(stack):
     stop = run_decoder(stack.grpc_url, {**_arrays([0], 1), "stop": np.ones((1, 1), np.bool_)},
                        request_id=f"nobody-{uuid.uuid4().hex}", empty_final=True)
     assert not stop.errors and stop.finals == 1 and not stop.responses[0].get_response().outputs
+
+
+def test_another_keys_repeated_prompt_gets_no_cached_tokens(stack, default_model_dir):
+    """Cache isolation on the LLM-API path (issue 25): each key's salt goes to the LLM as its
+    `cache_salt`, so key A's repeated prompt is served from A's cached blocks and key B, sending
+    the same prompt, gets none of them. A frontend with two keys against the stack's Triton."""
+    if not hasattr(stack, "proc"):
+        pytest.skip("starts a frontend of its own against the stack's Triton")
+    import openai
+    keys = {"tenant-a": "sk-llmapi-salt-A1b2C3d4E5f6", "tenant-b": "sk-llmapi-salt-G7h8I9j0K1l2"}
+    prompt = [{"role": "user", "content": "Summarise, in the fewest words you can, why the sky over "
+                                          "the sea looks blue on a clear afternoon in early summer."}]
+    with extra_frontend(str(default_model_dir), stack.grpc_url, "--served-model-name", stack.model_name,
+                        env={"API_KEYS": ",".join(f"{i}:{k}" for i, k in keys.items())}) as (base, _proc):
+        def cached(key):
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+            r = client.chat.completions.create(model=stack.model_name, messages=prompt, max_tokens=2, temperature=0)
+            return r.usage.prompt_tokens_details.cached_tokens, r.usage.prompt_tokens
+        a_first, prompt_tokens = cached(keys["tenant-a"])
+        a_again, _ = cached(keys["tenant-a"])
+        b_first, _ = cached(keys["tenant-b"])
+        b_again, _ = cached(keys["tenant-b"])
+    assert prompt_tokens >= 32 and a_first == 0
+    assert a_again >= 16, a_again              # A's own repeat: its whole blocks come from the cache
+    assert b_first == 0, b_first               # nothing of A's reaches B
+    assert b_again >= 16, b_again              # B's own repeat hits B's blocks
 
 
 def executor_process(stack) -> psutil.Process:

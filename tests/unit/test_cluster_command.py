@@ -29,6 +29,17 @@ def test_router_flags_as_smg_reads_them():
     assert (a.health_check_interval_secs, a.health_failure_threshold) == (2, 1)
     assert (a.prometheus_host, a.prometheus_port) == ("127.0.0.1", 29000)
     assert a.api_key is None and not a.tenant_api_keys and not a.control_plane_api_keys
+    assert a.history_backend == "none"      # SMG stores nothing: stored responses are the replicas'
+
+
+def test_the_front_door_takes_the_public_address_and_smg_moves_behind_it(tmp_path):
+    (tmp_path / "admin").write_text("admin:k-admin\n")
+    cmd = router_command(RouterKeys(tmp_path / "admin"), smg_flags("0.0.0.0", 8080, 29000, WORKERS))
+    options, a = router_launch.parse(cmd[3:])
+    assert options.public == ("0.0.0.0", 8080) and options.admin_key == "k-admin"
+    assert a.host == "127.0.0.1" and a.port not in (0, 8080)          # a free loopback port
+    options, a = router_launch.parse(["--smg-port", "18081", *cmd[3:]])
+    assert (a.host, a.port) == ("127.0.0.1", 18081)
 
 
 @pytest.fixture
@@ -102,3 +113,15 @@ def test_zero_replicas_is_refused(tmp_path, capsys):
 
 def test_serve_still_parses():
     assert isinstance(build_parser().parse_args(["serve"]), argparse.Namespace)
+
+
+def test_router_launch_stops_before_smg_when_the_front_door_cannot_listen(tmp_path, capsys):
+    import socket
+    (tmp_path / "admin").write_text("admin:k-admin\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = router_command(RouterKeys(tmp_path / "admin"), smg_flags("127.0.0.1", port, 0, WORKERS))
+        assert router_launch.main(cmd[3:]) == 2
+    assert f"the front door cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

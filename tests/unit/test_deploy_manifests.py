@@ -111,6 +111,8 @@ def test_router_discovers_replicas_by_label(objects):
     assert flag(args, "--service-discovery-port") == "8080"
     assert flag(args, "--policy") == "cache_aware" and "--routing-key-override" in args
     assert flag(args, "--routing-key-headers") == "x-prompt-cache-key"
+    # no history of its own (llama_triton/serve/router_front.py sends stored-response routes to a replica)
+    assert args[args.index("--") + 1:].count("--history-backend=none") == 1
     # its service account may watch pods
     role = find(objects, "Role", "smg-discovery")
     assert {"get", "list", "watch"} <= set(role["rules"][0]["verbs"]) and role["rules"][0]["resources"] == ["pods"]

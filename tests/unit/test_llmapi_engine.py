@@ -33,15 +33,17 @@ class ScriptedLLM:
         self.tokenizer = Tok()
         self.results: dict[str, s.RequestOutput] = {}
         self.calls = []
+        self.salts = []
         self.aborted = []
         self.fail_with = None
         self.counters = {"num_running": 3.0}
         self.closed = False
 
-    def generate_async(self, ids, sampling_params, streaming):
+    def generate_async(self, ids, sampling_params, streaming, cache_salt=None):
         if self.fail_with is not None:
             raise self.fail_with
         self.calls.append((ids, sampling_params, streaming))
+        self.salts.append(cache_salt)
         rid = len(self.calls)
         result = s.RequestOutput(rid, ids, sampling_params, asyncio.get_running_loop(), self.aborted.append)
         self.results[str(rid)] = result
@@ -223,3 +225,16 @@ def test_tensorrt_llm_is_imported_only_when_asked_for():
         load_api("tensorrt_llm")          # CI never installs it; on a GPU host the NGC image has it
     with pytest.raises(ValueError, match="llm_api 'gpu'"):
         load_api("gpu")
+
+
+def test_the_cache_salt_reaches_generate_async_as_the_llm_apis_string(engine):
+    """The LLM API takes `cache_salt` as a string (LLM.generate_async); our uint64 goes as its
+    decimal text, and a request without one stays unsalted (None), as upstream's default."""
+    eng, llm = engine
+    for n, (rid, salt) in enumerate((("a", 2 ** 64 - 1), ("b", None)), start=1):
+        got = Collector()
+        eng.submit(GenerationRequest(rid, [1, 5, 6], SamplingParams(max_new_tokens=1, end_id=2), True,
+                                     cache_salt=salt), got)
+        push(eng, n, _Response(0, [7], None, finish="length"))
+        got.wait(lambda o: o and o[-1].finished)
+    assert llm.salts == ["18446744073709551615", None]

@@ -142,3 +142,35 @@ def test_llm_refuses_what_it_does_not_implement(default_model_dir):
         s.LLM(str(default_model_dir), kv_cache_config={"free_gpu_memory_fraction": 0.9})
     with pytest.raises(ValueError, match="local checkpoint directory"):
         s.LLM("meta-llama/Llama-2-70b-chat-hf", **base)
+
+
+def test_cache_salt_ids_are_uint64_and_tell_salts_apart():
+    """get_cache_salt_id (tensorrt_llm/inputs/utils.py): 8 bytes of a hash of the string."""
+    ids = {s.get_cache_salt_id(text) for text in ("1", "2", "10", "", "é")}
+    assert len(ids) == 5 and all(0 <= i < 1 << 64 for i in ids)
+    assert s.get_cache_salt_id("1") == s.get_cache_salt_id("1")
+    with pytest.raises(AttributeError):         # a string only, as upstream's `.encode`
+        s.get_cache_salt_id(1)
+
+
+def test_requests_share_cached_blocks_only_within_one_cache_salt(default_model_dir):
+    """The stand-in's executor scopes its prefix cache by the request's salt: a repeated prompt
+    reuses blocks under its own salt, none under another one or none at all."""
+    llm = s.LLM(str(default_model_dir), kv_cache_config={"max_tokens": 4096, "tokens_per_block": 16})
+    prompt = list(range(100, 164))          # four whole blocks
+
+    async def cached(salt):
+        result = llm.generate_async(prompt, SamplingParams(max_tokens=1, temperature=0), cache_salt=salt)
+        async for _ in result:
+            pass
+        return result.cached_tokens
+
+    async def run():
+        return [await cached(salt) for salt in ("a", "a", "b", None, None, "b")]
+    try:
+        got = asyncio.run(run())
+    finally:
+        llm.shutdown()
+    assert got[0] == 0 and got[1] >= 48, got          # the same salt reuses the prompt's blocks
+    assert got[2] == 0 and got[3] == 0, got           # another salt, and the unsalted scope, do not
+    assert got[4] >= 48 and got[5] >= 48, got         # each scope reuses its own
