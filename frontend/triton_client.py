@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
                               DecoderResponse, DecoderUnavailable)
 from frontend.logging_setup import current_request
+from llama_triton.trtllm import decoder_errors
 from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS, PERF_METRIC_OUTPUTS
 
 log = logging.getLogger("frontend.triton")
@@ -66,22 +67,36 @@ OUTPUT_FORMATS = {t.name: _FORMAT_OF_DTYPE[t.dtype] for t in COMMON_OUTPUTS + CP
                   + TOP_LOG_PROB_OUTPUTS + PERF_OUTPUTS}
 
 
+# gRPC statuses of a call that never reached the decoder, or lost it: Triton is down or going away.
+_TRANSPORT_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+                   grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+
 def _classify(err: Exception) -> Exception:
-    if isinstance(err, grpc.aio.AioRpcError) and err.code() in (
-            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-        return DecoderUnavailable(f"lost the decoder stream: {err.code().name}: {err.details()}")
-    msg = str(err)
-    low = msg.lower()
-    # "Maximum queue size of N has been reached, please try again later": TensorRT-LLM's executor
-    # (executorImpl.cpp enqueueRequests), passed on by the tensorrtllm backend as INTERNAL.
-    if "queue full" in low or "exceeds maximum queue size" in low or "maximum queue size of" in low:
-        return DecoderBusy(msg)
-    if any(s in low for s in ("unavailable", "failed to connect", "connection refused", "not ready",
-                              "socket closed", "connection reset", "unknown model", "is not found")):
-        return DecoderUnavailable(msg)
-    # The engine words its own failures "internal error: ..." (llama_triton/engine/engine.py).
-    return DecoderError(msg, internal="internal error" in low)
+    """A failure of a decoder call as a DecoderFailure. Transport errors by their gRPC status; the
+    decoder's own error texts by llama_triton/trtllm/decoder_errors.py (a typed code at the start of
+    the text, or one row of the table of TensorRT-LLM's and Triton's texts), never by words found
+    anywhere in the text: a message may quote the request."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        if err.code() in _TRANSPORT_DOWN:
+            return DecoderUnavailable(f"lost the decoder stream: {err.code().name}: {err.details()}")
+        return DecoderError(f"{err.code().name}: {err.details()}", internal=True)
+    if isinstance(err, InferenceServerException) and err.status() is not None:
+        # tritonclient's wrapping of a gRPC error of a unary call (is_model_ready, the model config)
+        status = err.status().rpartition(".")[2]
+        if status in {c.name for c in _TRANSPORT_DOWN}:
+            return DecoderUnavailable(f"{status}: {err.message()}")
+        return DecoderError(f"{status}: {err.message()}", internal=True)
+    msg = err.message() if isinstance(err, InferenceServerException) else str(err)
+    kind = decoder_errors.classify(msg)
+    text = decoder_errors.without_code(msg)
+    if kind == decoder_errors.BUSY:
+        return DecoderBusy(text)
+    if kind == decoder_errors.UNAVAILABLE:
+        return DecoderUnavailable(text)
+    if kind == decoder_errors.INVALID:
+        return DecoderError(text, certain=True)     # the decoder says: this request's input
+    return DecoderError(text, internal=kind == decoder_errors.INTERNAL)
 
 
 def decoder_capacity(cfg: dict, params: dict) -> Optional[int]:
@@ -267,7 +282,7 @@ class TritonDecoder:
                 if error is not None:
                     finished = True
                     err = _classify(error)
-                    if type(err) is DecoderError and health is not None:
+                    if type(err) is DecoderError and health is not None and not err.certain:
                         # Triton's stream errors carry no code: probing tells whose fault it was.
                         err = await self._judge(err, produced)
                     raise self._lost(err)

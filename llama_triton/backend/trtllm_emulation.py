@@ -58,6 +58,10 @@ MISSING_INPUT_IDS = "input_ids or encoder_input_features is not present in the r
 MISSING_OUTPUT_LEN = "request_output_len is not present in the request"
 # BE model_instance_state.cc:885: a stop request needs the id of the request to stop.
 STOP_WITHOUT_ID = "Trying to stop a request but request ID is not provided"
+# TL executor/executorImpl.cpp:887@b35ac1b, the first statement of Executor::Impl::enqueueRequests:
+# TLLM_CHECK_WITH_INFO(!mShutdownCalled, ...), whose text carries the assertion prefix
+# (cpp/include/tensorrt_llm/common/tllmException.h:78-81@0c6a62a); sent as INTERNAL with e.what().
+SHUTDOWN_TEXT = "[TensorRT-LLM][ERROR] Assertion failed: Shutdown called, cannot enqueue requests"
 
 
 def queue_full_text(max_queue_size: int) -> str:

@@ -23,7 +23,7 @@ from .config import EngineConfig, auto_num_threads
 from .kv_cache import BlockManager, allocate_kv_cache, copy_blocks
 from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence, SequenceStatus
-from .types import GenerationRequest, OutputCallback, QueueFull, RequestError, SequenceOutput
+from .types import EngineStopped, GenerationRequest, OutputCallback, QueueFull, RequestError, SequenceOutput
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class Engine:
             validate(request.params, request.prompt_ids)
         with self._lock:
             if self._stopping:
-                raise RuntimeError("the engine is shut down")
+                raise EngineStopped("the engine has shut down")
             if request.request_id in self._active_ids:
                 raise RequestError(f"request id {request.request_id!r} is already in flight")
             if len(self._inbox) + len(self.scheduler.waiting) >= self.config.max_queue_size:
@@ -373,7 +373,8 @@ class Engine:
                 self._cancelled.discard(state.request.request_id)
                 self._cancel_step.pop(state.request.request_id, None)
 
-    def _finish_request(self, state: RequestState, finish_reason: str, error: Optional[str] = None) -> None:
+    def _finish_request(self, state: RequestState, finish_reason: str, error: Optional[str] = None,
+                        error_code: str = "internal_error") -> None:
         """Ends every unfinished sequence of the request (cancel, error) with one final output each."""
         unfinished = [i for i in range(state.num_sequences) if i not in state.finished]
         for index in unfinished:
@@ -384,7 +385,7 @@ class Engine:
             seq = state.seqs.get(index)
             keep = seq is not None and not state.request.streaming and finish_reason == "cancelled"
             out = SequenceOutput(state.request.request_id, index, seq.generated_ids if keep else [],
-                                 finished=True, finish_reason=finish_reason, error=error,
+                                 finished=True, finish_reason=finish_reason, error=error, error_code=error_code,
                                  num_reused_tokens=seq.num_reused_tokens if seq and not seq.num_outputs else 0)
             state.finished.add(index)
             self._deliver(state, out)
@@ -408,7 +409,7 @@ class Engine:
                 state.samplings = [self.sampler.new_sequence(request.params, i, prompt)
                                    for i in range(request.params.num_return_sequences)]
             except RequestError as exc:
-                self._finish_request(state, "error", str(exc))
+                self._finish_request(state, "error", str(exc), "invalid_request")
                 continue
             except Exception as exc:
                 logger.exception("setting up sampling for request %s failed", request.request_id)
@@ -466,6 +467,6 @@ class Engine:
         for request, callback, max_new_tokens in inbox:
             self._requests[request.request_id] = RequestState(request, callback, max_new_tokens)
         for state in list(self._requests.values()):
-            self._finish_request(state, "error", error)
+            self._finish_request(state, "error", error, "shutting_down")
         self._num_running = self.scheduler.num_running
         self._num_waiting = self.scheduler.num_waiting

@@ -293,3 +293,27 @@ def test_readiness_and_liveness_endpoints(default_model_dir, default_tokenizer):
             assert r.status == 503 and "Retry-After" in r.headers
             assert (await r.json())["error"]["code"] == "model_not_ready"
     asyncio.run(scenario())
+
+
+def test_requests_that_fail_together_share_one_work_probe():
+    """Finding 11 (issue 24): every failing request started its own one-token work probe; now the
+    requests that fail together wait on one, and one leaving does not cancel it for the others."""
+    async def scenario():
+        fake = FakeDecoder()
+        release = asyncio.Event()
+
+        async def slow_work():
+            fake.calls.append("work")
+            await release.wait()
+
+        h = DecoderHealth(fake.reach, slow_work)
+        judges = [asyncio.create_task(h.is_broken()) for _ in range(8)]
+        await until(lambda: "work" in fake.calls)
+        judges[0].cancel()                      # its client hung up
+        release.set()
+        verdicts = await asyncio.gather(*judges[1:])
+        assert verdicts == [False] * 7
+        assert fake.calls.count("work") == 1 and h.probes["work"] == 1
+        assert fake.calls.count("reach") == 1
+        await h.stop()
+    asyncio.run(scenario())
