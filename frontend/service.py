@@ -4,6 +4,7 @@ HTTP concerns (auth, body limits, SSE writing) stay in app.py; Triton concerns i
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -58,6 +59,9 @@ class CompletionService:
         self.structured = StructuredOutputs(tokenizer.hf, tokenizer.vocab_size)
         self.renders_tools = template_renders_tools(tokenizer.chat_template)
         self.reasoning_model = is_reasoning_model(tokenizer.chat_template, tokenizer.hf.get_vocab())
+        # No token stands for more bytes than this, so a text longer than context x this many
+        # characters cannot fit the context, whatever it tokenizes to (see check_text_fits).
+        self.max_token_bytes = max(1, max(map(len, tokenizer.token_bytes), default=1))
 
     # ---- limits -----------------------------------------------------------------------------
     async def context_limit(self) -> int:
@@ -68,6 +72,16 @@ class CompletionService:
         if seq and seq.isdigit():
             return int(seq)
         return self.model_context
+
+    async def check_text_fits(self, chars: int, param: str) -> None:
+        """Refuses, before any templating or tokenizing, a text that no prompt within the context
+        can hold: each token stands for at most `max_token_bytes` bytes (each at least one
+        character), so more characters than context x that is more tokens than the context. The
+        cost of what follows (template, tokenizer) is then bounded by the context, not the body."""
+        limit = await self.context_limit()
+        most = limit * self.max_token_bytes
+        if chars > most:
+            raise errors.text_exceeds_context(chars, limit, most, param)
 
     def check_model(self, name: str) -> None:
         if name != self.settings.served_model_name:
@@ -141,21 +155,14 @@ class CompletionService:
                    else (effort != "none" if effort is not None else None))
         if enabled is not None:
             kwargs.setdefault("enable_thinking", enabled)
-        prompt = render_prompt(self.tokenizer, messages, tools=plan.template_tools(), tool_prompt=plan.system_prompt(),
-                               template_kwargs=kwargs)
-        reasoning = None            # where a reasoning model's reply starts: "inside" or "optional"
-        if self.reasoning_model:
-            if prompt_opens_reasoning(prompt) and thinking_disabled(kwargs):
-                prompt = close_reasoning(prompt)
-            if prompt_opens_reasoning(prompt):
-                reasoning = "inside"
-            elif not prompt.rstrip().endswith(THINK_END):
-                reasoning = "optional"
+        await self.check_text_fits(sum(_message_chars(m) for m in req.messages), "messages")
+        # Templating and tokenizing cost time linear in the text: off the event loop, which keeps
+        # serving every other request meanwhile (the tokenizer releases the GIL while it works).
+        prompt_ids, reasoning = await asyncio.to_thread(self._render_and_encode, messages, plan, kwargs)
         spec = plan.guide() if plan.active else format_guide
         if spec is not None and reasoning is not None:
             spec = spec.after_reasoning(reasoning)
         guide = await self.structured.resolve(spec)
-        prompt_ids = encode_prompt(self.tokenizer, prompt)   # the request's text is text, see literal_text
         prep = await self.prepare(req, prompt_ids, "chatcmpl", guide=guide, logprobs=bool(req.logprobs),
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
@@ -164,6 +171,21 @@ class CompletionService:
         if req.stream:
             return EventStream(prep.request_id, self._chat_stream(req, prep, gen, outputs))
         return await self._chat_full(req, prep, gen, outputs)
+
+    def _render_and_encode(self, messages: list[dict], plan: ToolPlan, kwargs: dict) -> tuple[list[int], Optional[str]]:
+        """The prompt's ids, and where a reasoning model's reply starts ("inside", "optional" or
+        None). Runs in a worker thread."""
+        prompt = render_prompt(self.tokenizer, messages, tools=plan.template_tools(), tool_prompt=plan.system_prompt(),
+                               template_kwargs=kwargs)
+        reasoning = None
+        if self.reasoning_model:
+            if prompt_opens_reasoning(prompt) and thinking_disabled(kwargs):
+                prompt = close_reasoning(prompt)
+            if prompt_opens_reasoning(prompt):
+                reasoning = "inside"
+            elif not prompt.rstrip().endswith(THINK_END):
+                reasoning = "optional"
+        return encode_prompt(self.tokenizer, prompt), reasoning   # the request's text is text, see literal_text
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
         return usage_dict(len(prep.prompt_ids), gen.completion_tokens, gen.cached_tokens)
@@ -315,10 +337,14 @@ class LegacyCompletions:
         s.check_model(req.model)
         if isinstance(req.prompt, str):
             prompt_text = req.prompt
+            await s.check_text_fits(len(prompt_text), "prompt")
             # Raw: the caller writes the template, so `</s>` here is the token (README, Security).
-            prompt_ids = s.tokenizer.encode(req.prompt, add_special_tokens=True)
+            prompt_ids = await asyncio.to_thread(s.tokenizer.encode, req.prompt, add_special_tokens=True)
         else:
             prompt_ids = list(req.prompt)
+            limit = await s.context_limit()
+            if len(prompt_ids) >= limit:
+                raise errors.context_length_exceeded(len(prompt_ids), limit, "prompt")
             bad = [t for t in prompt_ids if t >= s.tokenizer.vocab_size]
             if bad:
                 raise errors.bad_request(f"prompt token id {bad[0]} is outside the vocabulary.", "prompt")
@@ -366,6 +392,14 @@ class LegacyCompletions:
         if explicit and include_usage:
             yield enc.usage(s.usage(prep, gen))
         yield b"data: [DONE]\n\n"
+
+
+def _message_chars(message) -> int:
+    """Characters of a message's text and of its tool calls' arguments: part of the prompt."""
+    chars = len(message.text())
+    for call in getattr(message, "tool_calls", None) or ():
+        chars += len(call.function.arguments)
+    return chars
 
 
 def _legacy_logprobs(entries: Optional[list[dict]]) -> dict:

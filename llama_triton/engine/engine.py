@@ -23,6 +23,7 @@ from .config import EngineConfig, auto_num_threads
 from .kv_cache import BlockManager, allocate_kv_cache, copy_blocks
 from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence, SequenceStatus
+from .stop_words import StopWords
 from .types import EngineStopped, GenerationRequest, OutputCallback, QueueFull, RequestError, SequenceOutput
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class RequestState:
     samplings: list[Any] = field(default_factory=list)    # one SequenceSampling per sequence index
     seqs: dict[int, Sequence] = field(default_factory=dict)
     finished: set[int] = field(default_factory=set)
+    stop_words: StopWords = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stop_words = StopWords(self.request.params.stop_words)
 
     @property
     def num_sequences(self) -> int:
@@ -321,18 +326,13 @@ class Engine:
         top = result.top_logprobs if params.top_logprobs > 0 else None
         seq.append_token(token_id, log_prob, top)
         finish_reason = None
-        if self._hit_stop_word(seq, params.stop_words):
+        if state.stop_words.hit(seq.token_ids, seq.num_prompt_tokens):
             finish_reason = "stop"
         elif seq.num_generated_tokens >= state.max_new_tokens:
             finish_reason = "length"
         self._emit(state, seq, [token_id], finish_reason,
                    log_probs=None if log_prob is None else [log_prob],
                    top_logprobs=None if top is None else [top])
-
-    @staticmethod
-    def _hit_stop_word(seq: Sequence, stop_words: list[list[int]]) -> bool:
-        generated = seq.generated_ids
-        return any(0 < len(w) <= len(generated) and generated[-len(w):] == w for w in stop_words)
 
     # ---- outputs --------------------------------------------------------------------------
 
