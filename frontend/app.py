@@ -315,6 +315,11 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
             pending.append(chunk)
     except StopAsyncIteration:
         pending.append(SSE_DONE)
+    except BaseException:
+        # Cancelled (timeout, client gone) or failed before the decoder answered: the decoder
+        # request is stopped here, before the error answer leaves.
+        await iterator.aclose()
+        raise
     first_content = time.perf_counter()
     if ctx is not None:
         ctx.stream = True

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Optional, Union
@@ -135,8 +136,12 @@ class CompletionService:
                 yield ChoiceEvent(c.index, finish_reason="length")
             return
         try:
-            async for ev in gen.events(self.decoder.generate(prep.request_id, prep.arrays)):
-                yield ev
+            # aclosing at every hand-off: closing this generator closes the next one down to the
+            # decoder's stream, whose stop request has gone out when aclose() returns (without it
+            # the inner generators were left to a finaliser task, after the request had ended).
+            async with aclosing(gen.events(self.decoder.generate(prep.request_id, prep.arrays))) as evs:
+                async for ev in evs:
+                    yield ev
         except DecoderFailure as e:
             raise http_error(e) from None
 
@@ -193,13 +198,14 @@ class CompletionService:
     async def _chat_full(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation,
                          outputs: list["ChatOutput"]) -> dict:
         lps: list[Optional[list]] = [[] if req.logprobs else None for _ in gen.choices]
-        async for ev in self.events(prep, gen):
-            out = outputs[ev.index]
-            out.collect(out.feed(ev.text))
-            if ev.finish_reason is not None:
-                out.collect(out.finish())
-            if ev.logprobs is not None and lps[ev.index] is not None:
-                lps[ev.index].extend(ev.logprobs)
+        async with aclosing(self.events(prep, gen)) as evs:
+            async for ev in evs:
+                out = outputs[ev.index]
+                out.collect(out.feed(ev.text))
+                if ev.finish_reason is not None:
+                    out.collect(out.finish())
+                if ev.logprobs is not None and lps[ev.index] is not None:
+                    lps[ev.index].extend(ev.logprobs)
         choices = []
         for c in gen.choices:
             out = outputs[c.index]
@@ -223,30 +229,31 @@ class CompletionService:
             yield enc.delta({"role": "assistant", "content": ""}, c.index, usage=running_usage())
         remaining = len(gen.choices)
         answered = False
-        async for ev in self.events(prep, gen):
-            if not answered:
-                answered = True
-                yield DECODER_ANSWERED
-            out = outputs[ev.index]
-            lp = {"content": ev.logprobs} if ev.logprobs is not None else None
-            if out.plain:
-                # The per-token hot path: one pre-rendered template and one orjson call.
-                if ev.text or ev.logprobs:
-                    yield enc.content(ev.text, ev.index, lp, usage=running_usage())
-            else:
-                items = out.feed(ev.text)
+        async with aclosing(self.events(prep, gen)) as evs:
+            async for ev in evs:
+                if not answered:
+                    answered = True
+                    yield DECODER_ANSWERED
+                out = outputs[ev.index]
+                lp = {"content": ev.logprobs} if ev.logprobs is not None else None
+                if out.plain:
+                    # The per-token hot path: one pre-rendered template and one orjson call.
+                    if ev.text or ev.logprobs:
+                        yield enc.content(ev.text, ev.index, lp, usage=running_usage())
+                else:
+                    items = out.feed(ev.text)
+                    if ev.finish_reason is not None:
+                        items += out.finish()
+                    deltas = out.deltas(items)
+                    if not deltas and ev.logprobs:
+                        deltas = [{}]
+                    for i, delta in enumerate(deltas):
+                        yield enc.delta(delta, ev.index, lp if i == 0 else None, usage=running_usage())
                 if ev.finish_reason is not None:
-                    items += out.finish()
-                deltas = out.deltas(items)
-                if not deltas and ev.logprobs:
-                    deltas = [{}]
-                for i, delta in enumerate(deltas):
-                    yield enc.delta(delta, ev.index, lp if i == 0 else None, usage=running_usage())
-            if ev.finish_reason is not None:
-                remaining -= 1
-                last = remaining == 0
-                yield enc.finish(out.finish_reason(ev.finish_reason), ev.index,
-                                 self.usage(prep, gen) if (last and include_usage) or continuous else None)
+                    remaining -= 1
+                    last = remaining == 0
+                    yield enc.finish(out.finish_reason(ev.finish_reason), ev.index,
+                                     self.usage(prep, gen) if (last and include_usage) or continuous else None)
         if explicit and include_usage:
             yield enc.usage(self.usage(prep, gen))
         yield b"data: [DONE]\n\n"
@@ -358,10 +365,11 @@ class LegacyCompletions:
             return EventStream(prep.request_id, self._stream(req, prep, gen, echo))
         texts = [[echo] for _ in gen.choices]
         lps: list[list] = [[] for _ in gen.choices]
-        async for ev in s.events(prep, gen):
-            texts[ev.index].append(ev.text)
-            if ev.logprobs:
-                lps[ev.index].extend(ev.logprobs)
+        async with aclosing(s.events(prep, gen)) as evs:
+            async for ev in evs:
+                texts[ev.index].append(ev.text)
+                if ev.logprobs:
+                    lps[ev.index].extend(ev.logprobs)
         choices = [{"index": c.index, "text": "".join(texts[c.index]),
                     "logprobs": _legacy_logprobs(lps[c.index]) if req.logprobs is not None else None,
                     "finish_reason": c.finish_reason} for c in gen.choices]
@@ -378,17 +386,18 @@ class LegacyCompletions:
                 yield enc.text(echo, c.index)
         remaining = len(gen.choices)
         answered = False
-        async for ev in s.events(prep, gen):
-            if not answered:
-                answered = True
-                yield DECODER_ANSWERED
-            if ev.text or ev.logprobs:
-                yield enc.text(ev.text, ev.index,
-                               _legacy_logprobs(ev.logprobs) if req.logprobs is not None else None)
-            if ev.finish_reason is not None:
-                remaining -= 1
-                yield enc.finish(ev.finish_reason, ev.index,
-                                 s.usage(prep, gen) if remaining == 0 and include_usage else None)
+        async with aclosing(s.events(prep, gen)) as evs:
+            async for ev in evs:
+                if not answered:
+                    answered = True
+                    yield DECODER_ANSWERED
+                if ev.text or ev.logprobs:
+                    yield enc.text(ev.text, ev.index,
+                                   _legacy_logprobs(ev.logprobs) if req.logprobs is not None else None)
+                if ev.finish_reason is not None:
+                    remaining -= 1
+                    yield enc.finish(ev.finish_reason, ev.index,
+                                     s.usage(prep, gen) if remaining == 0 and include_usage else None)
         if explicit and include_usage:
             yield enc.usage(s.usage(prep, gen))
         yield b"data: [DONE]\n\n"
