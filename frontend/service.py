@@ -19,6 +19,7 @@ from frontend import errors
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
 from frontend.literal_text import encode_prompt
+from frontend.logging_setup import current_request
 from frontend.request_models import ChatCompletionRequest, CompletionRequest
 from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
@@ -130,6 +131,19 @@ class CompletionService:
 
     # ---- decoding ---------------------------------------------------------------------------
     async def events(self, prep: Prepared, gen: Generation) -> AsyncIterator[ChoiceEvent]:
+        try:
+            async with aclosing(self._events(prep, gen)) as evs:
+                async for ev in evs:
+                    yield ev
+        finally:
+            # The request's token counts for the access log and the metrics: the same figures as
+            # its `usage` (self.usage), from the one place that counts them, whatever ended it.
+            ctx = current_request.get()
+            if ctx is not None:
+                ctx.prompt_tokens = len(prep.prompt_ids)
+                ctx.completion_tokens = gen.completion_tokens
+
+    async def _events(self, prep: Prepared, gen: Generation) -> AsyncIterator[ChoiceEvent]:
         if prep.max_new_tokens == 0:
             for c in gen.choices:
                 c.finish_reason = "length"

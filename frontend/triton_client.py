@@ -245,9 +245,6 @@ class TritonDecoder:
         ctx = current_request.get()
         if ctx is not None:
             ctx.triton_request_id = request_id
-            lengths = arrays.get("input_lengths")
-            if lengths is not None:
-                ctx.prompt_tokens += int(np.asarray(lengths).sum())
         metrics = self.metrics
 
         async def requests():
@@ -298,8 +295,6 @@ class TritonDecoder:
                     continue
                 parsed = self._parse(resp, final, self._block_tokens)
                 produced = True
-                if ctx is not None:
-                    ctx.completion_tokens += len(parsed.token_ids)
                 yield parsed
                 if final:
                     break

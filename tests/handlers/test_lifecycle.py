@@ -4,6 +4,7 @@ request, not later in a finaliser task after the request has ended."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 
 import orjson
@@ -97,3 +98,33 @@ def test_a_client_that_stops_reading_is_given_up_and_its_decoder_request_stopped
 def _many(ids, k):
     from frontend.decoder import DecoderResponse
     return DecoderResponse(0, list(ids) * k, None, None, None, None, False)
+
+
+def _counted(harness: Harness) -> tuple[float, float]:
+    """(prompt, completion) tokens as /metrics counts them."""
+    async def go():
+        resp = await harness.client.get("/metrics")
+        return await resp.text()
+    text = harness.loop.run_until_complete(go())
+    def value(name):
+        m = re.search(rf"^{name}_total (\S+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+    return value("llama_triton_prompt_tokens"), value("llama_triton_completion_tokens")
+
+
+def test_token_counts_in_metrics_are_the_usage_figures(harness: Harness):
+    """Finding 12: the metrics and the access log counted tokens as the transport received them,
+    `usage` as the choices took them. With n = 2 and a stop string that ends choice 0 early, the
+    decoder keeps sending choice 0's tokens until the request ends: usage does not count them, and
+    neither may the metrics."""
+    first = harness.tokenizer.encode("Yes. And then a long tail that usage never sees")
+    second = harness.tokenizer.encode("No")
+    harness.decoder.script = lambda rid, arrays: (token_responses(first, 0, final=False)
+                                                  + token_responses(second, 1, final=True))
+    before = _counted(harness)
+    status, _, body = harness.chat({"n": 2, "stop": ["."], "temperature": 1.0})
+    assert status == 200, body
+    after = _counted(harness)
+    usage = body["usage"]
+    assert (after[0] - before[0], after[1] - before[1]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert usage["completion_tokens"] < len(first) + len(second)
