@@ -530,6 +530,8 @@ class ChatCompletionRequest(_SamplingRequest):
     reasoning_effort: Optional[Literal["low", "medium", "high", "none"]] = None
     reasoning: Optional[ReasoningSettings] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    return_tokens_as_token_ids: Optional[bool] = Field(None, description=(
+        "Extension (vLLM): logprobs name each token (and each top alternative) as 'token_id:N'."))
 
     @field_validator("tools")
     @classmethod
@@ -585,7 +587,8 @@ class CompletionRequest(_SamplingRequest):
     logprobs: Optional[_int(ge=0, le=5)] = Field(None, description="Number of top tokens per position.")
     echo: Optional[bool] = None
     best_of: Optional[_int(ge=1, le=1)] = Field(None, description="Only 1 is supported.")
-    return_tokens_as_token_ids: Optional[bool] = None
+    return_tokens_as_token_ids: Optional[bool] = Field(None, description=(
+        "Extension (vLLM): logprobs name each token (and each top_logprobs key) as 'token_id:N'."))
     data: Optional[CompletionMultiModalData] = None
 
     @field_validator("prompt", mode="before")

@@ -185,7 +185,7 @@ class CompletionService:
         prep = await self.prepare(req, prompt_ids, "chatcmpl", guide=guide, logprobs=bool(req.logprobs),
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
-                         bool(req.logprobs), req.top_logprobs or 0)
+                         bool(req.logprobs), req.top_logprobs or 0, bool(req.return_tokens_as_token_ids))
         outputs = [ChatOutput(plan, reasoning) for _ in gen.choices]
         if req.stream:
             return EventStream(prep.request_id, self._chat_stream(req, prep, gen, outputs))
@@ -373,7 +373,8 @@ class LegacyCompletions:
             prompt_text = decode(s.tokenizer, prompt_ids)
         top = req.logprobs or 0
         prep = await s.prepare(req, prompt_ids, "cmpl", logprobs=req.logprobs is not None, top_logprobs=top)
-        gen = Generation(s.tokenizer, req.n, req.stop_strings, prep.max_new_tokens, req.logprobs is not None, top)
+        gen = Generation(s.tokenizer, req.n, req.stop_strings, prep.max_new_tokens, req.logprobs is not None, top,
+                         bool(req.return_tokens_as_token_ids))
         echo = prompt_text if req.echo else ""
         if req.stream:
             return EventStream(prep.request_id, self._stream(req, prep, gen, echo))
@@ -385,7 +386,7 @@ class LegacyCompletions:
                 if ev.logprobs:
                     lps[ev.index].extend(ev.logprobs)
         choices = [{"index": c.index, "text": "".join(texts[c.index]),
-                    "logprobs": _legacy_logprobs(lps[c.index]) if req.logprobs is not None else None,
+                    "logprobs": _legacy_logprobs(lps[c.index], len(echo))[0] if req.logprobs is not None else None,
                     "finish_reason": c.finish_reason} for c in gen.choices]
         return {"id": prep.request_id, "object": "text_completion", "created": int(time.time()),
                 "model": s.settings.served_model_name, "choices": choices, "usage": s.usage(prep, gen)}
@@ -400,14 +401,19 @@ class LegacyCompletions:
                 yield enc.text(echo, c.index)
         remaining = len(gen.choices)
         answered = False
+        # Each choice's text_offset runs on across chunks from the end of the echoed prompt: the
+        # same figures as the non-streamed response.
+        offsets = [len(echo)] * len(gen.choices)
         async with aclosing(s.events(prep, gen)) as evs:
             async for ev in evs:
                 if not answered:
                     answered = True
                     yield DECODER_ANSWERED
                 if ev.text or ev.logprobs:
-                    yield enc.text(ev.text, ev.index,
-                                   _legacy_logprobs(ev.logprobs) if req.logprobs is not None else None)
+                    lp = None
+                    if req.logprobs is not None:
+                        lp, offsets[ev.index] = _legacy_logprobs(ev.logprobs, offsets[ev.index])
+                    yield enc.text(ev.text, ev.index, lp)
                 if ev.finish_reason is not None:
                     remaining -= 1
                     yield enc.finish(ev.finish_reason, ev.index,
@@ -425,11 +431,15 @@ def _message_chars(message) -> int:
     return chars
 
 
-def _legacy_logprobs(entries: Optional[list[dict]]) -> dict:
+def _legacy_logprobs(entries: Optional[list[dict]], start: int) -> tuple[dict, int]:
+    """The legacy logprobs object of these tokens, the first at character `start` of the choice's
+    text, and the offset after the last. Offsets count the tokens' own text (also when `token`
+    says "token_id:N"), so streamed chunks and the whole response agree."""
     entries = entries or []
-    offsets, pos = [], 0
+    offsets, pos = [], start
     for e in entries:
         offsets.append(pos)
-        pos += len(e["token"])
+        pos += len(bytes(e["bytes"]).decode("utf-8", "replace"))
     return completion_logprobs([e["token"] for e in entries], [e["logprob"] for e in entries],
-                               [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries], offsets)
+                               [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+                               offsets), pos
