@@ -33,6 +33,7 @@ import orjson
 from aiohttp import web
 
 from frontend import decoder_probes, errors, logging_setup
+from frontend.admission import SharedAdmission
 from frontend.decoder_health import DecoderHealth
 from frontend.logging_setup import RequestContext, current_request, hash_user
 from frontend.metrics import FrontendMetrics
@@ -472,7 +473,9 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
     metrics = FrontendMetrics()
     if decoder is None:
-        decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
+        admission = (SharedAdmission(settings.admission_file, settings.admission_slot)
+                     if settings.admission_file else None)
+        decoder = TritonDecoder(settings.triton_grpc, metrics=metrics, admission=admission)
         decoder.health = decoder_health_for(decoder, settings)
     app[SETTINGS] = settings
     app[METRICS] = metrics

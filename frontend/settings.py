@@ -29,6 +29,8 @@ class Settings:
     ready_file: Optional[str] = None        # touched once listening (the launcher waits for every worker)
     decoder_failure_file: Optional[str] = None  # where to tell the launcher the decoder is broken
     liveness_timeout: float = 900.0         # /health/live fails once the decoder has been down this long
+    admission_file: Optional[str] = None    # the 429 gate's count shared by several workers (frontend/admission.py)
+    admission_slot: int = 0                 # this worker's counter in it
 
 
 def load_api_keys(env_value: Optional[str], keys_file: Optional[str]) -> frozenset[str]:
@@ -72,6 +74,11 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p.add_argument("--liveness-timeout", type=float, default=900.0,
                    help="seconds the decoder may stay down (the launcher restarting it, a GPU engine "
                         "loading) before GET /health/live answers 503 (docs/OPERATIONS.md)")
+    p.add_argument("--admission-file", default=None,
+                   help="with several workers: the file holding every worker's count of open decoder "
+                        "requests, so the 429 gate admits the decoder's capacity across all of them "
+                        "(the launcher makes it)")
+    p.add_argument("--admission-slot", type=int, default=0, help="this worker's counter in --admission-file")
     a = p.parse_args(argv)
     for name in ("request_timeout", "write_timeout", "liveness_timeout"):
         if getattr(a, name) <= 0:
@@ -85,4 +92,5 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                     cors_origins=tuple(a.cors_origin), request_timeout=a.request_timeout,
                     shutdown_grace=a.shutdown_grace, write_timeout=a.write_timeout, log_format=a.log_format,
                     reuse_port=a.reuse_port, ready_file=a.ready_file,
-                    decoder_failure_file=a.decoder_failure_file, liveness_timeout=a.liveness_timeout)
+                    decoder_failure_file=a.decoder_failure_file, liveness_timeout=a.liveness_timeout,
+                    admission_file=a.admission_file, admission_slot=a.admission_slot)

@@ -22,6 +22,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from frontend.admission import Admission, LocalAdmission
 from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
                               DecoderResponse, DecoderUnavailable)
 from frontend.logging_setup import current_request
@@ -130,13 +131,15 @@ def _rows(buffers: dict[str, bytes], name: str, n: int) -> Optional[np.ndarray]:
 class TritonDecoder:
     """The `DecoderClient` (frontend/decoder.py) over Triton's gRPC stream."""
 
-    def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None):
+    def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None,
+                 admission: Optional[Admission] = None):
         self.grpc_url = grpc_url
         self.model_name = model_name
         self.metrics = metrics      # FrontendMetrics or None: queue depth, open streams, errors
         self._client: Optional[grpcclient.InferenceServerClient] = None
         self._caps: Optional[DecoderCapabilities] = None
-        self._active = 0                        # decoder requests this frontend has open
+        # Decoder requests open, this replica's frontend workers together (frontend/admission.py).
+        self.admission: Admission = admission or LocalAdmission()
         self._capacity: Optional[int] = None    # max_batch_size + max_queue_size, when declared
         self._block_tokens = 0                  # tokens per KV block (GPU: cached tokens from reused blocks)
         self._requested: dict[tuple[bool, bool], list[grpcclient.InferRequestedOutput]] = {}
@@ -236,12 +239,17 @@ class TritonDecoder:
         health = self.health
         if health is not None and not health.ready:
             raise self._lost(DecoderUnavailable(health.down_reason))
-        if self._capacity is not None and self._active >= self._capacity:
-            raise self._lost(DecoderBusy(f"queue full: {self._active} requests in flight "
+        taken, count = self.admission.try_acquire(self._capacity)
+        if not taken:
+            raise self._lost(DecoderBusy(f"queue full: {count} requests in flight "
                                          f"(decoder capacity {self._capacity})"))
         done = asyncio.Event()
-        inputs = self._inputs(arrays)
-        outputs = self._outputs(arrays)
+        try:
+            inputs = self._inputs(arrays)
+            outputs = self._outputs(arrays)
+        except BaseException:
+            self.admission.release()
+            raise
         ctx = current_request.get()
         if ctx is not None:
             ctx.triton_request_id = request_id
@@ -256,7 +264,6 @@ class TritonDecoder:
         if metrics is not None:
             metrics.decoder_streams.inc()
             metrics.decoder_queued.inc()
-        self._active += 1
         stream = None
         finished = False
         produced = False
@@ -322,7 +329,7 @@ class TritonDecoder:
             if key is not None:
                 health.untrack(key)
             done.set()
-            self._active -= 1
+            self.admission.release()
             if metrics is not None:
                 metrics.decoder_streams.dec()
                 if queued:
