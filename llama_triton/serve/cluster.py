@@ -17,11 +17,15 @@ Routing (SMG's own mechanisms, chosen in docs/SCALE-OUT.md):
 This module supervises: a replica whose launcher exits (its frontend died, say) is started again
 on the same ports, and SMG's health checks send traffic back to it once /health answers; a dead
 tritonserver is restarted by the replica's own launcher. SIGINT/SIGTERM stops the router first,
-then drains every replica (--shutdown-grace, as `serve`).
+then drains every replica (--shutdown-grace, as `serve`). However the cluster process itself ends,
+SIGKILL included, the kernel sends SIGTERM to the router and to every replica it started (Linux's
+parent-death signal), and each replica stops its own tritonserver and frontend: no replica outlives
+its cluster to hold ports and memory as an orphan.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import signal
@@ -39,6 +43,20 @@ CLUSTER_SERVING_LINE = b"cluster serving the OpenAI API at"
 ROUTING_KEY_HEADER = "X-Prompt-Cache-Key"
 POLICIES = ("cache_aware", "round_robin", "consistent_hashing", "prefix_hash", "power_of_two", "random")
 MAX_RESTART_BACKOFF_S = 30.0
+PR_SET_PDEATHSIG = 1         # <linux/prctl.h>
+
+
+def die_with(parent_pid: int):
+    """A Popen preexec_fn: the child gets SIGTERM when `parent_pid` (the process that starts it)
+    ends, however it ends. The replicas run in sessions of their own (a signal to the cluster's
+    process group must not reach them twice), so nothing else would tell them."""
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            os._exit(70)
+        if os.getppid() != parent_pid:      # the parent died before prctl took effect
+            os._exit(70)
+    return preexec
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -182,7 +200,7 @@ class Cluster:
         r.log_file.write(f"\n==== replica {r.index} start {r.restarts} ====\n".encode())
         r.log_file.flush()
         r.proc = subprocess.Popen(self.replica_command(r), stdout=r.log_file, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+                                  start_new_session=True, preexec_fn=die_with(os.getpid()))
 
     def replica_serving(self, r: Replica) -> bool:
         return http_ok(f"http://127.0.0.1:{r.port}/health")
@@ -221,7 +239,8 @@ class Cluster:
                              shutdown_grace=a.shutdown_grace)
         if self.router_log is None:
             self.router_log = open(self.work / "router.log", "ab")
-        self.router = subprocess.Popen(cmd, stdout=self.router_log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.router = subprocess.Popen(cmd, stdout=self.router_log, stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=die_with(os.getpid()))
 
     def wait_router(self, timeout: float = 120.0) -> None:
         """Ready once the router answers /health and lists the model (every replica registered)."""
