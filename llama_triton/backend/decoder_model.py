@@ -40,6 +40,21 @@ def wants_merged_responses(request) -> bool:
     return json.loads(params).get(MERGE_PARAMETER) is True
 
 
+class _Live:
+    """A live request with an id: polled for Triton's cancellation until its final response.
+
+    Triton releases a request once its FINAL response is sent, and is_cancelled() on it after that
+    reaches freed memory in the Triton process (tried: tritonserver died with SIGSEGV). So a poll
+    and the final response of one request never overlap: both take the request's own guard, not
+    the model's lock, which execute() needs to admit every new request."""
+    __slots__ = ("request", "guard", "done")
+
+    def __init__(self, request):
+        self.request = request
+        self.guard = threading.Lock()
+        self.done = False           # its final response is going out: never poll it again
+
+
 class DecoderModel:
     """One instance of the `tensorrt_llm` model: its engine, and which live request id is whose."""
 
@@ -68,7 +83,7 @@ class DecoderModel:
         sys.setswitchinterval(0.001)
         self.metrics = EngineMetrics(pb_utils, self.engine)
         self.lock = threading.Lock()
-        self.live = {}  # request id -> (triton request, response sender); Triton-cancel polling
+        self.live: dict[str, _Live] = {}  # request id -> its request; Triton-cancel polling
         self.last_cancel_poll = 0.0
         self.engine.add_step_listener(self._before_step)
         self.engine.add_step_listener(self.metrics.update, at_end=True)
@@ -78,20 +93,25 @@ class DecoderModel:
     def _before_step(self):
         # is_cancelled() is a round trip to the Triton process per request: poll at most every
         # 100 ms, as TensorRT-LLM's backend does (cancellation_check_period_ms). The round trips
-        # run outside the lock: execute() takes it to admit every new request.
+        # run outside the model's lock (execute() takes it to admit every new request), each under
+        # its request's guard (_Live).
         now = time.monotonic()
         if now - self.last_cancel_poll < 0.1:
             return
         self.last_cancel_poll = now
         with self.lock:
             live = list(self.live.items())
-        cancelled = [(rid, req) for rid, (req, _) in live if req.is_cancelled()]
-        for rid, req in cancelled:
-            with self.lock:
-                # The same request still: its id may have ended and been reused meanwhile.
-                still = self.live.get(rid, (None,))[0] is req
-            if still:
-                self.engine.cancel(rid)
+        for rid, entry in live:
+            with entry.guard:
+                if entry.done:
+                    continue
+                cancelled = entry.request.is_cancelled()
+            if cancelled:
+                with self.lock:
+                    # The same request still: its id may have ended and been reused meanwhile.
+                    still = self.live.get(rid) is entry
+                if still:
+                    self.engine.cancel(rid)
 
     def execute(self, requests):
         for request in requests:
@@ -149,7 +169,7 @@ class DecoderModel:
                 # Triton cancellation) and its engine slot: refuse it, as the engine would.
                 if rid in self.live:
                     return self._fail(sender, f"request id {rid!r} is already in flight", codes.INVALID_REQUEST)
-                self.live[rid] = (request, sender)
+                self.live[rid] = _Live(request)
 
         def send_output(out):
             if remaining["n"] < 0:
@@ -213,11 +233,16 @@ class DecoderModel:
         self._fail(sender, text, code)
 
     def _forget(self, rid, request):
-        if rid:
-            with self.lock:
-                entry = self.live.get(rid)
-                if entry is not None and entry[0] is request:
-                    del self.live[rid]
+        """Before a request's final response: no poll of it from now on (one in flight ends first)."""
+        if not rid:
+            return
+        with self.lock:
+            entry = self.live.get(rid)
+            if entry is None or entry.request is not request:
+                return
+            del self.live[rid]
+        with entry.guard:
+            entry.done = True
 
     def _fail(self, sender, message: str, code: str):
         """The request's final response: an error. The CPU decoder puts its typed code in front

@@ -303,6 +303,9 @@ def test_soak(soak_stack, forced_pieces):
           f"({growth_fe * 100:+.1f}%), peak {mib(max(s.frontend for s in samples))}")
     print(f"  RSS tritonserver+stubs: {mib(warm.triton)} at {warm.t:.0f} s -> {mib(end.triton)} at end "
           f"({growth_tr * 100:+.1f}%), peak {mib(max(s.triton for s in samples))}")
+    step = max(1, len(samples) // 16)
+    print("  RSS over time (s: frontend / tritonserver+stubs MiB): " + ", ".join(
+        f"{s.t:.0f}: {s.frontend / 2 ** 20:.0f}/{s.triton / 2 ** 20:.0f}" for s in samples[::step] + samples[-1:]))
     assert not tally.lost, tally.lost[:10]
     assert not tally.wrong, tally.wrong[:10]
     assert tally.no_retry_after == 0

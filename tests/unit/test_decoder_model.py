@@ -105,12 +105,21 @@ class Request:
         return ["output_ids"]
 
     def is_cancelled(self):
+        if self.sender.closed:
+            # Triton has released the request with its FINAL response: asking after that reached
+            # freed memory in tritonserver (it died with SIGSEGV).
+            self.sender.refused.append(("is_cancelled", "after FINAL"))
+            raise SenderClosed("is_cancelled() on a request released by its FINAL response")
         return self.cancelled
 
 
 class RecordingEngine:
+    """Records what the model asks of the engine; as strict as `Engine` where the model must cope:
+    a submit after shutdown raises EngineStopped."""
+
     def __init__(self):
         self.submitted, self.cancelled, self.listeners = [], [], []
+        self.stopped = False
 
     def add_step_listener(self, fn, at_end=False):
         self.listeners.append(fn)
@@ -119,9 +128,12 @@ class RecordingEngine:
         pass
 
     def shutdown(self):
-        pass
+        self.stopped = True
 
     def submit(self, request, callback):
+        from llama_triton.engine.types import EngineStopped
+        if self.stopped:
+            raise EngineStopped("the engine has shut down")
         self.submitted.append((request, callback))
 
     def cancel(self, request_id):
@@ -288,3 +300,39 @@ def test_every_admitted_request_is_answered_once_across_shutdown(real_decoder):
         assert len(_finals(request)) == 1, request.rid
     (response, _), = late.sender.sent
     assert response.error.message.startswith("[llama-triton:shutting_down] ")
+
+
+def test_a_request_is_never_polled_once_its_final_response_is_out(model):
+    """The cancellation poll and a request's final response never overlap, and no poll follows the
+    final response (Triton frees the request then). The final response waits for a poll of the
+    same request that is in flight; admission does not."""
+    import threading
+    from llama_triton.engine.types import SequenceOutput
+    order, entered, release = [], threading.Event(), threading.Event()
+
+    class Polled(Request):
+        def is_cancelled(self):
+            order.append("poll")
+            entered.set()
+            release.wait(30)
+            order.append("poll done")
+            return super().is_cancelled()
+
+    polled = Polled("q1", **_generate("q1").inputs)
+    model.execute([polled])
+    (_, callback), = model.engine_under_test.submitted
+    poll = threading.Thread(target=lambda: (setattr(model, "last_cancel_poll", 0.0), model._before_step()))
+    poll.start()
+    assert entered.wait(30)
+    model.execute([_generate("q2")])                     # admission goes on meanwhile
+    assert len(model.engine_under_test.submitted) == 2
+    polled.sender.send = (lambda send: lambda *a, **kw: (order.append("final"), send(*a, **kw)))(polled.sender.send)
+    callback(SequenceOutput("q1", 0, [5], finished=True, finish_reason="length"))
+    model.pump.drain(timeout=1.0)                        # the final waits on the poll (or, unguarded, goes out)
+    release.set()
+    poll.join(30)
+    assert model.pump.drain()
+    assert order == ["poll", "poll done", "final"]
+    model.last_cancel_poll = 0.0
+    model._before_step()                                 # q1 is not polled again
+    assert polled.sender.refused == []
