@@ -60,7 +60,9 @@ def create_file(path: Path, slots: int) -> None:
 
 
 def clear_slot(path: Path, slot: int) -> None:
-    """Zeroes a dead worker's counter (the launcher, before restarting it)."""
+    """Zeroes a dead worker's counter (the launcher, before restarting it). No file: nothing counted."""
+    if not Path(path).exists():
+        return
     with open(path, "r+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(slot * _SLOT.size)

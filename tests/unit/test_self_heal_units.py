@@ -237,14 +237,19 @@ def test_launcher_restarts_a_dead_frontend_worker_alone_then_gives_up(tmp_path, 
     sup.frontends = [None, None]
     sup.frontend_policies = [RestartPolicy(f"frontend worker {i}", 1, 300) for i in range(2)]
     sup.frontend_due = [0.0, 0.0]
+    from frontend import admission
+    admission.create_file(sup.admission_file, 2)
     try:
         spawn(0)
         spawn(1)
         other = sup.frontends[1]
+        held = [admission.SharedAdmission(sup.admission_file, i) for i in range(2)]
+        assert held[0].try_acquire(None)[0] and held[1].try_acquire(None)[0]   # each worker has one open
         sup.frontends[0].kill()
         sup.frontends[0].wait()
         sup.supervise_frontends(100.0)          # noticed: restart due at once (first death)
         assert sup.frontends[0] is None
+        assert held[1].open == 1                # the dead worker's place in the 429 gate is free again
         sup.supervise_frontends(100.2)          # restarted, alone
         assert spawned == [0, 1, 0] and sup.frontends[1] is other
         assert "ERROR frontend worker 0" in capsys.readouterr().err
