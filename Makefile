@@ -7,7 +7,7 @@ PORT ?= 8080
 MODEL_DIR ?= var/models/llama2-tiny
 PYTEST_ARGS ?=
 
-.PHONY: serve test venv model unit integration clean bench engine plan cluster
+.PHONY: serve test venv model unit integration clean bench engine plan cluster system-packages
 
 $(VENV)/.installed: pyproject.toml
 	@echo ">> creating $(VENV) and installing the project with the cpu and test extras (about a minute the first time)"
@@ -46,14 +46,19 @@ $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
 .PHONY: policy-tools
 policy-tools: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-test: venv model policy-tools
+# What the tests need from the system (build/system-packages.txt): installed with apt-get as root,
+# otherwise the one command to run is printed and make stops.
+system-packages:
+	@build/system_packages.sh
+
+test: venv model policy-tools system-packages
 	@echo ">> running the whole test suite (unit + integration against a real tritonserver)"
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: venv model policy-tools
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-integration: venv model
+integration: venv model system-packages
 	LLAMA_TRITON_MODEL_DIR=$(MODEL_DIR) $(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 clean:

@@ -37,6 +37,7 @@ import orjson
 from aiohttp import web
 
 from frontend import decoder_probes, errors, logging_setup, tracing
+from frontend.admission import SharedAdmission
 from frontend.decoder_health import DecoderHealth
 from frontend.logging_setup import RequestContext, client_request_id, current_request, hash_user
 from frontend.metrics import FrontendMetrics
@@ -357,6 +358,11 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
             pending.append(chunk)
     except StopAsyncIteration:
         pending.append(SSE_DONE)
+    except BaseException:
+        # Cancelled (timeout, client gone) or failed before the decoder answered: the decoder
+        # request is stopped here, before the error answer leaves.
+        await iterator.aclose()
+        raise
     first_content = time.perf_counter()
     if ctx is not None:
         ctx.stream = True
@@ -527,7 +533,9 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
     metrics = FrontendMetrics(settings.served_model_name)
     if decoder is None:
-        decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
+        admission = (SharedAdmission(settings.admission_file, settings.admission_slot)
+                     if settings.admission_file else None)
+        decoder = TritonDecoder(settings.triton_grpc, metrics=metrics, admission=admission)
         decoder.health = decoder_health_for(decoder, settings)
     app[SETTINGS] = settings
     app[METRICS] = metrics

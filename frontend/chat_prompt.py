@@ -93,7 +93,9 @@ def with_system_text(messages: list[dict], text: str) -> list[dict]:
 
 def rewrite_for_plain_template(messages: list[dict]) -> list[dict]:
     system = [text_of(m.get("content")) for m in messages if m["role"] == "system"]
-    turns: list[dict] = []
+    # Each turn's texts are collected and joined once at the end: appending to a string per merged
+    # message copied the whole turn each time (quadratic in a run of same-role messages).
+    turns: list[dict] = []          # {"role", "content": list of texts}
     for m in messages:
         role = m["role"]
         if role == "system":
@@ -109,9 +111,10 @@ def rewrite_for_plain_template(messages: list[dict]) -> list[dict]:
         else:
             content = text_of(m.get("content"))
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += "\n\n" + content
+            turns[-1]["content"].append(content)
         else:
-            turns.append({"role": role, "content": content})
+            turns.append({"role": role, "content": [content]})
+    turns = [{"role": t["role"], "content": "\n\n".join(t["content"])} for t in turns]
     if turns and turns[0]["role"] == "assistant":
         turns.insert(0, {"role": "user", "content": ""})
     if system:

@@ -28,11 +28,14 @@ class DecoderBusy(DecoderFailure):
 
 class DecoderError(DecoderFailure):
     """The decoder failed this request: HTTP 400 when it refused the input, 500 when it broke
-    (`internal`: the engine's own "internal error: ..." failures, never the client's fault)."""
+    (`internal`: the decoder's own failures, never the client's fault). `certain`: the decoder said
+    itself that the input was at fault (a typed code, llama_triton/trtllm/decoder_errors.py), so no
+    probe has to tell a refused request from a broken decoder."""
 
-    def __init__(self, message: str, internal: bool = False):
+    def __init__(self, message: str, internal: bool = False, certain: bool = False):
         super().__init__(message)
         self.internal = internal
+        self.certain = certain
 
 
 @dataclass(frozen=True)

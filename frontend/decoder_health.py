@@ -80,6 +80,7 @@ class DecoderHealth:
         self._last_probe = -1e9
         self._reach_timeouts = 0
         self._reach_task: Optional[asyncio.Task] = None
+        self._work_task: Optional[asyncio.Task] = None
         self._watchdog: Optional[asyncio.Task] = None
         self._suspected = False
         self._wake = asyncio.Event()
@@ -134,10 +135,18 @@ class DecoderHealth:
         return len(self._requests)
 
     # ---- probes ---------------------------------------------------------------------------------
+    @staticmethod
+    def _shared(task: Optional[asyncio.Task], run) -> asyncio.Task:
+        """The probe in flight, or a new one. It runs in a task of its own with a context of its own
+        (not the request's that started it), and its callers wait shielded: a caller that goes away
+        (a client hanging up) neither cancels it for the others nor skips its verdict."""
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(run(), context=contextvars.Context())
+        return task
+
     async def reach(self) -> Optional[bool]:
         """One reach probe (shared by concurrent callers): True passed, False failed, None no answer."""
-        if self._reach_task is None or self._reach_task.done():
-            self._reach_task = asyncio.ensure_future(self._run_reach())
+        self._reach_task = self._shared(self._reach_task, self._run_reach)
         return await asyncio.shield(self._reach_task)
 
     async def _run_reach(self) -> Optional[bool]:
@@ -163,6 +172,11 @@ class DecoderHealth:
         return True
 
     async def work(self) -> Optional[bool]:
+        """One work probe (shared like `reach`: the requests that fail together start one)."""
+        self._work_task = self._shared(self._work_task, self._run_work)
+        return await asyncio.shield(self._work_task)
+
+    async def _run_work(self) -> Optional[bool]:
         self.probes["work"] += 1
         try:
             async with asyncio.timeout(WORK_TIMEOUT_S):

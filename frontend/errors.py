@@ -76,6 +76,12 @@ def forbidden(message: str, code: str) -> APIError:
     return APIError(403, message, "permission_error", None, code)
 
 
+def text_exceeds_context(chars: int, limit: int, most: int, param: str = "messages") -> APIError:
+    return APIError(400, f"This model's maximum context length is {limit} tokens, and the {param} hold {chars} "
+                         f"characters: more than any prompt of {limit} tokens can (at most {most}). Shorten the "
+                         f"{param}.", INVALID_REQUEST, param, "context_length_exceeded")
+
+
 def unauthorized(message: str = "Missing or invalid API key: send 'Authorization: Bearer <key>'.") -> APIError:
     return APIError(401, message, AUTHENTICATION, None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
 

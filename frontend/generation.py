@@ -28,7 +28,7 @@ class ChoiceEvent:
 
 class ChoiceState:
     def __init__(self, index: int, tokenizer: Tokenizer, stops: list[str], max_new_tokens: int,
-                 logprobs: bool, top_logprobs: int):
+                 logprobs: bool, top_logprobs: int, token_ids_as_text: bool = False):
         self.index = index
         self.tokenizer = tokenizer
         self.detok = IncrementalDetokenizer(tokenizer)
@@ -36,6 +36,7 @@ class ChoiceState:
         self.max_new_tokens = max_new_tokens
         self.want_logprobs = logprobs
         self.top_logprobs = top_logprobs
+        self.token_ids_as_text = token_ids_as_text
         self.num_tokens = 0
         self.finish_reason: Optional[str] = None
 
@@ -46,14 +47,20 @@ class ChoiceState:
     def _raw(self, tid: int) -> bytes:
         return self.tokenizer.token_bytes[tid] if 0 <= tid < len(self.tokenizer.token_bytes) else b""
 
+    def _text(self, tid: int, raw: bytes) -> str:
+        # return_tokens_as_token_ids (vLLM's extension): "token_id:N" names the token exactly where
+        # its text alone cannot (a partial UTF-8 byte, two tokens with the same text). `bytes`
+        # keeps the token's own bytes.
+        return f"token_id:{tid}" if self.token_ids_as_text else raw.decode("utf-8", "replace")
+
     def token_entry(self, tid: int, lp: float, top_ids, top_lps) -> dict:
         raw = self._raw(tid)
         top = ()
         if top_ids is not None and self.top_logprobs:
-            top = [(alt_raw.decode("utf-8", "replace"), float(alt_lp), alt_raw)
-                   for alt_raw, alt_lp in zip(map(self._raw, map(int, top_ids[: self.top_logprobs])),
-                                              top_lps[: self.top_logprobs])]
-        return token_logprob(raw.decode("utf-8", "replace"), lp, raw, top)
+            alts = [int(t) for t in top_ids[: self.top_logprobs]]
+            top = [(self._text(alt, self._raw(alt)), float(alt_lp), self._raw(alt))
+                   for alt, alt_lp in zip(alts, top_lps[: self.top_logprobs])]
+        return token_logprob(self._text(tid, raw), lp, raw, top)
 
     def on_response(self, r: DecoderResponse) -> ChoiceEvent:
         ev = ChoiceEvent(self.index)
@@ -94,8 +101,9 @@ class Generation:
     """One request's choices over one decoder stream."""
 
     def __init__(self, tokenizer: Tokenizer, n: int, stops: list[str], max_new_tokens: int,
-                 logprobs: bool = False, top_logprobs: int = 0):
-        self.choices = [ChoiceState(i, tokenizer, stops, max_new_tokens, logprobs, top_logprobs) for i in range(n)]
+                 logprobs: bool = False, top_logprobs: int = 0, token_ids_as_text: bool = False):
+        self.choices = [ChoiceState(i, tokenizer, stops, max_new_tokens, logprobs, top_logprobs, token_ids_as_text)
+                        for i in range(n)]
         self.cached_tokens = 0
 
     @property

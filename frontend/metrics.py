@@ -32,9 +32,10 @@ class FrontendMetrics:
                               buckets=LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("llama_triton_inter_token_latency_seconds", "Time between streamed chunks",
                              buckets=ITL_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("llama_triton_prompt_tokens", "Prompt tokens sent to the decoder", registry=r)
-        self.completion_tokens = Counter("llama_triton_completion_tokens", "Tokens the decoder generated",
-                                         registry=r)
+        self.prompt_tokens = Counter("llama_triton_prompt_tokens", "Prompt tokens, as responses' usage counts them",
+                                     registry=r)
+        self.completion_tokens = Counter("llama_triton_completion_tokens",
+                                         "Completion tokens, as responses' usage counts them", registry=r)
         self.active_streams = Gauge("llama_triton_active_streams", "Open SSE streams", registry=r,
                                     multiprocess_mode="livesum")
         self.in_flight = Gauge("llama_triton_requests_in_flight", "Requests being served", registry=r,

@@ -7,6 +7,7 @@ chat path's Bearer auth and body cap (app.py's middlewares and `read_body`).
 """
 from __future__ import annotations
 
+import asyncio
 from importlib import metadata
 from typing import Optional
 
@@ -47,12 +48,15 @@ async def tokenize(request: web.Request) -> web.Response:
     if isinstance(raw, dict) and "messages" in raw:
         req = parse_request(TokenizeChatRequest, raw)
         strs = req.return_token_strs
-        ids = service.render_chat(req).prompt_ids
+        ids = (await service.render_chat(req)).prompt_ids
     else:
         preq = parse_request(TokenizePromptRequest, body)
         service.check_model(preq.model)
         strs = preq.return_token_strs
-        ids = service.tokenizer.encode(preq.prompt, add_special_tokens=preq.add_special_tokens)
+        # As a completions prompt: refused on its length before tokenizing, which runs off the loop.
+        await service.check_text_fits(len(preq.prompt), "prompt")
+        ids = await asyncio.to_thread(service.tokenizer.encode, preq.prompt,
+                                      add_special_tokens=preq.add_special_tokens)
     token_strs = None
     if strs:
         table = service.tokenizer.token_bytes

@@ -21,15 +21,23 @@ import json
 import logging
 from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar, Union
 
+import orjson
+
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Strict, Tag,
                       ValidationError, WithJsonSchema, field_validator, model_validator)
 
-from frontend.errors import ParamError, bounded, validation_error_to_api_error
+from frontend.errors import APIError, ParamError, bad_request, bounded, validation_error_to_api_error
 
 logger = logging.getLogger(__name__)
 
 MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 1_000_000
+# Caps on what a request may list (docs/API.md, "Limits"), each a 400 naming its field. They bound
+# the work one request can ask of the event loop before anything else is known about it: validating
+# 120,000 short messages (a 4.6 MB body, under the 8 MiB body limit) held the loop for 3-4 s.
+MAX_MESSAGES = 4096
+MAX_CONTENT_PARTS = 4096            # text parts of all messages together
+MAX_STOP_TOKEN_IDS = 256
 UNSUPPORTED_PART_TYPES = ("image_url", "input_audio")
 
 
@@ -465,7 +473,8 @@ class _SamplingRequest(_RequestBase):
         "Extension (vLLM): only requests with the same salt (and the same API key) share cached prompt "
         "prefixes. Refused where the decoder cannot scope its cache."))
     min_tokens: TokenCount = Field(0, description="Extension: generate at least this many.")
-    stop_token_ids: Optional[list[TokenId]] = Field(None, description="Token ids that end generation.")
+    stop_token_ids: Optional[Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)]] = Field(
+        None, description=f"Token ids that end generation (at most {MAX_STOP_TOKEN_IDS}).")
     ignore_eos: bool = Field(False, description=(
         "Extension (vLLM, SGLang, trtllm-serve): do not stop at the model's end-of-sequence token(s); "
         "generation runs to max_tokens, a stop string or stop_token_ids. An end token sampled on the way "
@@ -513,7 +522,9 @@ class ChatCompletionRequest(_SamplingRequest):
          "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
     )
 
-    messages: list[ChatMessage] = Field(min_length=1, description="The conversation; at least one message.")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES, description=(
+        f"The conversation: 1 to {MAX_MESSAGES} messages, with at most {MAX_CONTENT_PARTS} content parts "
+        f"in all."))
     max_tokens: Optional[TokenCount] = Field(None, description="null = the server decides.")
     max_completion_tokens: Optional[TokenCount] = Field(None, description="Wins over max_tokens.")
     tools: Optional[list[ChatTool]] = None
@@ -524,6 +535,8 @@ class ChatCompletionRequest(_SamplingRequest):
     reasoning_effort: Optional[Literal["low", "medium", "high", "none"]] = None
     reasoning: Optional[ReasoningSettings] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    return_tokens_as_token_ids: Optional[bool] = Field(None, description=(
+        "Extension (vLLM): logprobs name each token (and each top alternative) as 'token_id:N'."))
 
     @field_validator("tools")
     @classmethod
@@ -579,7 +592,8 @@ class CompletionRequest(_SamplingRequest):
     logprobs: Optional[_int(ge=0, le=5)] = Field(None, description="Number of top tokens per position.")
     echo: Optional[bool] = None
     best_of: Optional[_int(ge=1, le=1)] = Field(None, description="Only 1 is supported.")
-    return_tokens_as_token_ids: Optional[bool] = None
+    return_tokens_as_token_ids: Optional[bool] = Field(None, description=(
+        "Extension (vLLM): logprobs name each token (and each top_logprobs key) as 'token_id:N'."))
     data: Optional[CompletionMultiModalData] = None
 
     @field_validator("prompt", mode="before")
@@ -606,12 +620,52 @@ class CompletionRequest(_SamplingRequest):
 RequestT = TypeVar("RequestT", bound=_RequestBase)
 
 
+def _too_long(param: str, cap: int, got: int) -> APIError:
+    return bad_request(f"Invalid '{param}': array too long. Expected an array with maximum length {cap}, but got "
+                       f"an array with length {got} instead.", param, "array_above_max_length")
+
+
+def screen_sizes(data: Any) -> None:
+    """The list caps, checked on the decoded body before validation: a refusal costs a length
+    check, not the validation of every item (about 30 us per message)."""
+    if not isinstance(data, dict):
+        return
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        if len(messages) > MAX_MESSAGES:
+            raise _too_long("messages", MAX_MESSAGES, len(messages))
+        parts = 0
+        for i, m in enumerate(messages):
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):
+                parts += len(content)
+                if parts > MAX_CONTENT_PARTS:
+                    raise bad_request(f"Invalid 'messages[{i}].content': the messages hold more than "
+                                      f"{MAX_CONTENT_PARTS} content parts in all.", f"messages[{i}].content",
+                                      "array_above_max_length")
+    stop_ids = data.get("stop_token_ids")
+    if isinstance(stop_ids, list) and len(stop_ids) > MAX_STOP_TOKEN_IDS:
+        raise _too_long("stop_token_ids", MAX_STOP_TOKEN_IDS, len(stop_ids))
+
+
 def parse_request(cls: type[RequestT], body: Union[bytes, str, dict]) -> RequestT:
     """Validate a request body (raw JSON or an already-decoded object); raises `APIError` (400).
 
     Raw bytes go through pydantic's own JSON parser, which keeps integers exact (orjson turns
-    integers beyond 64 bits into floats, which would let `seed: -2**63-1` through).
+    integers beyond 64 bits into floats, which would let `seed: -2**63-1` through). orjson's
+    decoding, about 25 ms per MB, only screens the list caps first; a body it cannot decode
+    (such an integer) is screened by the stdlib parser, and invalid JSON is left to pydantic.
     """
+    if isinstance(body, dict):
+        screen_sizes(body)
+    else:
+        try:
+            screen_sizes(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            try:
+                screen_sizes(json.loads(body))
+            except (ValueError, RecursionError):
+                pass
     try:
         if isinstance(body, dict):
             return cls.model_validate(body)

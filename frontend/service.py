@@ -4,10 +4,12 @@ HTTP concerns (auth, body limits, SSE writing) stay in app.py; Triton concerns i
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Optional, Union
@@ -67,6 +69,9 @@ class CompletionService:
         self.structured = StructuredOutputs(tokenizer.hf, tokenizer.vocab_size)
         self.renders_tools = template_renders_tools(tokenizer.chat_template)
         self.reasoning_model = is_reasoning_model(tokenizer.chat_template, tokenizer.hf.get_vocab())
+        # No token stands for more bytes than this, so a text longer than context x this many
+        # characters cannot fit the context, whatever it tokenizes to (see check_text_fits).
+        self.max_token_bytes = max(1, max(map(len, tokenizer.token_bytes), default=1))
 
     # ---- limits -----------------------------------------------------------------------------
     async def context_limit(self) -> int:
@@ -84,6 +89,16 @@ class CompletionService:
         ctx = current_request.get()
         tenant = ctx.tenant if ctx is not None and ctx.tenant is not None else OPEN
         return cache_salt(self.settings.hash_secret, tenant, req.prompt_cache_key, req.cache_salt)
+
+    async def check_text_fits(self, chars: int, param: str) -> None:
+        """Refuses, before any templating or tokenizing, a text that no prompt within the context
+        can hold: each token stands for at most `max_token_bytes` bytes (each at least one
+        character), so more characters than context x that is more tokens than the context. The
+        cost of what follows (template, tokenizer) is then bounded by the context, not the body."""
+        limit = await self.context_limit()
+        most = limit * self.max_token_bytes
+        if chars > most:
+            raise errors.text_exceeds_context(chars, limit, most, param)
 
     def check_model(self, name: str) -> None:
         if name != self.settings.served_model_name:
@@ -132,6 +147,19 @@ class CompletionService:
 
     # ---- decoding ---------------------------------------------------------------------------
     async def events(self, prep: Prepared, gen: Generation) -> AsyncIterator[ChoiceEvent]:
+        try:
+            async with aclosing(self._events(prep, gen)) as evs:
+                async for ev in evs:
+                    yield ev
+        finally:
+            # The request's token counts for the access log and the metrics: the same figures as
+            # its `usage` (self.usage), from the one place that counts them, whatever ended it.
+            ctx = current_request.get()
+            if ctx is not None:
+                ctx.prompt_tokens = len(prep.prompt_ids)
+                ctx.completion_tokens = gen.completion_tokens
+
+    async def _events(self, prep: Prepared, gen: Generation) -> AsyncIterator[ChoiceEvent]:
         if prep.max_new_tokens == 0:
             for c in gen.choices:
                 c.finish_reason = "length"
@@ -143,12 +171,16 @@ class CompletionService:
         if ctx is not None and decode is not None:
             ctx.trace_headers = tracing.grpc_headers(decode)    # Triton's own spans join the trace
         try:
-            async for ev in gen.events(self.decoder.generate(prep.request_id, prep.arrays)):
-                if queue is not None:
-                    queue.end()
-                    queue = None
-                    decode.add_event("first_token")
-                yield ev
+            # aclosing at every hand-off: closing this generator closes the next one down to the
+            # decoder's stream, whose stop request has gone out when aclose() returns (without it
+            # the inner generators were left to a finaliser task, after the request had ended).
+            async with aclosing(gen.events(self.decoder.generate(prep.request_id, prep.arrays))) as evs:
+                async for ev in evs:
+                    if queue is not None:
+                        queue.end()
+                        queue = None
+                        decode.add_event("first_token")
+                    yield ev
         except DecoderFailure as e:
             raise http_error(e) from None
         finally:
@@ -173,7 +205,7 @@ class CompletionService:
         tools, reasoning), the guide, the decoder tensors, and one ChatOutput per choice. The chat
         endpoint and the Responses API (frontend/responses/) both run requests through it."""
         with tracing.span("template"):
-            chat = self.render_chat(req)
+            chat = await self.render_chat(req)
         if chat.guide is not None:
             with tracing.span("guide_compile"):
                 guide = await self.structured.resolve(chat.guide)
@@ -182,10 +214,10 @@ class CompletionService:
         prep = await self.prepare(req, chat.prompt_ids, prefix, guide=guide, logprobs=bool(req.logprobs),
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
-                         bool(req.logprobs), req.top_logprobs or 0)
+                         bool(req.logprobs), req.top_logprobs or 0, bool(req.return_tokens_as_token_ids))
         return ChatRun(prep, gen, [ChatOutput(chat.plan, chat.reasoning) for _ in gen.choices])
 
-    def render_chat(self, req: ChatCompletionRequest) -> "RenderedChat":
+    async def render_chat(self, req: ChatCompletionRequest) -> "RenderedChat":
         """The prompt ids of a chat request (template, tools, reasoning) and what decoding it needs:
         what the decoder is sent, and what POST /tokenize returns for the same messages."""
         self.check_model(req.model)
@@ -201,9 +233,21 @@ class CompletionService:
                    else (effort != "none" if effort is not None else None))
         if enabled is not None:
             kwargs.setdefault("enable_thinking", enabled)
+        await self.check_text_fits(sum(_message_chars(m) for m in req.messages), "messages")
+        # Templating and tokenizing cost time linear in the text: off the event loop, which keeps
+        # serving every other request meanwhile (the tokenizer releases the GIL while it works).
+        prompt_ids, reasoning = await asyncio.to_thread(self._render_and_encode, messages, plan, kwargs)
+        spec = plan.guide() if plan.active else format_guide
+        if spec is not None and reasoning is not None:
+            spec = spec.after_reasoning(reasoning)
+        return RenderedChat(prompt_ids, plan, reasoning, spec)
+
+    def _render_and_encode(self, messages: list[dict], plan: ToolPlan, kwargs: dict) -> tuple[list[int], Optional[str]]:
+        """The prompt's ids, and where a reasoning model's reply starts ("inside", "optional" or
+        None). Runs in a worker thread."""
         prompt = render_prompt(self.tokenizer, messages, tools=plan.template_tools(), tool_prompt=plan.system_prompt(),
                                template_kwargs=kwargs)
-        reasoning = None            # where a reasoning model's reply starts: "inside" or "optional"
+        reasoning = None
         if self.reasoning_model:
             if prompt_opens_reasoning(prompt) and thinking_disabled(kwargs):
                 prompt = close_reasoning(prompt)
@@ -211,11 +255,7 @@ class CompletionService:
                 reasoning = "inside"
             elif not prompt.rstrip().endswith(THINK_END):
                 reasoning = "optional"
-        spec = plan.guide() if plan.active else format_guide
-        if spec is not None and reasoning is not None:
-            spec = spec.after_reasoning(reasoning)
-        prompt_ids = encode_prompt(self.tokenizer, prompt)   # the request's text is text, see literal_text
-        return RenderedChat(prompt_ids, plan, reasoning, spec)
+        return encode_prompt(self.tokenizer, prompt), reasoning   # the request's text is text, see literal_text
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
         # Never more than the prompt less its last token, which no decoder serves from its cache (the
@@ -228,13 +268,14 @@ class CompletionService:
     async def _chat_full(self, req: ChatCompletionRequest, prep: Prepared, gen: Generation,
                          outputs: list["ChatOutput"]) -> dict:
         lps: list[Optional[list]] = [[] if req.logprobs else None for _ in gen.choices]
-        async for ev in self.events(prep, gen):
-            out = outputs[ev.index]
-            out.collect(out.feed(ev.text))
-            if ev.finish_reason is not None:
-                out.collect(out.finish())
-            if ev.logprobs is not None and lps[ev.index] is not None:
-                lps[ev.index].extend(ev.logprobs)
+        async with aclosing(self.events(prep, gen)) as evs:
+            async for ev in evs:
+                out = outputs[ev.index]
+                out.collect(out.feed(ev.text))
+                if ev.finish_reason is not None:
+                    out.collect(out.finish())
+                if ev.logprobs is not None and lps[ev.index] is not None:
+                    lps[ev.index].extend(ev.logprobs)
         choices = []
         for c in gen.choices:
             out = outputs[c.index]
@@ -258,30 +299,31 @@ class CompletionService:
             yield enc.delta({"role": "assistant", "content": ""}, c.index, usage=running_usage())
         remaining = len(gen.choices)
         answered = False
-        async for ev in self.events(prep, gen):
-            if not answered:
-                answered = True
-                yield DECODER_ANSWERED
-            out = outputs[ev.index]
-            lp = {"content": ev.logprobs} if ev.logprobs is not None else None
-            if out.plain:
-                # The per-token hot path: one pre-rendered template and one orjson call.
-                if ev.text or ev.logprobs:
-                    yield enc.content(ev.text, ev.index, lp, usage=running_usage())
-            else:
-                items = out.feed(ev.text)
+        async with aclosing(self.events(prep, gen)) as evs:
+            async for ev in evs:
+                if not answered:
+                    answered = True
+                    yield DECODER_ANSWERED
+                out = outputs[ev.index]
+                lp = {"content": ev.logprobs} if ev.logprobs is not None else None
+                if out.plain:
+                    # The per-token hot path: one pre-rendered template and one orjson call.
+                    if ev.text or ev.logprobs:
+                        yield enc.content(ev.text, ev.index, lp, usage=running_usage())
+                else:
+                    items = out.feed(ev.text)
+                    if ev.finish_reason is not None:
+                        items += out.finish()
+                    deltas = out.deltas(items)
+                    if not deltas and ev.logprobs:
+                        deltas = [{}]
+                    for i, delta in enumerate(deltas):
+                        yield enc.delta(delta, ev.index, lp if i == 0 else None, usage=running_usage())
                 if ev.finish_reason is not None:
-                    items += out.finish()
-                deltas = out.deltas(items)
-                if not deltas and ev.logprobs:
-                    deltas = [{}]
-                for i, delta in enumerate(deltas):
-                    yield enc.delta(delta, ev.index, lp if i == 0 else None, usage=running_usage())
-            if ev.finish_reason is not None:
-                remaining -= 1
-                last = remaining == 0
-                yield enc.finish(out.finish_reason(ev.finish_reason), ev.index,
-                                 self.usage(prep, gen) if (last and include_usage) or continuous else None)
+                    remaining -= 1
+                    last = remaining == 0
+                    yield enc.finish(out.finish_reason(ev.finish_reason), ev.index,
+                                     self.usage(prep, gen) if (last and include_usage) or continuous else None)
         if explicit and include_usage:
             yield enc.usage(self.usage(prep, gen))
         yield b"data: [DONE]\n\n"
@@ -389,10 +431,14 @@ class LegacyCompletions:
         s.check_model(req.model)
         if isinstance(req.prompt, str):
             prompt_text = req.prompt
+            await s.check_text_fits(len(prompt_text), "prompt")
             # Raw: the caller writes the template, so `</s>` here is the token (README, Security).
-            prompt_ids = s.tokenizer.encode(req.prompt, add_special_tokens=True)
+            prompt_ids = await asyncio.to_thread(s.tokenizer.encode, req.prompt, add_special_tokens=True)
         else:
             prompt_ids = list(req.prompt)
+            limit = await s.context_limit()
+            if len(prompt_ids) >= limit:
+                raise errors.context_length_exceeded(len(prompt_ids), limit, "prompt")
             bad = [t for t in prompt_ids if t >= s.tokenizer.vocab_size]
             if bad:
                 raise errors.bad_request(f"prompt token id {bad[0]} is outside the vocabulary.", "prompt")
@@ -400,18 +446,20 @@ class LegacyCompletions:
             prompt_text = decode(s.tokenizer, prompt_ids)
         top = req.logprobs or 0
         prep = await s.prepare(req, prompt_ids, "cmpl", logprobs=req.logprobs is not None, top_logprobs=top)
-        gen = Generation(s.tokenizer, req.n, req.stop_strings, prep.max_new_tokens, req.logprobs is not None, top)
+        gen = Generation(s.tokenizer, req.n, req.stop_strings, prep.max_new_tokens, req.logprobs is not None, top,
+                         bool(req.return_tokens_as_token_ids))
         echo = prompt_text if req.echo else ""
         if req.stream:
             return EventStream(prep.request_id, self._stream(req, prep, gen, echo))
         texts = [[echo] for _ in gen.choices]
         lps: list[list] = [[] for _ in gen.choices]
-        async for ev in s.events(prep, gen):
-            texts[ev.index].append(ev.text)
-            if ev.logprobs:
-                lps[ev.index].extend(ev.logprobs)
+        async with aclosing(s.events(prep, gen)) as evs:
+            async for ev in evs:
+                texts[ev.index].append(ev.text)
+                if ev.logprobs:
+                    lps[ev.index].extend(ev.logprobs)
         choices = [{"index": c.index, "text": "".join(texts[c.index]),
-                    "logprobs": _legacy_logprobs(lps[c.index]) if req.logprobs is not None else None,
+                    "logprobs": _legacy_logprobs(lps[c.index], len(echo))[0] if req.logprobs is not None else None,
                     "finish_reason": c.finish_reason} for c in gen.choices]
         return {"id": prep.request_id, "object": "text_completion", "created": int(time.time()),
                 "model": s.settings.served_model_name, "choices": choices, "usage": s.usage(prep, gen)}
@@ -426,27 +474,45 @@ class LegacyCompletions:
                 yield enc.text(echo, c.index)
         remaining = len(gen.choices)
         answered = False
-        async for ev in s.events(prep, gen):
-            if not answered:
-                answered = True
-                yield DECODER_ANSWERED
-            if ev.text or ev.logprobs:
-                yield enc.text(ev.text, ev.index,
-                               _legacy_logprobs(ev.logprobs) if req.logprobs is not None else None)
-            if ev.finish_reason is not None:
-                remaining -= 1
-                yield enc.finish(ev.finish_reason, ev.index,
-                                 s.usage(prep, gen) if remaining == 0 and include_usage else None)
+        # Each choice's text_offset runs on across chunks from the end of the echoed prompt: the
+        # same figures as the non-streamed response.
+        offsets = [len(echo)] * len(gen.choices)
+        async with aclosing(s.events(prep, gen)) as evs:
+            async for ev in evs:
+                if not answered:
+                    answered = True
+                    yield DECODER_ANSWERED
+                if ev.text or ev.logprobs:
+                    lp = None
+                    if req.logprobs is not None:
+                        lp, offsets[ev.index] = _legacy_logprobs(ev.logprobs, offsets[ev.index])
+                    yield enc.text(ev.text, ev.index, lp)
+                if ev.finish_reason is not None:
+                    remaining -= 1
+                    yield enc.finish(ev.finish_reason, ev.index,
+                                     s.usage(prep, gen) if remaining == 0 and include_usage else None)
         if explicit and include_usage:
             yield enc.usage(s.usage(prep, gen))
         yield b"data: [DONE]\n\n"
 
 
-def _legacy_logprobs(entries: Optional[list[dict]]) -> dict:
+def _message_chars(message) -> int:
+    """Characters of a message's text and of its tool calls' arguments: part of the prompt."""
+    chars = len(message.text())
+    for call in getattr(message, "tool_calls", None) or ():
+        chars += len(call.function.arguments)
+    return chars
+
+
+def _legacy_logprobs(entries: Optional[list[dict]], start: int) -> tuple[dict, int]:
+    """The legacy logprobs object of these tokens, the first at character `start` of the choice's
+    text, and the offset after the last. Offsets count the tokens' own text (also when `token`
+    says "token_id:N"), so streamed chunks and the whole response agree."""
     entries = entries or []
-    offsets, pos = [], 0
+    offsets, pos = [], start
     for e in entries:
         offsets.append(pos)
-        pos += len(e["token"])
+        pos += len(bytes(e["bytes"]).decode("utf-8", "replace"))
     return completion_logprobs([e["token"] for e in entries], [e["logprob"] for e in entries],
-                               [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries], offsets)
+                               [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+                               offsets), pos

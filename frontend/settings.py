@@ -43,6 +43,8 @@ class Settings:
     responses_ttl: float = 30 * 24 * 3600.0
     responses_max_bytes: int = 16 * 1024 * 1024
     responses_max_per_key: int = 10_000
+    admission_file: Optional[str] = None    # the 429 gate's count shared by several workers (frontend/admission.py)
+    admission_slot: int = 0                 # this worker's counter in it
 
 
 RESPONSES_STORE_ENV = "LLAMA_TRITON_RESPONSES_STORE"
@@ -136,6 +138,11 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                    help="largest stored response (input items + response JSON); a larger one is not stored")
     p.add_argument("--responses-max-per-key", type=int, default=10_000,
                    help="stored responses kept per API key; the oldest go first")
+    p.add_argument("--admission-file", default=None,
+                   help="with several workers: the file holding every worker's count of open decoder "
+                        "requests, so the 429 gate admits the decoder's capacity across all of them "
+                        "(the launcher makes it)")
+    p.add_argument("--admission-slot", type=int, default=0, help="this worker's counter in --admission-file")
     a = p.parse_args(argv)
     try:
         store = responses_store_url(a.responses_store, os.environ.get(RESPONSES_STORE_ENV))
@@ -167,4 +174,5 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                     reuse_port=a.reuse_port, ready_file=a.ready_file,
                     decoder_failure_file=a.decoder_failure_file, liveness_timeout=a.liveness_timeout,
                     responses_store=store, responses_ttl=a.responses_ttl, responses_max_bytes=a.responses_max_bytes,
-                    responses_max_per_key=a.responses_max_per_key)
+                    responses_max_per_key=a.responses_max_per_key,
+                    admission_file=a.admission_file, admission_slot=a.admission_slot)

@@ -22,10 +22,12 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from frontend.admission import Admission, LocalAdmission
 from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
                               DecoderResponse, DecoderUnavailable)
 from frontend.logging_setup import current_request
 from llama_triton.trtllm import backend_contract
+from llama_triton.trtllm import decoder_errors
 from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS, PERF_METRIC_OUTPUTS
 
 log = logging.getLogger("frontend.triton")
@@ -88,22 +90,36 @@ async def startup_refusal(decoder) -> Optional[str]:
     return None
 
 
+# gRPC statuses of a call that never reached the decoder, or lost it: Triton is down or going away.
+_TRANSPORT_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+                   grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+
 def _classify(err: Exception) -> Exception:
-    if isinstance(err, grpc.aio.AioRpcError) and err.code() in (
-            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-        return DecoderUnavailable(f"lost the decoder stream: {err.code().name}: {err.details()}")
-    msg = str(err)
-    low = msg.lower()
-    # "Maximum queue size of N has been reached, please try again later": TensorRT-LLM's executor
-    # (executorImpl.cpp enqueueRequests), passed on by the tensorrtllm backend as INTERNAL.
-    if "queue full" in low or "exceeds maximum queue size" in low or "maximum queue size of" in low:
-        return DecoderBusy(msg)
-    if any(s in low for s in ("unavailable", "failed to connect", "connection refused", "not ready",
-                              "socket closed", "connection reset", "unknown model", "is not found")):
-        return DecoderUnavailable(msg)
-    # The engine words its own failures "internal error: ..." (llama_triton/engine/engine.py).
-    return DecoderError(msg, internal="internal error" in low)
+    """A failure of a decoder call as a DecoderFailure. Transport errors by their gRPC status; the
+    decoder's own error texts by llama_triton/trtllm/decoder_errors.py (a typed code at the start of
+    the text, or one row of the table of TensorRT-LLM's and Triton's texts), never by words found
+    anywhere in the text: a message may quote the request."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        if err.code() in _TRANSPORT_DOWN:
+            return DecoderUnavailable(f"lost the decoder stream: {err.code().name}: {err.details()}")
+        return DecoderError(f"{err.code().name}: {err.details()}", internal=True)
+    if isinstance(err, InferenceServerException) and err.status() is not None:
+        # tritonclient's wrapping of a gRPC error of a unary call (is_model_ready, the model config)
+        status = err.status().rpartition(".")[2]
+        if status in {c.name for c in _TRANSPORT_DOWN}:
+            return DecoderUnavailable(f"{status}: {err.message()}")
+        return DecoderError(f"{status}: {err.message()}", internal=True)
+    msg = err.message() if isinstance(err, InferenceServerException) else str(err)
+    kind = decoder_errors.classify(msg)
+    text = decoder_errors.without_code(msg)
+    if kind == decoder_errors.BUSY:
+        return DecoderBusy(text)
+    if kind == decoder_errors.UNAVAILABLE:
+        return DecoderUnavailable(text)
+    if kind == decoder_errors.INVALID:
+        return DecoderError(text, certain=True)     # the decoder says: this request's input
+    return DecoderError(text, internal=kind == decoder_errors.INTERNAL)
 
 
 def decoder_capacity(cfg: dict, params: dict) -> Optional[int]:
@@ -138,13 +154,15 @@ def _rows(buffers: dict[str, bytes], name: str, n: int) -> Optional[np.ndarray]:
 class TritonDecoder:
     """The `DecoderClient` (frontend/decoder.py) over Triton's gRPC stream."""
 
-    def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None):
+    def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None,
+                 admission: Optional[Admission] = None):
         self.grpc_url = grpc_url
         self.model_name = model_name
         self.metrics = metrics      # FrontendMetrics or None: queue depth, open streams, errors
         self._client: Optional[grpcclient.InferenceServerClient] = None
         self._caps: Optional[DecoderCapabilities] = None
-        self._active = 0                        # decoder requests this frontend has open
+        # Decoder requests open, this replica's frontend workers together (frontend/admission.py).
+        self.admission: Admission = admission or LocalAdmission()
         self._capacity: Optional[int] = None    # max_batch_size + max_queue_size, when declared
         self._block_tokens = 0                  # tokens per KV block (GPU: cached tokens from reused blocks)
         self._requested: dict[tuple[bool, bool], list[grpcclient.InferRequestedOutput]] = {}
@@ -251,18 +269,20 @@ class TritonDecoder:
         health = self.health
         if health is not None and not health.ready:
             raise self._lost(DecoderUnavailable(health.down_reason))
-        if self._capacity is not None and self._active >= self._capacity:
-            raise self._lost(DecoderBusy(f"queue full: {self._active} requests in flight "
+        taken, count = self.admission.try_acquire(self._capacity)
+        if not taken:
+            raise self._lost(DecoderBusy(f"queue full: {count} requests in flight "
                                          f"(decoder capacity {self._capacity})"))
         done = asyncio.Event()
-        inputs = self._inputs(arrays)
-        outputs = self._outputs(arrays)
+        try:
+            inputs = self._inputs(arrays)
+            outputs = self._outputs(arrays)
+        except BaseException:
+            self.admission.release()
+            raise
         ctx = current_request.get()
         if ctx is not None:
             ctx.triton_request_id = request_id
-            lengths = arrays.get("input_lengths")
-            if lengths is not None:
-                ctx.prompt_tokens += int(np.asarray(lengths).sum())
         metrics = self.metrics
 
         async def requests():
@@ -274,7 +294,6 @@ class TritonDecoder:
         if metrics is not None:
             metrics.decoder_streams.inc()
             metrics.decoder_queued.inc()
-        self._active += 1
         stream = None
         finished = False
         produced = False
@@ -298,7 +317,7 @@ class TritonDecoder:
                 if error is not None:
                     finished = True
                     err = _classify(error)
-                    if type(err) is DecoderError and health is not None:
+                    if type(err) is DecoderError and health is not None and not err.certain:
                         # Triton's stream errors carry no code: probing tells whose fault it was.
                         err = await self._judge(err, produced)
                     raise self._lost(err)
@@ -314,8 +333,6 @@ class TritonDecoder:
                     continue
                 parsed = self._parse(resp, final, self._block_tokens)
                 produced = True
-                if ctx is not None:
-                    ctx.completion_tokens += len(parsed.token_ids)
                 yield parsed
                 if final:
                     break
@@ -343,7 +360,7 @@ class TritonDecoder:
             if key is not None:
                 health.untrack(key)
             done.set()
-            self._active -= 1
+            self.admission.release()
             if metrics is not None:
                 metrics.decoder_streams.dec()
                 if queued:

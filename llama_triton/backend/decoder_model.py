@@ -19,7 +19,8 @@ from llama_triton.backend import trtllm_emulation as trtllm
 from llama_triton.backend.engine_setup import EngineMetrics, build_engine
 from llama_triton.backend.response_pump import ResponsePump
 from llama_triton.startup_heap import freeze_startup_heap
-from llama_triton.engine.types import DecoderEngine, QueueFull, RequestError
+from llama_triton.engine.types import DecoderEngine, EngineStopped, QueueFull, RequestError
+from llama_triton.trtllm import decoder_errors as codes
 from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
 
 
@@ -37,6 +38,21 @@ def wants_merged_responses(request) -> bool:
     if not params or MERGE_PARAMETER not in params:
         return False
     return json.loads(params).get(MERGE_PARAMETER) is True
+
+
+class _Live:
+    """A live request with an id: polled for Triton's cancellation until its final response.
+
+    Triton releases a request once its FINAL response is sent, and is_cancelled() on it after that
+    reaches freed memory in the Triton process (tried: tritonserver died with SIGSEGV). So a poll
+    and the final response of one request never overlap: both take the request's own guard, not
+    the model's lock, which execute() needs to admit every new request."""
+    __slots__ = ("request", "guard", "done")
+
+    def __init__(self, request):
+        self.request = request
+        self.guard = threading.Lock()
+        self.done = False           # its final response is going out: never poll it again
 
 
 class DecoderModel:
@@ -67,7 +83,7 @@ class DecoderModel:
         sys.setswitchinterval(0.001)
         self.metrics = EngineMetrics(pb_utils, self.engine)
         self.lock = threading.Lock()
-        self.live = {}  # request id -> (triton request, response sender); Triton-cancel polling
+        self.live: dict[str, _Live] = {}  # request id -> its request; Triton-cancel polling
         self.last_cancel_poll = 0.0
         self.engine.add_step_listener(self._before_step)
         self.engine.add_step_listener(self.metrics.update, at_end=True)
@@ -76,15 +92,26 @@ class DecoderModel:
 
     def _before_step(self):
         # is_cancelled() is a round trip to the Triton process per request: poll at most every
-        # 100 ms, as TensorRT-LLM's backend does (cancellation_check_period_ms).
+        # 100 ms, as TensorRT-LLM's backend does (cancellation_check_period_ms). The round trips
+        # run outside the model's lock (execute() takes it to admit every new request), each under
+        # its request's guard (_Live).
         now = time.monotonic()
         if now - self.last_cancel_poll < 0.1:
             return
         self.last_cancel_poll = now
         with self.lock:
-            cancelled = [rid for rid, (req, _) in self.live.items() if req.is_cancelled()]
-        for rid in cancelled:
-            self.engine.cancel(rid)
+            live = list(self.live.items())
+        for rid, entry in live:
+            with entry.guard:
+                if entry.done:
+                    continue
+                cancelled = entry.request.is_cancelled()
+            if cancelled:
+                with self.lock:
+                    # The same request still: its id may have ended and been reused meanwhile.
+                    still = self.live.get(rid) is entry
+                if still:
+                    self.engine.cancel(rid)
 
     def execute(self, requests):
         for request in requests:
@@ -108,11 +135,11 @@ class DecoderModel:
             parsed, exclude_input = parse_request(get, engine_id, exclude_input_default=self.exclude_input_default,
                                                   trtllm=self.trtllm)
         except RequestError as e:
-            return self._fail(sender, str(e))
+            return self._fail(sender, str(e), codes.INVALID_REQUEST)
         if isinstance(parsed, StopRequest):
             if self.trtllm:
                 if not rid:
-                    return self._fail(sender, trtllm.STOP_WITHOUT_ID)
+                    return self._fail(sender, trtllm.STOP_WITHOUT_ID, codes.INTERNAL_ERROR)
                 self.engine.cancel(parsed.request_id)
                 # An empty response with the final flag, not a bare flag (tensorrtllm_backend
                 # model_instance_state.cc:903-904, sendEnqueueResponse): a client sees it even
@@ -137,7 +164,7 @@ class DecoderModel:
                 vocab_size=getattr(self.engine, "vocab_size", 0) or 1 << 31,
                 max_input_len=getattr(self.engine, "max_seq_len", 0) or 1 << 31)
             if refusal:
-                return self._fail(sender, trtllm.executor_error_text(refusal))
+                return self._fail(sender, trtllm.executor_error_text(refusal), codes.INVALID_REQUEST)
             shaper = trtllm.ResponseShaper(
                 num_sequences=params.num_return_sequences, streaming=parsed.streaming,
                 prompt_len=len(parsed.prompt_ids), block_size=self.block_size, declared=self.declared_outputs,
@@ -149,15 +176,18 @@ class DecoderModel:
                 # A second request under a live id would take over the original's entry (its
                 # Triton cancellation) and its engine slot: refuse it, as the engine would.
                 if rid in self.live:
-                    return self._fail(sender, f"request id {rid!r} is already in flight")
-                self.live[rid] = (request, sender)
+                    return self._fail(sender, f"request id {rid!r} is already in flight", codes.INVALID_REQUEST)
+                self.live[rid] = _Live(request)
 
         def send_output(out):
             if remaining["n"] < 0:
-                return      # failed already (GPU mode: an undeclared perf-metric output)
+                return      # failed already: the error response was the final one
             if out.error is not None:
+                # One error ends the request: with n > 1 the engine fails every unfinished
+                # sequence, and only the first failure may answer (a closed sender raises).
                 self._forget(rid, request)
-                return self._fail(sender, out.error)
+                remaining["n"] = -1
+                return self._fail(sender, out.error, out.error_code)
             # Streaming responses carry only the new tokens, as TensorRT-LLM's do.
             if out.log_probs and 0 <= out.sequence_index < len(cum_log_probs):
                 cum_log_probs[out.sequence_index] += float(sum(out.log_probs))
@@ -173,7 +203,7 @@ class DecoderModel:
                     self.engine.cancel(engine_id)
                     self._forget(rid, request)
                     remaining["n"] = -1     # the error response was the final one
-                    return self._fail(sender, str(e))
+                    return self._fail(sender, str(e), codes.INTERNAL_ERROR)
             tensors = [self.pb.Tensor(k, v) for k, v in arrays.items()]
             last = False
             if out.finished:
@@ -192,25 +222,44 @@ class DecoderModel:
 
         try:
             self.engine.submit(parsed, on_output)
-        except (RequestError, QueueFull) as e:
+        except Exception as e:
+            # Every admitted request gets exactly one final answer, whatever the engine raised.
             self._forget(rid, request)
-            if self.trtllm:
-                self._fail(sender, trtllm.queue_full_text(self.engine.config.max_queue_size)
-                           if isinstance(e, QueueFull) else trtllm.executor_error_text(str(e)))
-            else:
-                self._fail(sender, str(e) if isinstance(e, RequestError) else f"queue full: {e}")
+            self._refused(sender, e)
+
+    def _refused(self, sender, e: Exception) -> None:
+        """The final answer to a request the engine did not take."""
+        if isinstance(e, QueueFull):
+            code = codes.QUEUE_FULL
+            text = trtllm.queue_full_text(self.engine.config.max_queue_size) if self.trtllm else f"queue full: {e}"
+        elif isinstance(e, EngineStopped):
+            code, text = codes.SHUTTING_DOWN, trtllm.SHUTDOWN_TEXT if self.trtllm else str(e)
+        elif isinstance(e, RequestError):
+            code, text = codes.INVALID_REQUEST, trtllm.executor_error_text(str(e)) if self.trtllm else str(e)
+        else:
+            code, text = codes.INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e}"
+        self._fail(sender, text, code)
 
     def _forget(self, rid, request):
-        if rid:
-            with self.lock:
-                entry = self.live.get(rid)
-                if entry is not None and entry[0] is request:
-                    del self.live[rid]
+        """Before a request's final response: no poll of it from now on (one in flight ends first)."""
+        if not rid:
+            return
+        with self.lock:
+            entry = self.live.get(rid)
+            if entry is None or entry.request is not request:
+                return
+            del self.live[rid]
+        with entry.guard:
+            entry.done = True
 
-    def _fail(self, sender, message):
+    def _fail(self, sender, message: str, code: str):
+        """The request's final response: an error. The CPU decoder puts its typed code in front
+        (llama_triton/trtllm/decoder_errors.py); GPU mode keeps TensorRT-LLM's own texts, which the
+        frontend matches in that module's table."""
+        text = message if self.trtllm else codes.typed_message(code, message)
         # INTERNAL, the code of every error TensorRT-LLM's backend sends (TRITONSERVER_ERROR_INTERNAL).
-        code = getattr(self.pb.TritonError, "INTERNAL", None)
-        error = self.pb.TritonError(message) if code is None else self.pb.TritonError(message, code)
+        status = getattr(self.pb.TritonError, "INTERNAL", None)
+        error = self.pb.TritonError(text) if status is None else self.pb.TritonError(text, status)
         sender.send(self.pb.InferenceResponse(output_tensors=[], error=error),
                     flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 

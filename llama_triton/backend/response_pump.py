@@ -54,6 +54,7 @@ class ResponsePump:
         # so a request id reused after the first request ended is another stream.
         self._pending: dict[tuple[Handler, int], tuple[bool, list[SequenceOutput]]] = {}
         self._closed = False
+        self._stopped = False       # the thread has sent everything and exited
         self._busy = False          # the thread is sending a batch it took
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -63,12 +64,17 @@ class ResponsePump:
         fewer responses when they queued up and `merge`."""
         key = (handler, out.sequence_index)
         with self._cond:
-            queued = self._pending.get(key)
-            if queued is None:
-                self._pending[key] = (merge, [out])
-            else:
-                queued[1].append(out)
-            self._cond.notify_all()
+            if not self._stopped:
+                queued = self._pending.get(key)
+                if queued is None:
+                    self._pending[key] = (merge, [out])
+                else:
+                    queued[1].append(out)
+                self._cond.notify_all()
+                return
+        # After close(): the thread is gone, and the engine's last outputs (a shutdown fails what it
+        # still held) must still reach their requests.
+        self._send(handler, out)
 
     def _run(self) -> None:
         while True:
@@ -76,20 +82,26 @@ class ResponsePump:
                 while not self._pending and not self._closed:
                     self._cond.wait()
                 if not self._pending:
+                    self._stopped = True
+                    self._cond.notify_all()
                     return
                 batch, self._pending = self._pending, {}
                 self._busy = True
             try:
                 for (handler, _), (merge, outs) in batch.items():
                     for out in merge_outputs(outs) if merge and len(outs) > 1 else outs:
-                        try:
-                            handler(out)
-                        except Exception:
-                            logger.exception("sending a response of request %s failed", out.request_id)
+                        self._send(handler, out)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    @staticmethod
+    def _send(handler: Handler, out: SequenceOutput) -> None:
+        try:
+            handler(out)
+        except Exception:
+            logger.exception("sending a response of request %s failed", out.request_id)
 
     def drain(self, timeout: float = 5.0) -> bool:
         """Waits until everything queued so far has been sent; False on timeout."""

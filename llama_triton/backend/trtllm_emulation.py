@@ -70,6 +70,10 @@ MISSING_INPUT_IDS = "inputTokens or encoderInputFeatures tensor not provided"
 MISSING_OUTPUT_LEN = "request_output_len is not present in the request"
 # TB model_instance_state.cc handleStopRequest (BE :885): a stop request needs the id to stop.
 STOP_WITHOUT_ID = "Trying to stop a request but request ID is not provided"
+# TL executor/executorImpl.cpp:887@b35ac1b, the first statement of Executor::Impl::enqueueRequests:
+# TLLM_CHECK_WITH_INFO(!mShutdownCalled, ...), whose text carries the assertion prefix
+# (cpp/include/tensorrt_llm/common/tllmException.h:78-81@0c6a62a); sent as INTERNAL with e.what().
+SHUTDOWN_TEXT = "[TensorRT-LLM][ERROR] Assertion failed: Shutdown called, cannot enqueue requests"
 
 
 def assertion_text(info: str) -> str:

@@ -30,7 +30,8 @@ from .config import EngineConfig, auto_num_threads
 from .kv_cache import BlockManager, allocate_kv_cache, copy_blocks
 from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence, SequenceStatus
-from .types import GenerationRequest, OutputCallback, QueueFull, RequestError, SequenceOutput
+from .stop_words import StopWords
+from .types import EngineStopped, GenerationRequest, OutputCallback, QueueFull, RequestError, SequenceOutput
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class RequestState:
     guide: Optional[Future] = None                        # the guide's compile, while parked
     seqs: dict[int, Sequence] = field(default_factory=dict)
     finished: set[int] = field(default_factory=set)
+    stop_words: StopWords = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stop_words = StopWords(self.request.params.stop_words)
 
     @property
     def num_sequences(self) -> int:
@@ -189,7 +194,7 @@ class Engine:
             check(request.params, request.prompt_ids)
         with self._lock:
             if self._stopping:
-                raise RuntimeError("the engine is shut down")
+                raise EngineStopped("the engine has shut down")
             if request.request_id in self._active_ids:
                 raise RequestError(f"request id {request.request_id!r} is already in flight")
             if len(self._inbox) + self._num_queued >= self.config.max_queue_size:
@@ -337,18 +342,13 @@ class Engine:
         top = result.top_logprobs if params.top_logprobs > 0 else None
         seq.append_token(token_id, log_prob, top)
         finish_reason = None
-        if self._hit_stop_word(seq, params.stop_words):
+        if state.stop_words.hit(seq.token_ids, seq.num_prompt_tokens):
             finish_reason = "stop"
         elif seq.num_generated_tokens >= state.max_new_tokens:
             finish_reason = "length"
         self._emit(state, seq, [token_id], finish_reason,
                    log_probs=None if log_prob is None else [log_prob],
                    top_logprobs=None if top is None else [top])
-
-    @staticmethod
-    def _hit_stop_word(seq: Sequence, stop_words: list[list[int]]) -> bool:
-        generated = seq.generated_ids
-        return any(0 < len(w) <= len(generated) and generated[-len(w):] == w for w in stop_words)
 
     # ---- outputs --------------------------------------------------------------------------
 
@@ -389,7 +389,8 @@ class Engine:
                 self._cancelled.discard(state.request.request_id)
                 self._cancel_step.pop(state.request.request_id, None)
 
-    def _finish_request(self, state: RequestState, finish_reason: str, error: Optional[str] = None) -> None:
+    def _finish_request(self, state: RequestState, finish_reason: str, error: Optional[str] = None,
+                        error_code: str = "internal_error") -> None:
         """Ends every unfinished sequence of the request (cancel, error) with one final output each."""
         unfinished = [i for i in range(state.num_sequences) if i not in state.finished]
         for index in unfinished:
@@ -400,7 +401,7 @@ class Engine:
             seq = state.seqs.get(index)
             keep = seq is not None and not state.request.streaming and finish_reason == "cancelled"
             out = SequenceOutput(state.request.request_id, index, seq.generated_ids if keep else [],
-                                 finished=True, finish_reason=finish_reason, error=error,
+                                 finished=True, finish_reason=finish_reason, error=error, error_code=error_code,
                                  num_reused_tokens=seq.num_reused_tokens if seq and not seq.num_outputs else 0)
             state.finished.add(index)
             self._deliver(state, out)
@@ -450,7 +451,7 @@ class Engine:
                                if compiled is not None else self.sampler.new_sequence(request.params, i, prompt)
                                for i in range(request.params.num_return_sequences)]
         except RequestError as exc:
-            self._finish_request(state, "error", str(exc))
+            self._finish_request(state, "error", str(exc), "invalid_request")
             return False
         except Exception as exc:
             logger.exception("setting up sampling for request %s failed", request.request_id)
@@ -484,7 +485,7 @@ class Engine:
             try:
                 compiled = future.result()
             except RequestError as exc:
-                self._finish_request(state, "error", str(exc))
+                self._finish_request(state, "error", str(exc), "invalid_request")
                 continue
             except Exception as exc:
                 logger.exception("compiling the guide of request %s failed", seq.request_id)
@@ -534,6 +535,6 @@ class Engine:
         for request, callback, max_new_tokens in inbox:
             self._requests[request.request_id] = RequestState(request, callback, max_new_tokens)
         for state in list(self._requests.values()):
-            self._finish_request(state, "error", error)
+            self._finish_request(state, "error", error, "shutting_down")
         self._num_running = self.scheduler.num_running
         self._num_waiting = self.scheduler.num_waiting

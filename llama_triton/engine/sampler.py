@@ -229,6 +229,11 @@ class SequenceSampling:
 
         self.min_tokens: int = norm["min_tokens"]
         self.min_tokens_ids: list[int] = norm["min_tokens_ids"]
+        # Index tensors built once: masking them costs one vectorised write per step, however long
+        # the request's lists are (a flood of stop_token_ids cost ms per token as Python lists).
+        self._bad_single_t = torch.tensor(self.bad_single, dtype=torch.long) if self.bad_single else None
+        self._min_tokens_ids_t = (torch.tensor(self.min_tokens_ids, dtype=torch.long)
+                                  if self.min_tokens_ids else None)
         self.guide = guide
 
     # -- state --------------------------------------------------------------------------------
@@ -525,16 +530,14 @@ class Sampler:
         mask_rows: list[int] = []
         mask_cols: list[int] = []
         for i, s in enumerate(seqs):
-            if s.bad_single:
-                mask_rows.extend([i] * len(s.bad_single))
-                mask_cols.extend(s.bad_single)
+            if s._bad_single_t is not None:
+                x[i].index_fill_(0, s._bad_single_t, _NEG_INF)
             if s.bad_multi:
                 hits = s._bad_multi_hits()
                 mask_rows.extend([i] * len(hits))
                 mask_cols.extend(hits)
-            if s.min_tokens_ids and len(s.generated) < s.min_tokens:
-                mask_rows.extend([i] * len(s.min_tokens_ids))
-                mask_cols.extend(s.min_tokens_ids)
+            if s._min_tokens_ids_t is not None and len(s.generated) < s.min_tokens:
+                x[i].index_fill_(0, s._min_tokens_ids_t, _NEG_INF)
         if mask_rows:
             x[torch.tensor(mask_rows), torch.tensor(mask_cols)] = _NEG_INF
 

@@ -21,6 +21,10 @@ class QueueFull(RuntimeError):
     """The engine's bounded queue is full; the caller should retry later (HTTP 429)."""
 
 
+class EngineStopped(RuntimeError):
+    """The engine has shut down (Triton is unloading the model): nothing more is admitted."""
+
+
 @dataclass
 class SamplingParams:
     max_new_tokens: int
@@ -67,6 +71,9 @@ class SequenceOutput:
     finish_reason: Optional[str] = None        # "stop" | "length" | "cancelled" | "error"
     num_reused_tokens: int = 0                 # prompt tokens served from the prefix cache
     error: Optional[str] = None
+    # With `error`: whose fault (llama_triton/trtllm/decoder_errors.py codes): "invalid_request"
+    # (the request cannot be served), "shutting_down", "internal_error" (the engine's own failure).
+    error_code: str = "internal_error"
 
 
 OutputCallback = Callable[[SequenceOutput], None]
@@ -74,8 +81,10 @@ OutputCallback = Callable[[SequenceOutput], None]
 
 class DecoderEngine(Protocol):
     """What the Triton decoder model (llama_triton/backend/decoder_model.py) drives: `Engine` (the
-    model) and `ZeroCostEngine` (no model) both implement it. `submit` raises RequestError or QueueFull;
-    outputs arrive on the engine thread through `callback`. Counters (`num_steps`, ...) are optional:
+    model) and `ZeroCostEngine` (no model) both implement it. `submit` raises RequestError, QueueFull
+    or EngineStopped (after `shutdown`); outputs arrive on the engine thread through `callback`, and
+    every submitted request gets exactly one `finished` output per sequence, also when the engine
+    shuts down with it unfinished. Counters (`num_steps`, ...) are optional:
     llama_triton/backend/engine_setup.py exports those an engine has."""
 
     def submit(self, request: GenerationRequest, callback: OutputCallback) -> None: ...

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from llama_triton.engine.config import EngineConfig
-from llama_triton.engine.types import GenerationRequest, OutputCallback, QueueFull, RequestError, SequenceOutput
+from llama_triton.engine.types import (EngineStopped, GenerationRequest, OutputCallback, QueueFull, RequestError,
+                                       SequenceOutput)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class ZeroCostEngine:
         if max_new < 1:
             raise RequestError("request_output_len must be >= 1")
         with self._lock:
+            if self._stopping:
+                raise EngineStopped("the engine has shut down")
             if len(self._inbox) >= self.config.max_queue_size:
                 raise QueueFull(f"the engine queue is full ({self.config.max_queue_size} waiting requests)")
             self._inbox.append(_Running(request, callback, max_new))
@@ -77,6 +80,15 @@ class ZeroCostEngine:
             self._lock.notify()
         if self._thread is not None:
             self._thread.join()
+        # Whatever was still queued or running gets its final output (the protocol's promise).
+        with self._lock:
+            left = list(self._inbox) + list(self._running.values())
+            self._inbox.clear()
+            self._running.clear()
+        for r in left:
+            for i in range(r.request.params.num_return_sequences):
+                r.callback(SequenceOutput(r.request.request_id, i, [], finished=True, finish_reason="error",
+                                          error="the engine shut down", error_code="shutting_down"))
 
     def _token(self, request: GenerationRequest, index: int, position: int) -> int:
         # Pieces 1000..30999 of the Llama-2 vocabulary are ordinary word pieces.

@@ -31,11 +31,15 @@ the router is swapped for one with the new keys (SMG cannot reload them).
 This module supervises: a replica whose launcher exits (its frontend died, say) is started again
 on the same ports, and SMG's health checks send traffic back to it once /health answers; a dead
 tritonserver is restarted by the replica's own launcher. SIGINT/SIGTERM stops the router first,
-then drains every replica (--shutdown-grace, as `serve`).
+then drains every replica (--shutdown-grace, as `serve`). However the cluster process itself ends,
+SIGKILL included, the kernel sends SIGTERM to the router and to every replica it started (Linux's
+parent-death signal), and each replica stops its own tritonserver and frontend: no replica outlives
+its cluster to hold ports and memory as an orphan.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import secrets
 import signal
@@ -53,6 +57,20 @@ CLUSTER_SERVING_LINE = b"cluster serving the OpenAI API at"
 ROUTING_KEY_HEADER = "X-Prompt-Cache-Key"
 POLICIES = ("cache_aware", "round_robin", "consistent_hashing", "prefix_hash", "power_of_two", "random")
 MAX_RESTART_BACKOFF_S = 30.0
+PR_SET_PDEATHSIG = 1         # <linux/prctl.h>
+
+
+def die_with(parent_pid: int):
+    """A Popen preexec_fn: the child gets SIGTERM when `parent_pid` (the process that starts it)
+    ends, however it ends. The replicas run in sessions of their own (a signal to the cluster's
+    process group must not reach them twice), so nothing else would tell them."""
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            os._exit(70)
+        if os.getppid() != parent_pid:      # the parent died before prctl took effect
+            os._exit(70)
+    return preexec
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -273,7 +291,8 @@ class Cluster:
         r.log_file.write(f"\n==== replica {r.index} start {r.restarts} ====\n".encode())
         r.log_file.flush()
         r.proc = subprocess.Popen(self.replica_command(r), stdout=r.log_file, stderr=subprocess.STDOUT,
-                                  start_new_session=True, env=self.replica_env)
+                                  start_new_session=True, env=self.replica_env,
+                                  preexec_fn=die_with(os.getpid()))
 
     def replica_serving(self, r: Replica) -> bool:
         return http_ok(f"http://127.0.0.1:{r.port}/health")
@@ -308,7 +327,8 @@ class Cluster:
             self.router_log = open(self.work / "router.log", "ab")
         # --wait-for-ports: after a swap or a crash the old router may still hold the ports.
         self.router = subprocess.Popen(router_command(self.router_keys, flags, wait_for_ports=True),
-                                       stdout=self.router_log, stderr=subprocess.STDOUT, start_new_session=True)
+                                       stdout=self.router_log, stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=die_with(os.getpid()))
 
     def swap_router(self) -> None:
         """New keys for SMG, which cannot reload them: the old router drains (SIGTERM, its own

@@ -45,6 +45,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from frontend import admission
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.serve import llmapi_launch, multigpu
 from llama_triton.serve.supervisor import CrashLoop, RestartPolicy, dead, decoder_processes, failure_report
@@ -413,11 +414,18 @@ class Supervisor:
     def failure_file(self) -> Path:
         return (self.state_dir / "decoder-failed").resolve()
 
+    @property
+    def admission_file(self) -> Path:
+        return (self.state_dir / "admission").resolve()
+
     def spawn_frontend(self, i: int) -> None:
         cmd, env = self.frontend_command()
         ready = self.state_dir / f"ready-{i}"
         ready.unlink(missing_ok=True)
         cmd = cmd[:3] + ["--ready-file", str(ready)] + cmd[3:]     # cmd[:3]: python -m frontend
+        if self.args.frontend_workers > 1:
+            # One 429 gate for the replica: the workers count their open decoder requests together.
+            cmd += ["--admission-file", str(self.admission_file), "--admission-slot", str(i)]
         self.frontends[i] = subprocess.Popen(cmd, env=env)
         self.frontend_policies[i].started(time.monotonic())
 
@@ -426,6 +434,8 @@ class Supervisor:
         a = self.args
         shutil.rmtree(self.state_dir, ignore_errors=True)
         (self.state_dir / "metrics").mkdir(parents=True)
+        if a.frontend_workers > 1:
+            admission.create_file(self.admission_file, a.frontend_workers)
         self.frontends = [None] * a.frontend_workers
         self.frontend_policies = [RestartPolicy(f"frontend worker {i}", a.max_restarts, a.restart_window)
                                   for i in range(a.frontend_workers)]
@@ -462,6 +472,8 @@ class Supervisor:
                     # Its "live" gauges (requests in flight, open streams) would otherwise stay summed in.
                     from prometheus_client import multiprocess
                     multiprocess.mark_process_dead(proc.pid, str((self.state_dir / "metrics").resolve()))
+                    # Its decoder streams ended with it: its places in the 429 gate are free again.
+                    admission.clear_slot(self.admission_file, i)
             elif proc is None and now >= self.frontend_due[i]:
                 self.spawn_frontend(i)
                 self.frontend_restarts += 1

@@ -63,6 +63,21 @@ def _byte_level_bytes(piece: str) -> bytes:
         return piece.encode("utf-8")
 
 
+# Entries of a BPE model's word cache. The library keeps 10,000 words by default, and a
+# SentencePiece vocabulary converted to BPE has no pre-tokenizer, so its "word" is a whole prompt
+# (each under the library's cached-length limit): a serving process filled the cache with distinct
+# prompts, about 5 KB each, and grew by ~47 MiB (the soak's frontend RSS growth, issue 24).
+WORD_CACHE_ENTRIES = 1024
+
+
+def bound_word_cache(backend: Any) -> None:
+    """Caps a `tokenizers.Tokenizer`'s BPE word cache (no-op for other models, or libraries without it)."""
+    model = getattr(backend, "model", None)
+    resize = getattr(model, "_resize_cache", None)
+    if resize is not None:
+        resize(WORD_CACHE_ENTRIES)
+
+
 class Tokenizer:
     """A checkpoint's HF tokenizer with what serving needs precomputed.
 
@@ -90,6 +105,8 @@ class Tokenizer:
         self._check_round_trip()
         self.eos_ids: tuple[int, ...] = self._eos_ids(generation_config or {})
         self._marked_backend = self._build_marked_backend()
+        for backend in (getattr(hf, "backend_tokenizer", None), self._marked_backend):
+            bound_word_cache(backend)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:

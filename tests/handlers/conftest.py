@@ -23,8 +23,9 @@ from llama_triton.trtllm.tensor_contract import decoder_io
 
 CPU_INPUTS, CPU_OUTPUTS = decoder_io("cpu")
 
-# A script step: a response, an exception to raise, or a callable run at that point.
+# A script step: a response, an exception to raise, or HANG (the decoder goes silent).
 Step = Union[DecoderResponse, BaseException]
+HANG = object()
 
 
 def token_responses(token_ids: list[int], index: int = 0, final: bool = True,
@@ -48,6 +49,9 @@ class FakeDecoder:
         self.capabilities_error: Optional[BaseException] = None
         self.requests: list[tuple[str, dict]] = []
         self.closed_early: list[str] = []     # request ids whose stream the frontend left before the end
+        # request id -> whether its stop went out while the request was still being handled
+        self.stopped: dict[str, bool] = {}
+        self.stop_seen = asyncio.Event()
 
     def says(self, *texts: str, **kw) -> None:
         """Every request is answered with these texts, one per choice (sequence index)."""
@@ -76,6 +80,8 @@ class FakeDecoder:
             ctx.prompt_tokens += int(arrays["input_lengths"].sum())
         try:
             for step in steps:
+                if step is HANG:
+                    await asyncio.Event().wait()
                 if isinstance(step, BaseException):
                     raise step
                 if ctx is not None:
@@ -86,6 +92,13 @@ class FakeDecoder:
         finally:
             if not done:
                 self.closed_early.append(request_id)
+                # As TritonDecoder: a request left early is stopped by a round trip to the decoder
+                # (stop=true), awaited here. Recorded: whether the request was still being handled
+                # when it went out (the frontend's aclose() must wait for it).
+                await asyncio.sleep(0)
+                ctx = current_request.get()
+                self.stopped[request_id] = ctx is not None and not ctx.done
+                self.stop_seen.set()
 
     async def is_ready(self) -> bool:
         return True
@@ -95,9 +108,9 @@ class FakeDecoder:
 
 
 class Harness:
-    def __init__(self, model_dir: Path, tokenizer):
+    def __init__(self, model_dir: Path, tokenizer, *args: str):
         self.decoder = FakeDecoder(tokenizer)
-        self.app = create_app(parse_args(["--model-dir", str(model_dir), "--log-format", "text"]), tokenizer,
+        self.app = create_app(parse_args(["--model-dir", str(model_dir), "--log-format", "text", *args]), tokenizer,
                               decoder=self.decoder)
         self.tokenizer = tokenizer
         self.loop = asyncio.new_event_loop()     # an aiohttp app lives on one loop

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from frontend.request_models import MAX_MESSAGES
 from tests.integration.frontends import extra_frontend
 
 pytestmark = pytest.mark.timeout(300)
@@ -186,11 +187,18 @@ def test_chunked_body_is_cut_at_the_limit(stack, default_model_dir):
 # ----------------------------------------------------------------------------- content edge cases
 
 def test_thousands_of_messages(stack):
-    count = max(5001, context_length(stack) // 2 + 1)     # past the context whatever it is
+    # Nearly as many as a request may hold (MAX_MESSAGES; odd, so a user turn is last): each takes
+    # several tokens, past the context.
+    count = MAX_MESSAGES - 1
+    assert count * 4 > context_length(stack)
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(count)]
     raw = json.dumps({"model": stack.model_name, "messages": messages, "max_tokens": 2}).encode()
     status, body, took = send(stack.base_url, CHAT, raw)
     assert_error_envelope(status, body, expected=(400,), code="context_length_exceeded")
+    # One more is past the cap: refused on the count alone, naming the field.
+    over = json.dumps({"model": stack.model_name, "messages": messages + messages[:2], "max_tokens": 2}).encode()
+    status, body, _ = send(stack.base_url, CHAT, over)
+    assert_error_envelope(status, body, expected=(400,), param="messages", code="array_above_max_length")
     print(f"\n{count} messages: 400 in {took:.2f} s")
     assert took < 20
     assert_still_serving(stack)

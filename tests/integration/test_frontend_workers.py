@@ -1,9 +1,13 @@
-"""Several frontend workers on one port (`--frontend-workers 2`): both listen, both serve, and
-/metrics from whichever answers counts the requests of all of them."""
+"""Several frontend workers on one port (`--frontend-workers 2`): both listen, both serve,
+/metrics from whichever answers counts the requests of all of them, and their 429 gate admits the
+decoder's capacity across both (frontend/admission.py)."""
+import asyncio
 import concurrent.futures
 import json
 import re
 import urllib.request
+
+import aiohttp
 
 import psutil
 import pytest
@@ -11,12 +15,15 @@ import pytest
 from tests.integration.stack import start_stack
 
 REQUESTS = 16
+BATCH, QUEUE = 2, 4
 
 
 @pytest.fixture(scope="module")
 def two_workers(default_model_dir, tmp_path_factory):
+    # A decoder of 2 batch slots and 4 queue places (capacity 6), so the gate's test fills it.
     s = start_stack(str(default_model_dir), tmp_path_factory.mktemp("workers"), "--frontend-workers", "2",
-                    "--max-tokens-cap", "16", "--max-seq-len", "512")
+                    "--max-tokens-cap", "512", "--max-seq-len", "1024", "--max-batch-size", str(BATCH),
+                    "--max-queue-size", str(QUEUE))
     yield s
     s.stop()
 
@@ -71,3 +78,52 @@ def test_requests_spread_and_metrics_sum_over_workers(two_workers):
                 served_by[rec["request_id"]] = rec["pid"]
     assert set(served_by) == ids
     assert set(served_by.values()) == {p.pid for p in frontend_workers(two_workers)}
+
+
+def test_the_429_gate_counts_the_open_requests_of_every_worker(two_workers):
+    """Finding 13 (issue 24): each worker counted its own open decoder requests, so the replica's
+    gate admitted workers x capacity and the decoder refused the excess itself, after a round
+    trip. Two long streams run (the batch is full), then a burst of requests on new connections
+    (spread over both workers): exactly the decoder's two queue places are admitted across both
+    workers, every other request is refused by the gate, none by the decoder."""
+    capacity = BATCH + QUEUE
+    burst = 38
+    body = {"model": two_workers.model_name, "messages": [{"role": "user", "content": "count"}],
+            "stream": True, "ignore_eos": True}
+
+    async def main():
+        connector = aiohttp.TCPConnector(force_close=True, limit=0)   # a connection per request
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+            url = f"{two_workers.base_url}/v1/chat/completions"
+            running = []
+            for _ in range(BATCH):
+                resp = await session.post(url, json={**body, "max_tokens": 500})
+                assert resp.status == 200
+                await resp.content.readline()          # generating: a batch slot is taken
+                running.append(resp)
+            answers: list = []
+            answered = asyncio.Event()
+
+            async def one():
+                async with session.post(url, json={**body, "max_tokens": 4}) as resp:
+                    if resp.status == 200:
+                        await resp.read()
+                        answers.append((200, None))
+                    else:
+                        answers.append((resp.status, (await resp.json())["error"]["message"]))
+                    answered.set()
+            tasks = [asyncio.create_task(one()) for _ in range(burst)]
+            # Every request is answered except the ones waiting in the decoder's queue behind the
+            # two long streams; then the long streams are let go, and the queued ones finish.
+            while len(answers) < burst - QUEUE:
+                await answered.wait()
+                answered.clear()
+            for resp in running:
+                resp.close()
+            await asyncio.gather(*tasks)
+            return answers
+    answers = asyncio.run(main())
+    refused = [m for status, m in answers if status == 429]
+    by_gate = [m for m in refused if f"(decoder capacity {capacity})" in m]
+    assert refused == by_gate, [m for m in refused if m not in by_gate][:3]      # none by the decoder
+    assert by_gate and all(s in (200, 429) for s, _ in answers)

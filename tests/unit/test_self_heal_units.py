@@ -237,14 +237,19 @@ def test_launcher_restarts_a_dead_frontend_worker_alone_then_gives_up(tmp_path, 
     sup.frontends = [None, None]
     sup.frontend_policies = [RestartPolicy(f"frontend worker {i}", 1, 300) for i in range(2)]
     sup.frontend_due = [0.0, 0.0]
+    from frontend import admission
+    admission.create_file(sup.admission_file, 2)
     try:
         spawn(0)
         spawn(1)
         other = sup.frontends[1]
+        held = [admission.SharedAdmission(sup.admission_file, i) for i in range(2)]
+        assert held[0].try_acquire(None)[0] and held[1].try_acquire(None)[0]   # each worker has one open
         sup.frontends[0].kill()
         sup.frontends[0].wait()
         sup.supervise_frontends(100.0)          # noticed: restart due at once (first death)
         assert sup.frontends[0] is None
+        assert held[1].open == 1                # the dead worker's place in the 429 gate is free again
         sup.supervise_frontends(100.2)          # restarted, alone
         assert spawned == [0, 1, 0] and sup.frontends[1] is other
         assert "ERROR frontend worker 0" in capsys.readouterr().err
@@ -292,4 +297,28 @@ def test_readiness_and_liveness_endpoints(default_model_dir, default_tokenizer):
                 "model": settings.served_model_name, "messages": [{"role": "user", "content": "hi"}]})
             assert r.status == 503 and "Retry-After" in r.headers
             assert (await r.json())["error"]["code"] == "model_not_ready"
+    asyncio.run(scenario())
+
+
+def test_requests_that_fail_together_share_one_work_probe():
+    """Finding 11 (issue 24): every failing request started its own one-token work probe; now the
+    requests that fail together wait on one, and one leaving does not cancel it for the others."""
+    async def scenario():
+        fake = FakeDecoder()
+        release = asyncio.Event()
+
+        async def slow_work():
+            fake.calls.append("work")
+            await release.wait()
+
+        h = DecoderHealth(fake.reach, slow_work)
+        judges = [asyncio.create_task(h.is_broken()) for _ in range(8)]
+        await until(lambda: "work" in fake.calls)
+        judges[0].cancel()                      # its client hung up
+        release.set()
+        verdicts = await asyncio.gather(*judges[1:])
+        assert verdicts == [False] * 7
+        assert fake.calls.count("work") == 1 and h.probes["work"] == 1
+        assert fake.calls.count("reach") == 1
+        await h.stop()
     asyncio.run(scenario())

@@ -1,0 +1,71 @@
+"""Bounded work per request (issue 24, findings 6 and 7): the caps on what a request lists, and
+the refusal of a text no prompt within the context can hold, each a 400 naming its field, before
+any templating or tokenizing."""
+from __future__ import annotations
+
+import orjson
+
+from frontend.app import SERVICE
+from frontend.request_models import MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS
+from tests.handlers.conftest import Harness
+
+
+def _error(status_body):
+    status, _, body = status_body
+    assert status == 400, body
+    return body["error"]
+
+
+def test_stop_token_ids_past_the_cap_are_a_400_naming_the_field(harness: Harness):
+    harness.decoder.says("fine")
+    ok = harness.chat({"stop_token_ids": list(range(10, 10 + MAX_STOP_TOKEN_IDS))})
+    assert ok[0] == 200
+    err = _error(harness.chat({"stop_token_ids": list(range(10, 11 + MAX_STOP_TOKEN_IDS))}))
+    assert err["param"] == "stop_token_ids" and err["code"] == "array_above_max_length"
+    assert len(harness.decoder.requests) == 1          # the refused one never reached the decoder
+
+
+def test_messages_past_the_cap_are_a_400_naming_the_field(harness: Harness):
+    many = [{"role": "user", "content": "hi"}] * (MAX_MESSAGES + 1)
+    err = _error(harness.chat({"messages": many}))
+    assert err["param"] == "messages" and err["code"] == "array_above_max_length"
+    assert str(MAX_MESSAGES) in err["message"]
+
+
+def test_content_parts_past_the_cap_are_a_400_naming_the_message(harness: Harness):
+    parts = [{"type": "text", "text": "a"}] * (MAX_CONTENT_PARTS // 2 + 1)
+    messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": parts}]
+    err = _error(harness.chat({"messages": messages}))
+    assert err["param"] == "messages[2].content" and err["code"] == "array_above_max_length"
+
+
+def test_the_caps_apply_to_completions_too(harness: Harness):
+    status, _, raw = harness.post("/v1/completions", {"model": harness.model, "prompt": "x",
+                                                       "stop_token_ids": [5] * (MAX_STOP_TOKEN_IDS + 1)})
+    err = orjson.loads(raw)["error"]
+    assert status == 400 and err["param"] == "stop_token_ids"
+
+
+def test_text_longer_than_any_prompt_in_the_context_is_refused_before_templating(harness: Harness, monkeypatch):
+    """The harness decoder's context is 512 tokens: no token of this vocabulary stands for more than
+    `max_token_bytes` characters, so a text longer than 512 x that cannot fit. It is refused on its
+    length alone: the template never renders it and the tokenizer never sees it."""
+    service = harness.app[SERVICE]
+    rendered = []
+    monkeypatch.setattr(service, "_render_and_encode", lambda *a: rendered.append(a) or ([1], None))
+    most = 512 * service.max_token_bytes
+    err = _error(harness.chat({"messages": [{"role": "user", "content": "a" * (most + 1)}]}))
+    assert err["param"] == "messages" and err["code"] == "context_length_exceeded"
+    assert f"{most + 1} characters" in err["message"]
+    status, _, raw = harness.post("/v1/completions", {"model": harness.model, "prompt": "b" * (most + 1)})
+    err = orjson.loads(raw)["error"]
+    assert status == 400 and err["param"] == "prompt" and err["code"] == "context_length_exceeded"
+    assert rendered == []
+
+
+def test_token_id_prompt_longer_than_the_context_is_refused_at_once(harness: Harness):
+    status, _, raw = harness.post("/v1/completions", {"model": harness.model, "prompt": [5] * 600})
+    err = orjson.loads(raw)["error"]
+    assert status == 400 and err["param"] == "prompt" and err["code"] == "context_length_exceeded"
+    assert harness.decoder.requests == []
