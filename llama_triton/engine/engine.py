@@ -269,6 +269,10 @@ class Engine:
         try:
             self._take_inbox()
             batch = self.scheduler.schedule()
+            # The queue bound (submit) reads these while the batch runs: what waits now, not
+            # what waited at the end of the last step.
+            self._num_queued = self.scheduler.num_queued
+            self._num_waiting = self.scheduler.num_waiting
             self.num_reused_tokens += batch.num_reused_tokens
             self.num_preemptions += len(batch.preempted)
             if batch.seqs:
@@ -416,6 +420,9 @@ class Engine:
     def _take_inbox(self) -> None:
         with self._lock:
             inbox, self._inbox = self._inbox, deque()
+            # Still queued until schedule() has placed them: without this, requests submitted
+            # meanwhile saw neither these nor their places, and the queue overfilled its bound.
+            self._num_queued += len(inbox)
             cancelled, self._cancelled = self._cancelled, set()
             guides_ready, self._guides_ready = self._guides_ready, False
         for request, callback, max_new_tokens in inbox:

@@ -249,6 +249,33 @@ def test_queue_bound_and_request_validation(checkpoint):
     submit(engine, col, "c", [1, 2, 3], 4)  # room again
 
 
+def test_queue_bound_holds_while_a_step_runs(checkpoint):
+    """Requests submitted during a forward pass count the ones that step took from the inbox:
+    the bound was read from the last step's end, so a flood overfilled the queue (CI saw fewer
+    queue-full refusals than the decoder's capacity allows)."""
+    engine, col = make_engine(checkpoint, max_batch_size=1, max_queue_size=2), Collector()
+    submit(engine, col, "a", [1, 2, 3], 4)
+    submit(engine, col, "b", [1, 2, 3], 4)
+    during: list[str] = []
+    run = engine.runner.run
+
+    def run_and_submit(seqs, num_new):
+        if not during:                     # the first pass: a runs, b waits
+            for rid in ("c", "d"):
+                try:
+                    submit(engine, col, rid, [1, 2, 3], 4)
+                    during.append(rid)
+                except QueueFull:
+                    during.append(f"{rid} refused")
+        return run(seqs, num_new)
+
+    engine.runner.run = run_and_submit
+    engine.step()
+    assert during == ["c", "d refused"]        # b and c fill the two places
+    drain(engine)
+    assert {rid for rid, _ in col.outputs} == {"a", "b", "c"}
+
+
 def test_output_length_is_clamped_to_max_seq_len(checkpoint):
     engine, col = make_engine(checkpoint, max_seq_len=32), Collector()
     ids = prompt(12, 25)
