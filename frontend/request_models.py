@@ -175,6 +175,12 @@ class _RequestBase(OpenAIBaseModel):
                            [bounded(name) for name in ignored[:20]])
         return result
 
+    @classmethod
+    def screen_lists(cls, data: Any) -> None:
+        """The list caps of this request, checked on the decoded body before validation; raises
+        `APIError` (400 naming the field)."""
+        screen_sizes(data)
+
     @property
     def ignored_fields(self) -> list[str]:
         """Paths of the non-null fields we did not recognise and ignored (e.g. `messages[0].foo`)."""
@@ -620,7 +626,7 @@ class CompletionRequest(_SamplingRequest):
 RequestT = TypeVar("RequestT", bound=_RequestBase)
 
 
-def _too_long(param: str, cap: int, got: int) -> APIError:
+def too_long(param: str, cap: int, got: int) -> APIError:
     return bad_request(f"Invalid '{param}': array too long. Expected an array with maximum length {cap}, but got "
                        f"an array with length {got} instead.", param, "array_above_max_length")
 
@@ -633,7 +639,7 @@ def screen_sizes(data: Any) -> None:
     messages = data.get("messages")
     if isinstance(messages, list):
         if len(messages) > MAX_MESSAGES:
-            raise _too_long("messages", MAX_MESSAGES, len(messages))
+            raise too_long("messages", MAX_MESSAGES, len(messages))
         parts = 0
         for i, m in enumerate(messages):
             content = m.get("content") if isinstance(m, dict) else None
@@ -645,7 +651,7 @@ def screen_sizes(data: Any) -> None:
                                       "array_above_max_length")
     stop_ids = data.get("stop_token_ids")
     if isinstance(stop_ids, list) and len(stop_ids) > MAX_STOP_TOKEN_IDS:
-        raise _too_long("stop_token_ids", MAX_STOP_TOKEN_IDS, len(stop_ids))
+        raise too_long("stop_token_ids", MAX_STOP_TOKEN_IDS, len(stop_ids))
 
 
 def parse_request(cls: type[RequestT], body: Union[bytes, str, dict]) -> RequestT:
@@ -657,13 +663,13 @@ def parse_request(cls: type[RequestT], body: Union[bytes, str, dict]) -> Request
     (such an integer) is screened by the stdlib parser, and invalid JSON is left to pydantic.
     """
     if isinstance(body, dict):
-        screen_sizes(body)
+        cls.screen_lists(body)
     else:
         try:
-            screen_sizes(orjson.loads(body))
+            cls.screen_lists(orjson.loads(body))
         except orjson.JSONDecodeError:
             try:
-                screen_sizes(json.loads(body))
+                cls.screen_lists(json.loads(body))
             except (ValueError, RecursionError):
                 pass
     try:

@@ -8,14 +8,16 @@ Sampling fields and our extensions carry the chat request's ranges.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from frontend.errors import ParamError
+from frontend.errors import ParamError, bad_request
 # _by_key tags by a string field only: a list or object there is a 400, not an unhashable-key 500
-from frontend.request_models import (MAX_TOKENS_LIMIT, LogitBias, OpenAIBaseModel, Seed, Stop, TokenCount, TokenId,
-                                     _by_key, _int, _RequestBase, _str_or_list, _tagged)
+from frontend.request_models import (MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS, MAX_TOKENS_LIMIT,
+                                     LogitBias, OpenAIBaseModel, Seed, Stop, TokenCount, TokenId, _by_key, _int,
+                                     _RequestBase, _str_or_list, _tagged, screen_sizes, too_long)
+from frontend.structured import MAX_TOOLS
 
 # What orjson (the response and the store) can write: JSON integers outside this range are refused
 # where a request would be echoed or stored (tool parameters, text.format.schema, input items).
@@ -40,6 +42,40 @@ _REJECTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "guided_regex": ((), "'guided_regex' is not supported."),
     "structured_outputs": ((), "'structured_outputs' is not supported; use text.format."),
 }
+
+
+# The chat request's caps, on this API's lists (docs/API.md, "Limits"): input items as messages,
+# the content parts of all items together (message content, function_call_output output, reasoning
+# summary and content), tools. Checked on the decoded body before validation, as the chat
+# endpoint's: a refusal costs a length check, not the validation of every item.
+ITEM_PART_LISTS = ("content", "output", "summary")
+
+
+def screen_responses_lists(data: Any) -> None:
+    """The list caps of a Responses body; raises `APIError` (400 naming the field)."""
+    screen_sizes(data)                  # stop_token_ids: the same field as on the chat endpoint
+    if not isinstance(data, dict):
+        return
+    items = data.get("input")
+    if isinstance(items, list):
+        if len(items) > MAX_MESSAGES:
+            raise too_long("input", MAX_MESSAGES, len(items))
+        parts = 0
+        for i, item in enumerate(items):
+            for key in ITEM_PART_LISTS:
+                value = item.get(key) if isinstance(item, dict) else None
+                if isinstance(value, list):
+                    parts += len(value)
+                    if parts > MAX_CONTENT_PARTS:
+                        raise bad_request(f"Invalid 'input[{i}].{key}': the input items hold more than "
+                                          f"{MAX_CONTENT_PARTS} content parts in all.", f"input[{i}].{key}",
+                                          "array_above_max_length")
+    tools = data.get("tools")
+    if isinstance(tools, list) and len(tools) > MAX_TOOLS:
+        raise too_long("tools", MAX_TOOLS, len(tools))
+    metadata = data.get("metadata")
+    if isinstance(metadata, dict) and len(metadata) > MAX_METADATA_PAIRS:
+        raise bad_request(f"'metadata' holds at most {MAX_METADATA_PAIRS} pairs, got {len(metadata)}.", "metadata")
 
 
 def declared(model: OpenAIBaseModel) -> dict[str, Any]:
@@ -327,10 +363,15 @@ class ResponsesRequest(_RequestBase):
 
     _rejected: ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = _REJECTED
 
+    @classmethod
+    def screen_lists(cls, data: Any) -> None:
+        screen_responses_lists(data)
+
     model: str = Field(description="Model name as listed by GET /v1/models.")
-    input: _tagged({"<string>": str, "<array>": list[InputItem]}, _str_or_list, "invalid_input",
-                   "input must be a string or an array of input items") = Field(
-        description="Text, or a list of input items.")
+    input: _tagged({"<string>": str, "<array>": Annotated[list[InputItem], Field(max_length=MAX_MESSAGES)]},
+                   _str_or_list, "invalid_input", "input must be a string or an array of input items") = Field(
+        description=f"Text, or a list of 1 to {MAX_MESSAGES} input items, with at most {MAX_CONTENT_PARTS} "
+                    f"content parts in all.")
     instructions: Optional[str] = Field(None, description="A system message put first; not carried over by "
                                                           "previous_response_id.")
     previous_response_id: Optional[str] = None
@@ -342,7 +383,7 @@ class ResponsesRequest(_RequestBase):
                                                                                            "decides.")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    tools: Optional[list[Tool]] = None
+    tools: Optional[Annotated[list[Tool], Field(max_length=MAX_TOOLS)]] = None
     tool_choice: Optional[ToolChoice] = Field(None, description="Default: 'auto' with tools, else 'none'.")
     parallel_tool_calls: bool = True
     max_tool_calls: Optional[_int(ge=1)] = Field(None, description="Limits built-in tool calls; there are none.")
@@ -362,7 +403,8 @@ class ResponsesRequest(_RequestBase):
     seed: Optional[Seed] = None
     stop: Optional[Stop] = None
     min_tokens: TokenCount = 0
-    stop_token_ids: Optional[list[TokenId]] = None
+    stop_token_ids: Optional[Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)]] = Field(
+        None, description=f"Token ids that end generation (at most {MAX_STOP_TOKEN_IDS}).")
     ignore_eos: bool = False
     logit_bias: Optional[LogitBias] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None

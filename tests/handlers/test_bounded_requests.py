@@ -7,6 +7,7 @@ import orjson
 
 from frontend.app import SERVICE
 from frontend.request_models import MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS
+from frontend.structured import MAX_TOOLS
 from tests.handlers.conftest import Harness
 
 
@@ -69,3 +70,48 @@ def test_token_id_prompt_longer_than_the_context_is_refused_at_once(harness: Har
     err = orjson.loads(raw)["error"]
     assert status == 400 and err["param"] == "prompt" and err["code"] == "context_length_exceeded"
     assert harness.decoder.requests == []
+
+
+# ---- /v1/responses: the same caps on its lists (input items, their content parts, tools) ----------
+
+def _responses_error(harness: Harness, body: dict) -> dict:
+    status, _, raw = harness.post("/v1/responses", {"model": harness.model, **body})
+    assert status == 400, raw
+    return orjson.loads(raw)["error"]
+
+
+def test_responses_input_items_past_the_cap_are_refused_on_count(harness: Harness):
+    """Refused before any item is validated: the last item's bad type is never looked at."""
+    items = [{"role": "user", "content": "hi"}] * MAX_MESSAGES + [{"type": "no_such_item"}]
+    err = _responses_error(harness, {"input": items})
+    assert err["param"] == "input" and err["code"] == "array_above_max_length"
+    assert str(MAX_MESSAGES) in err["message"]
+    assert harness.decoder.requests == []
+
+
+def test_responses_content_parts_of_all_items_count_against_one_cap(harness: Harness):
+    half = MAX_CONTENT_PARTS // 2
+    text = [{"type": "input_text", "text": "a"}]
+    items = [{"role": "user", "content": text * half},
+             {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "c1", "output": text * half},
+             {"type": "reasoning", "summary": [{"type": "summary_text", "text": "s"}]},
+             {"role": "user", "content": "next"}]
+    err = _responses_error(harness, {"input": items})
+    assert err["param"] == "input[3].summary" and err["code"] == "array_above_max_length"
+    items[0]["content"] = text * (half + 1)
+    err = _responses_error(harness, {"input": items})
+    assert err["param"] == "input[2].output" and err["code"] == "array_above_max_length"
+    assert harness.decoder.requests == []
+
+
+def test_responses_tools_past_the_cap_are_refused_on_count(harness: Harness):
+    tools = [{"type": "function", "name": f"f{i}"} for i in range(MAX_TOOLS)] + [{"type": "web_search"}]
+    err = _responses_error(harness, {"input": "hi", "tools": tools})
+    assert err["param"] == "tools" and err["code"] == "array_above_max_length"
+    assert str(MAX_TOOLS) in err["message"]
+
+
+def test_responses_stop_token_ids_have_the_chat_cap(harness: Harness):
+    err = _responses_error(harness, {"input": "hi", "stop_token_ids": [5] * (MAX_STOP_TOKEN_IDS + 1)})
+    assert err["param"] == "stop_token_ids" and err["code"] == "array_above_max_length"
