@@ -5,7 +5,7 @@ test's.
 
 Grammar parts:
   * the same new schema from six clients, the first hanging up (`shared_schema_leader_hangs_up`);
-  * compiles abandoned at once: clients that send a new schema and hang up (`abandon_compiles`);
+  * compiles abandoned: clients that send a new schema and hang up while it compiles (`abandon_compiles`);
   * schemas too slow to compile: killed at the compile deadline (`too_slow`).
 Body parts (`flood_bodies`), each refused with a 400 naming the field:
   * 120,000 short messages just under the body limit;
@@ -115,10 +115,20 @@ def shared_schema_leader_hangs_up(base: str, model: str, run: str, pause_s: floa
     return [read_answer(f) for f in followers]
 
 
-def abandon_compiles(base: str, model: str, run: str, count: int = 8) -> None:
-    """Sends `count` new schemas and hangs up on each at once, without reading an answer."""
-    for i in range(count):
-        send_request(base, schema_body(model, abandoned(i, run))).close()
+def abandon_compiles(base: str, model: str, run: str, count: int = 8, pause_s: float = 0.3) -> None:
+    """Sends `count` new schemas and hangs up on all of them without reading an answer, once their
+    compiles are running or queued for a worker.
+
+    `pause_s`, as in `shared_schema_leader_hangs_up`, is not a synchronisation. A client that hangs
+    up within milliseconds is gone while its prompt is still being templated (a 499, measured): its
+    guide never reaches the compile pool, and nothing is abandoned there. After the pause the
+    compiles are under way, and what a compile nobody waits for any more costs is what this part
+    puts on the replica.
+    """
+    sent = [send_request(base, schema_body(model, abandoned(i, run))) for i in range(count)]
+    time.sleep(pause_s)
+    for s in sent:
+        s.close()
 
 
 # ---- body parts -------------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ def test_adversarial_mix_hurts_no_one(stack, bodies):
     base, model = stack.base_url, stack.model_name
     probe_timeout = liveness_timeout_s()
     stop = threading.Event()
-    probes: list[float] = []
+    probes: list[tuple[float, float]] = []          # (started, seconds), monotonic
+    marks: list[tuple[float, str]] = []
     probe_failures: list[str] = []
     victims: list[tuple[bool, str]] = []
 
@@ -82,7 +83,7 @@ def test_adversarial_mix_hurts_no_one(stack, bodies):
                         probe_failures.append(f"status {r.status}")
             except Exception as e:  # noqa: BLE001 - a probe that failed, whatever the cause
                 probe_failures.append(f"{e!r} after {time.monotonic() - t0:.1f} s")
-            probes.append(time.monotonic() - t0)
+            probes.append((t0, time.monotonic() - t0))
             stop.wait(0.2)           # probe pacing, not synchronisation
 
     def run_victims():
@@ -102,9 +103,11 @@ def test_adversarial_mix_hurts_no_one(stack, bodies):
     with ThreadPoolExecutor(max_workers=8) as pool:
         background = [pool.submit(poll_liveness), pool.submit(run_victims)]
         try:
+            marks.append((time.monotonic(), "shared schema"))
             # 1. the shared schema, on its own (its compile must finish inside the deadline)
             shared = shared_schema_leader_hangs_up(base, model, run)
             # 2-4. abandoned compiles, too-slow schemas and the body floods, together
+            marks.append((time.monotonic(), "abandoned compiles, too slow, floods"))
             abandon_compiles(base, model, run)
             slow = [pool.submit(post_chat, base, schema_body(model, too_slow(i, run))) for i in range(2)]
             flooded = pool.submit(floods)
@@ -114,7 +117,10 @@ def test_adversarial_mix_hurts_no_one(stack, bodies):
             stop.set()
         for f in background:
             f.result()
-    print(f"\n/health/live: {len(probes)} probes, slowest {max(probes):.2f} s (limit {probe_timeout:g} s); "
+    start = marks[0][0]
+    slowest = sorted(probes, key=lambda p: -p[1])[:3]
+    print(f"\n/health/live: {len(probes)} probes, slowest {', '.join(f'{d:.2f} s at +{t - start:.1f} s' for t, d in slowest)} "
+          f"(limit {probe_timeout:g} s; parts began at {', '.join(f'+{t - start:.1f} s {m}' for t, m in marks)}); "
           f"{len(victims)} victims; refusals: {sorted(set(outcomes))}")
 
     assert [status for status, _ in shared] == [200] * 5, shared
