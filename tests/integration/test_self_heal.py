@@ -42,6 +42,8 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.skipif(
 # REACH_TIMEOUTS_DOWN times (a hung one).
 DETECT_S = (health_settings.SILENCE_S + health_settings.TICK_S + health_settings.PROBE_EVERY_S
             + health_settings.REACH_TIMEOUT_S * health_settings.REACH_TIMEOUTS_DOWN)
+# A worker's probe round while the decoder is down: the recheck period, then a reach and a work probe.
+READY_AGAIN_S = 2 * (health_settings.RECHECK_S + health_settings.REACH_TIMEOUT_S + health_settings.WORK_TIMEOUT_S)
 DECODER_RESTART_DELAY_S = 8         # the launcher's own restart waits this long (--decoder-restart-delay)
 DECODER_RECOVERY_S = 120.0
 FRONTEND_RECOVERY_S = 30.0
@@ -106,18 +108,13 @@ def test_decoder_process_killed(heal_stack):
     assert max(delays) < DETECT_S, delays
     assert seen["health"] < DETECT_S, seen
 
+    # The frontend noticed on its own: with a dead stub the launcher restarts tritonserver only
+    # DECODER_RESTART_DELAY_S after it sees the stub die, later than every stream ended and /health
+    # said 503 (both within DETECT_S, asserted above). (Checking that tritonserver was still the
+    # one we broke when the test got here raced that restart on a loaded box: the test's own steps
+    # can take longer than the delay.)
+    assert DETECT_S < DECODER_RESTART_DELAY_S
     # While the decoder is down: 503 with Retry-After for new requests, streamed or not; liveness 200.
-    # The frontend noticed on its own: tritonserver is still the one we broke, or the launcher is
-    # already restarting it because a frontend reported the decoder broken (it acts on that report
-    # at once, without the 8 s decoder restart delay).
-    def noticed_first():
-        current = triton_process(stack)
-        return (current is not None and current.pid == triton.pid) or \
-            "a frontend reported the decoder broken" in stack.log_path.read_text(errors="replace")
-    # (the launcher kills tritonserver a moment before it logs why: allow for that moment; its own
-    # restart, which would make this false for good, comes only after the restart delay)
-    wait_for(noticed_first, timeout=DECODER_RESTART_DELAY_S, interval=0.1,
-             what="the frontend noticing before any restart")
     for stream in (False, True):
         status, raw, headers = http(stack.base_url, "/v1/chat/completions",
                                     chat_body(stack.model_name, 4, stream=stream))
@@ -134,9 +131,10 @@ def test_decoder_process_killed(heal_stack):
     wait_for(served, timeout=DECODER_RECOVERY_S, interval=0.5, what="chat 200 again")
     recovered = time.monotonic() - killed
     assert triton_process(stack).pid != triton.pid
-    # Each frontend worker tracks the decoder itself and re-probes once a second: the worker that
-    # answered the chat may be ahead of the other. Every worker must report ready again shortly.
-    wait_for(lambda: all(health(stack.base_url) == 200 for _ in range(6)), timeout=15, interval=0.2,
+    # Each frontend worker tracks the decoder itself and re-probes every RECHECK_S while it is down:
+    # the worker that answered the chat may be ahead of the other. Every worker must report ready
+    # again within two of its probe rounds (the first may still find the decoder loading).
+    wait_for(lambda: all(health(stack.base_url) == 200 for _ in range(6)), timeout=READY_AGAIN_S, interval=0.2,
              what="/health 200 again on every worker")
     log = stack.log_path.read_text(errors="replace")
     assert "ERROR decoder process died" in log and "tritonserver is back" in log
