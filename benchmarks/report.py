@@ -294,9 +294,32 @@ def block_hash(d: dict) -> list[str]:
                     "admission, miss ns/token", "admission, hit ns/token"], rows)]
 
 
+def ttft_segments(d: dict) -> list[str]:
+    points = d["points"]
+    header = ["segment"] + [f"c={p['concurrency']} mean / p50 / p99 (ms)" for p in points]
+
+    def trio(st: dict) -> str:
+        return f"{num(st.get('mean'), 1)} / {num(st.get('p50'), 1)} / {num(st.get('p99'), 1)}"
+    rows = []
+    for i, seg in enumerate(d["segment_definitions"]):
+        rows.append([seg["segment"]] + [trio(p["segments"][i]) for p in points])
+    rows.append(["**sum: first byte -> first write**"] + [trio(p["server_ttft_ms"]) for p in points])
+    rows.append(["**aiperf TTFT**"] + [f"{num(p['aiperf']['ttft_ms'].get('avg'), 1)} / {pair(p['aiperf']['ttft_ms'])}"
+                                       for p in points])
+    rows.append(["coverage (sum of means / aiperf mean)"] + [num(p.get("coverage"), 2) for p in points])
+    rows.append(["stamped requests / aiperf requests"] + [f"{p['requests']} / {p['aiperf']['requests']}"
+                                                          for p in points])
+    w = d["workload"]
+    note = f" {d['note']}" if d.get("note") else ""
+    return [f"### TTFT by segment: {w['prompt_len']}-token prompts, {w['output_len']} output tokens, client "
+            f"{d['client']} (`results/ttft_segments/`)", "", machine_line(d) + note, "",
+            *table(header, rows)]
+
+
 SECTIONS = (("engine", engine), ("triton_perf", triton_perf), ("openai_load", openai_load),
             ("layer_cost", layer_cost), ("serving_capacity", serving_capacity), ("peers", peers),
-            ("real-size", real_size), ("router_cost", router_cost), ("block_hash", block_hash))
+            ("real-size", real_size), ("router_cost", router_cost), ("block_hash", block_hash),
+            ("ttft_segments", ttft_segments))
 
 
 def render() -> str:

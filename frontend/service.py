@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import AsyncIterator, Optional, Union
 
 
-from frontend import errors, tracing
+from frontend import errors, tracing, ttft_stamps
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
 from frontend.literal_text import encode_prompt
@@ -211,6 +211,8 @@ class CompletionService:
                 guide = await self.structured.resolve(chat.guide)
         else:
             guide = await self.structured.resolve(None)
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("guide_done")
         prep = await self.prepare(req, chat.prompt_ids, prefix, guide=guide, logprobs=bool(req.logprobs),
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
@@ -237,6 +239,8 @@ class CompletionService:
         # Templating and tokenizing cost time linear in the text: off the event loop, which keeps
         # serving every other request meanwhile (the tokenizer releases the GIL while it works).
         prompt_ids, reasoning = await asyncio.to_thread(self._render_and_encode, messages, plan, kwargs)
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("on_loop")
         spec = plan.guide() if plan.active else format_guide
         if spec is not None and reasoning is not None:
             spec = spec.after_reasoning(reasoning)
@@ -245,6 +249,8 @@ class CompletionService:
     def _render_and_encode(self, messages: list[dict], plan: ToolPlan, kwargs: dict) -> tuple[list[int], Optional[str]]:
         """The prompt's ids, and where a reasoning model's reply starts ("inside", "optional" or
         None). Runs in a worker thread."""
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("render_start")
         prompt = render_prompt(self.tokenizer, messages, tools=plan.template_tools(), tool_prompt=plan.system_prompt(),
                                template_kwargs=kwargs)
         reasoning = None
@@ -255,7 +261,12 @@ class CompletionService:
                 reasoning = "inside"
             elif not prompt.rstrip().endswith(THINK_END):
                 reasoning = "optional"
-        return encode_prompt(self.tokenizer, prompt), reasoning   # the request's text is text, see literal_text
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("rendered")
+        ids = encode_prompt(self.tokenizer, prompt)   # the request's text is text, see literal_text
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("encoded")
+        return ids, reasoning
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
         # Never more than the prompt less its last token, which no decoder serves from its cache (the
