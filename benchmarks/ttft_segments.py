@@ -83,15 +83,17 @@ def _stats(values: list[float]) -> dict[str, Optional[float]]:
             "p99": None if p["p99"] is None else round(p["p99"], 3)}
 
 
-def segment_table(frontend: list[dict], decoder: list[dict], window_mono_ns: tuple[int, int]) -> dict[str, Any]:
-    """Per-segment mean/p50/p99 (ms) over the requests whose first byte fell in the window and that
-    have every stamp (a 200 stream with a first content write)."""
+def segment_table(frontend: list[dict], decoder: list[dict], windows_mono_ns: list[tuple[int, int]],
+                  client: Optional[dict[str, tuple[int, int]]] = None) -> dict[str, Any]:
+    """Per-segment mean/p50/p99 (ms) over the requests whose first byte fell in a window and that
+    have every stamp (a 200 stream with a first content write). `client`: X-Request-Id -> the
+    client's (request start, first content received) on the same clock, for the two edges outside
+    the server: client start -> first byte, first write -> the client has the first token."""
     by_rid = {d["rid"]: d for d in decoder if d.get("rid")}
-    lo, hi = window_mono_ns
     rows: list[dict] = []
     skipped = {"outside window": 0, "incomplete": 0}
     for f in frontend:
-        if f.get("first_byte") is None or not (lo <= f["first_byte"] <= hi):
+        if f.get("first_byte") is None or not any(lo <= f["first_byte"] <= hi for lo, hi in windows_mono_ns):
             skipped["outside window"] += 1
             continue
         points = {**f, **{k: v for k, v in by_rid.get(f["rid"], {}).items() if k != "rid"}}
@@ -105,22 +107,50 @@ def segment_table(frontend: list[dict], decoder: list[dict], window_mono_ns: tup
         segments.append({"segment": name, "from": a, "to": b, "what": what, **_stats(ms)})
     total = [(r["first_write"] - r["first_byte"]) / 1e6 for r in rows]
     send_call = [(r["sent"] - r["send"]) / 1e6 for r in rows if r.get("sent") is not None]
-    return {"requests": len(rows), "skipped": skipped, "segments": segments, "server_ttft_ms": _stats(total),
-            "of_which_send_call_ms": _stats(send_call)}
+    out = {"requests": len(rows), "skipped": skipped, "segments": segments, "server_ttft_ms": _stats(total),
+           "of_which_send_call_ms": _stats(send_call)}
+    if client:
+        joined = [(client[r["crid"]], r) for r in rows if r.get("crid") in client]
+        out["client_edges"] = {
+            "requests": len(joined),
+            "client start -> first byte": _stats([(r["first_byte"] - c[0]) / 1e6 for c, r in joined]),
+            "first write -> client has the token": _stats([(c[1] - r["first_write"]) / 1e6 for c, r in joined]),
+            "client TTFT of these requests": _stats([(c[1] - c[0]) / 1e6 for c, _ in joined])}
+    return out
 
 
-def run_point(stack, concurrency: int, args, offsets: dict[Path, int]) -> dict[str, Any]:
-    n = args.num_requests or max(32, 8 * concurrency)
+def client_times(artifact_dir: Path, wall_minus_mono: int) -> dict[str, tuple[int, int]]:
+    """X-Request-Id -> (request start, first token received) on CLOCK_MONOTONIC, from aiperf's
+    per-request records of the profiling phase (request_start_ns is wall-clock; + its TTFT)."""
+    path = artifact_dir / "profile_export.jsonl"
+    out: dict[str, tuple[int, int]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        meta = rec.get("metadata") or {}
+        ttft = ((rec.get("metrics") or {}).get("time_to_first_token") or {}).get("value")
+        if meta.get("benchmark_phase") != "profiling" or not meta.get("x_request_id") or ttft is None:
+            continue
+        start = meta["request_start_ns"] - wall_minus_mono
+        out[meta["x_request_id"]] = (start, start + int(ttft * 1e6))
+    return out
+
+
+def run_point(stack, concurrency: int, args, offsets: dict[Path, int], tag: str) -> dict[str, Any]:
+    """One aiperf profile; its summary, and the raw stamps and client times for pooling."""
+    n = args.num_requests or max(32, 4 * concurrency)
     s = aiperf_runner.AiperfSettings(model=stack.model_name, tokenizer=args.model_dir, concurrency=concurrency,
                                      request_count=n, warmup_request_count=max(2, concurrency), isl=args.prompt_len,
-                                     osl=args.output_len, extra_inputs={"ignore_eos": True}, seed=args.seed)
-    label = f"c={concurrency}"
+                                     osl=args.output_len, extra_inputs={"ignore_eos": True}, seed=args.seed,
+                                     export_level="records")
+    label = f"{tag} c={concurrency}"
     _read_new(STAMP_DIR, offsets)           # skip whatever came before this point
-    # aiperf's phase times are wall-clock epoch ns; the stamps are CLOCK_MONOTONIC: one offset, read here.
+    # aiperf's times are wall-clock epoch ns; the stamps are CLOCK_MONOTONIC: one offset, read here.
     wall_minus_mono = time.time_ns() - time.monotonic_ns()
-    r = aiperf_runner.run_profile(peer_setup.AIPERF_CLI, stack.base_url, s,
-                                  ROOT / "var" / "bench" / NAME / "aiperf" / f"c{concurrency}", stack.processes(),
-                                  label=label)
+    artifacts = ROOT / "var" / "bench" / NAME / "aiperf" / f"{tag}_c{concurrency}"
+    r = aiperf_runner.run_profile(peer_setup.AIPERF_CLI, stack.base_url, s, artifacts, stack.processes(), label=label)
+    client = client_times(artifacts, wall_minus_mono)
     log(aiperf_runner.describe(r))
     t0, t1 = r["profiling_window_ns"]
     window = (t0 - wall_minus_mono, t1 - wall_minus_mono)
@@ -133,21 +163,45 @@ def run_point(stack, concurrency: int, args, offsets: dict[Path, int]) -> dict[s
         records = _read_new(STAMP_DIR, offsets)
         frontend += [x for x in records if "handler" in x]
         decoder += [x for x in records if "exec" in x]
-        table = segment_table(frontend, decoder, window)
+        table = segment_table(frontend, decoder, [window], client)
         if table["requests"] >= r["requests"] or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     aiperf_mean = (r.get("ttft_ms") or {}).get("avg")
     server_mean = table["server_ttft_ms"]["mean"]
-    table["coverage"] = round(server_mean / aiperf_mean, 3) if server_mean and aiperf_mean else None
-    table["outside_server_ms"] = round(aiperf_mean - server_mean, 3) if server_mean and aiperf_mean else None
-    log(f"{label}: {table['requests']} stamped requests; server first byte -> first write mean "
-        f"{server_mean} ms against aiperf's mean TTFT {aiperf_mean} ms: coverage {table['coverage']}")
-    for seg in table["segments"]:
-        log(f"  {seg['segment']:24s} mean {seg['mean']:8.2f}  p50 {seg['p50']:8.2f}  p99 {seg['p99']:8.2f} ms")
-    return {"concurrency": concurrency, "aiperf": {k: r.get(k) for k in (
+    log(f"{label}: {table['requests']} stamped requests; server first byte -> first write mean {server_mean} ms, "
+        f"aiperf's mean TTFT {aiperf_mean} ms")
+    r.pop("_samples", None)
+    summary = {"concurrency": concurrency, "aiperf": {k: r.get(k) for k in (
         "requests", "errors", "duration_s", "output_tokens_per_s", "ttft_ms", "itl_ms", "icl_ms", "tokens_per_event",
-        "cpu")}, **table}
+        "cpu")}, "stamped_requests": table["requests"], "server_ttft_ms": table["server_ttft_ms"]}
+    return {"summary": summary, "raw": (frontend, decoder, window, client)}
+
+
+def pooled_point(concurrency: int, attempts: list[dict]) -> dict[str, Any]:
+    """The segment table over every attempt's requests at one point, beside aiperf's TTFT of the
+    same requests (its per-request records pooled) and each attempt's own aiperf summary."""
+    frontend = [f for a in attempts for f in a["raw"][0]]
+    decoder = [d for a in attempts for d in a["raw"][1]]
+    windows = [a["raw"][2] for a in attempts]
+    client = {k: v for a in attempts for k, v in a["raw"][3].items()}
+    table = segment_table(frontend, decoder, windows, client)
+    aiperf_ttft = _stats([(end - start) / 1e6 for start, end in client.values()])
+    server_mean = table["server_ttft_ms"]["mean"]
+    table["coverage"] = round(server_mean / aiperf_ttft["mean"], 3) if server_mean and aiperf_ttft["mean"] else None
+    return {"concurrency": concurrency, "aiperf_ttft_ms": aiperf_ttft, "aiperf_requests": len(client),
+            **table, "attempts": [a["summary"] for a in attempts]}
+
+
+def log_point(config: str, p: dict) -> None:
+    log(f"{config}, c={p['concurrency']}: {p['requests']} stamped requests of {p['aiperf_requests']}; first byte -> "
+        f"first write mean {p['server_ttft_ms']['mean']} ms, aiperf TTFT mean {p['aiperf_ttft_ms']['mean']} ms: "
+        f"coverage {p['coverage']}")
+    for seg in p["segments"]:
+        log(f"  {seg['segment']:24s} mean {seg['mean']:8.2f}  p50 {seg['p50']:8.2f}  p99 {seg['p99']:8.2f} ms")
+    for name, st in (p.get("client_edges") or {}).items():
+        if isinstance(st, dict):
+            log(f"  (client) {name}: mean {st['mean']} p50 {st['p50']} p99 {st['p99']} ms")
 
 
 # --------------------------------------------------------------------------- lever: sequence_length
@@ -216,9 +270,8 @@ def sequence_length_lever(model_dir: str, rounds: int, concurrency: int, n: int,
 
     from benchmarks.common import CpuMeter, self_process
     from benchmarks.layer_cost import chat_ids
-    from benchmarks.peers import _Ours
     prompt = chat_ids(model_dir, "hello " * 120)
-    stack = _Ours(model_dir, "auto", decoder_kind="zero_cost", work_name=f"{NAME}-lever")
+    stack = _Stack(model_dir, "auto", (), f"{NAME}-lever", decoder_kind="zero_cost")
     variants = {"output_ids": ("output_ids",), "output_ids + sequence_length": ("output_ids", "sequence_length")}
     runs: dict[str, list[dict]] = {k: [] for k in variants}
     try:
@@ -261,16 +314,75 @@ def sequence_length_lever(model_dir: str, rounds: int, concurrency: int, n: int,
             "order": order, "runs": runs, "median": summary}
 
 
+class _Stack:
+    """Our stack as `make serve` runs it (launcher defaults, --dtype), plus extra frontend options."""
+
+    def __init__(self, model_dir: str, dtype: str, frontend_args: tuple[str, ...], work_name: str,
+                 decoder_kind: str = "llama"):
+        from benchmarks.common import start_stack
+        from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
+        extra = ("--dtype", dtype) + (("--", *frontend_args) if frontend_args else ())
+        self.stack = start_stack(model_dir, decoder_kind=decoder_kind, max_batch_size=MAX_BATCH_SIZE,
+                                 max_queue_size=MAX_QUEUE_SIZE, extra=extra, work_name=work_name)
+        self.base_url = self.stack.api_url
+        self.model_name = self.stack.model_name
+        self.notes = f"llama-triton serve --dtype {dtype}" + (f" -- {' '.join(frontend_args)}" if frontend_args else "")
+
+    def processes(self) -> dict[str, list[int]]:
+        from benchmarks.peers import _Ours
+        return _Ours.processes(self)        # the same roles as bench-peers
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+
+# The templating lever (frontend --inline-prompt-chars): before = every prompt templated and
+# tokenized in a worker thread (as the request-isolation work left it), after = the default, short
+# prompts on the event loop. Same box, same run, one after the other.
+CONFIGS = (("before: template and tokenizer always in a worker thread", ("--inline-prompt-chars", "0")),
+           ("after: short prompts templated and tokenized on the loop (default)", ()))
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def inline_lever(runs: list[dict]) -> dict[str, Any]:
+    before, after = runs
+    out = []
+    for pb, pa in zip(before["points"], after["points"]):
+        def mean_of(p, key, stat):
+            vals = [a["aiperf"][key].get(stat) for a in p["attempts"] if a["aiperf"][key].get(stat) is not None]
+            return statistics.fmean(vals) if vals else None
+
+        def tok_s(p):
+            return statistics.fmean(a["aiperf"]["output_tokens_per_s"] for a in p["attempts"])
+        out.append({"concurrency": pb["concurrency"],
+                    **{f"ttft_{k}_after_over_before": _ratio(pa["aiperf_ttft_ms"][k], pb["aiperf_ttft_ms"][k])
+                       for k in ("mean", "p50", "p99")},
+                    "server_ttft_mean_after_over_before": _ratio(pa["server_ttft_ms"]["mean"],
+                                                                 pb["server_ttft_ms"]["mean"]),
+                    "itl_p99_after_over_before": _ratio(mean_of(pa, "itl_ms", "p99"), mean_of(pb, "itl_ms", "p99")),
+                    "tok_s_after_over_before": _ratio(tok_s(pa), tok_s(pb))})
+    return {"lever": "template and tokenizer on the event loop for short prompts (--inline-prompt-chars)",
+            "before": before["config"], "after": after["config"], "points": out}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model-dir", default=DEFAULT_MODEL_DIR)
     ap.add_argument("--concurrency", default="16,64")
-    ap.add_argument("--num-requests", type=int, default=0, help="per point (default: max(32, 8 x concurrency))")
+    ap.add_argument("--num-requests", type=int, default=0,
+                    help="per profile (default: max(32, 4 x concurrency); --rounds profiles per point are pooled)")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="profiles per configuration and concurrency, alternating configurations (pooled)")
+    ap.add_argument("--only-default", action="store_true",
+                    help="only the default configuration (no before/after run of the templating lever)")
     ap.add_argument("--lever-rounds", type=int, default=3,
                     help="A/B rounds of the sequence_length lever (0: skip it)")
     ap.add_argument("--note", default="", help="how the machine was used meanwhile (goes into the JSON)")
@@ -283,28 +395,45 @@ def main(argv: Optional[list[str]] = None) -> int:
         old.unlink()
     from llama_triton import ttft_stamps
     os.environ[ttft_stamps.ENV] = str(STAMP_DIR)    # inherited by the launcher and every process it starts
-    from benchmarks.peers import _Ours
     machine = machine_info()
-    stack = _Ours(args.model_dir, args.dtype, work_name=NAME)
-    points = []
+    configs = CONFIGS[-1:] if args.only_default else CONFIGS
+    concurrencies = [int(x) for x in args.concurrency.split(",")]
+    # Every configuration's stack is up for the whole run and the points alternate between them
+    # (A B, then B A), so that the other work on the machine weighs on both alike.
+    stacks = []
+    attempts: dict[tuple[int, int], list[dict]] = {}
     offsets: dict[Path, int] = {}
     try:
-        for c in (int(x) for x in args.concurrency.split(",")):
-            points.append(run_point(stack, c, args, offsets))
+        for i, (config, frontend_args) in enumerate(configs):
+            stacks.append(_Stack(args.model_dir, args.dtype, frontend_args, f"{NAME}-{i}"))
+        for rnd in range(args.rounds):
+            for c in concurrencies:
+                order = list(range(len(configs)))
+                for i in (order if rnd % 2 == 0 else order[::-1]):
+                    attempts.setdefault((i, c), []).append(
+                        run_point(stacks[i], c, args, offsets, f"config{i}_round{rnd}"))
     finally:
-        stack.stop()
+        for stack in stacks:
+            stack.stop()
+    runs = []
+    for i, (config, _) in enumerate(configs):
+        points = [pooled_point(c, attempts[(i, c)]) for c in concurrencies]
+        for p in points:
+            log_point(config, p)
+        runs.append({"config": config, "target": stacks[i].notes, "points": points})
     levers = []
+    if len(runs) == 2:
+        levers.append(inline_lever(runs))
     os.environ.pop(ttft_stamps.ENV)                 # the lever measures the serving path as it runs unstamped
     if args.lever_rounds:
         levers.append(sequence_length_lever(args.model_dir, args.lever_rounds, 64, 128, 256))
-    path = write_json(NAME, {
+    write_json(NAME, {
         "benchmark": NAME, "client": f"aiperf {peer_setup.AIPERF_VERSION}", "machine": machine,
-        "note": args.note, "target": stack.notes, "stamps": rel(STAMP_DIR),
+        "note": args.note, "stamps": rel(STAMP_DIR),
         "workload": {"prompt_len": args.prompt_len, "output_len": args.output_len, "ignore_eos": True,
                      "streaming": True},
         "segment_definitions": [{"segment": n, "from": a, "to": b, "what": w} for n, a, b, w in SEGMENTS],
-        "points": points, "levers": levers})
-    log(f"wrote {rel(path)}")
+        "rounds": args.rounds, "runs": runs, "levers": levers})
     return 0
 
 

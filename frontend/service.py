@@ -235,10 +235,16 @@ class CompletionService:
                    else (effort != "none" if effort is not None else None))
         if enabled is not None:
             kwargs.setdefault("enable_thinking", enabled)
-        await self.check_text_fits(sum(_message_chars(m) for m in req.messages), "messages")
-        # Templating and tokenizing cost time linear in the text: off the event loop, which keeps
-        # serving every other request meanwhile (the tokenizer releases the GIL while it works).
-        prompt_ids, reasoning = await asyncio.to_thread(self._render_and_encode, messages, plan, kwargs)
+        chars = sum(_message_chars(m) for m in req.messages)
+        await self.check_text_fits(chars, "messages")
+        if plan.active or chars + sum(len(str(v)) for v in kwargs.values()) > self.settings.inline_prompt_chars:
+            # Templating and tokenizing cost time linear in the text: off the event loop, which keeps
+            # serving every other request meanwhile (the tokenizer releases the GIL while it works).
+            prompt_ids, reasoning = await asyncio.to_thread(self._render_and_encode, messages, plan, kwargs)
+        else:
+            # A short prompt without tools costs well under a millisecond here, less than the
+            # thread's hand-off and return on a busy loop (tens of ms: benchmarks/ttft_segments.py).
+            prompt_ids, reasoning = self._render_and_encode(messages, plan, kwargs)
         if ttft_stamps.ENABLED:
             ttft_stamps.stamp("on_loop")
         spec = plan.guide() if plan.active else format_guide
@@ -444,7 +450,11 @@ class LegacyCompletions:
             prompt_text = req.prompt
             await s.check_text_fits(len(prompt_text), "prompt")
             # Raw: the caller writes the template, so `</s>` here is the token (README, Security).
-            prompt_ids = await asyncio.to_thread(s.tokenizer.encode, req.prompt, add_special_tokens=True)
+            # Off the loop unless short (see CompletionService.render_chat).
+            if len(prompt_text) > s.settings.inline_prompt_chars:
+                prompt_ids = await asyncio.to_thread(s.tokenizer.encode, req.prompt, add_special_tokens=True)
+            else:
+                prompt_ids = s.tokenizer.encode(req.prompt, add_special_tokens=True)
         else:
             prompt_ids = list(req.prompt)
             limit = await s.context_limit()

@@ -297,6 +297,8 @@ class DecoderModel:
     def finalize(self):
         self.engine.shutdown()
         self.pump.close()
+        if self.stamps is not None:
+            self.stamps.close()
         # Drop the metric objects while the stub can still write them back; destroying them
         # during interpreter shutdown crashed the stub now and then.
         self.metrics = None
