@@ -242,8 +242,9 @@ class CompletionService:
             # serving every other request meanwhile (the tokenizer releases the GIL while it works).
             prompt_ids, reasoning = await asyncio.to_thread(self._render_and_encode, messages, plan, kwargs)
         else:
-            # A short prompt without tools costs well under a millisecond here, less than the
-            # thread's hand-off and return on a busy loop (tens of ms: benchmarks/ttft_segments.py).
+            # Opt-in (--inline-prompt-chars): a short prompt without tools costs under a millisecond
+            # here, where the thread's hand-off and return cost tens of ms on a busy loop; measured
+            # end to end it did not pay (benchmarks/ttft_segments.py, frontend/settings.py).
             prompt_ids, reasoning = self._render_and_encode(messages, plan, kwargs)
         if ttft_stamps.ENABLED:
             ttft_stamps.stamp("on_loop")
@@ -450,7 +451,7 @@ class LegacyCompletions:
             prompt_text = req.prompt
             await s.check_text_fits(len(prompt_text), "prompt")
             # Raw: the caller writes the template, so `</s>` here is the token (README, Security).
-            # Off the loop unless short (see CompletionService.render_chat).
+            # Off the loop unless short and --inline-prompt-chars allows it (see render_chat).
             if len(prompt_text) > s.settings.inline_prompt_chars:
                 prompt_ids = await asyncio.to_thread(s.tokenizer.encode, req.prompt, add_special_tokens=True)
             else:

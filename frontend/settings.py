@@ -27,10 +27,11 @@ class Settings:
     metrics_keys: frozenset[str] = frozenset()  # who may read /metrics on the API port when keys are on
     metrics_port: Optional[int] = None      # a second listener serving only /metrics (no key; firewall it)
     keepalive_timeout: float = 75.0         # seconds an idle keep-alive connection is kept open
-    # A prompt of at most this many characters is templated and tokenized on the event loop (well
-    # under a millisecond); a longer one in a worker thread, whose hand-off and return cost more
-    # than that on a busy loop (benchmarks/ttft_segments.py). 0: always in a thread.
-    inline_prompt_chars: int = 2048
+    # A prompt without tools of at most this many characters is templated and tokenized on the event
+    # loop, a longer one in a worker thread. 0 (the default): always in a thread. The thread's
+    # hand-off and return cost 30-100 ms of TTFT on a busy loop, yet with 2048 the c=64 TTFT came out
+    # worse in every alternated pair of bench-ttft's committed run: a lever to measure, not a default.
+    inline_prompt_chars: int = 0
     # keys cache salts and user hashes ($LLAMA_TRITON_HASH_SECRET: one per replica, from the launcher)
     hash_secret: bytes = field(default_factory=hash_secret, repr=False)
     cors_origins: tuple[str, ...] = ()
@@ -113,10 +114,10 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                         "off the public network)")
     p.add_argument("--keepalive-timeout", type=float, default=75.0,
                    help="seconds an idle keep-alive connection stays open")
-    p.add_argument("--inline-prompt-chars", type=int, default=2048,
-                   help="prompts of at most this many characters (messages, tool calls, template arguments) "
-                        "are templated and tokenized on the event loop, longer ones in a worker thread; "
-                        "0: always in a thread")
+    p.add_argument("--inline-prompt-chars", type=int, default=0,
+                   help="prompts without tools of at most this many characters (messages, tool calls, template "
+                        "arguments) are templated and tokenized on the event loop, longer ones in a worker "
+                        "thread; 0 (default): always in a thread (benchmarks/README.md, TTFT by segment)")
     p.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable)")
     p.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take in all; then its Triton request is cancelled (504)")

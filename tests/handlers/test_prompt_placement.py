@@ -1,7 +1,6 @@
-"""Where a chat prompt is templated and tokenized (frontend --inline-prompt-chars): a short prompt
-without tools on the event loop (the worker thread's hand-off and return cost tens of ms on a busy
-loop, benchmarks/ttft_segments.py), a long one or one with tools in a worker thread, and the same
-prompt ids either way."""
+"""Where a chat prompt is templated and tokenized (frontend --inline-prompt-chars, off by default):
+with the option, a short prompt without tools on the event loop, a long one or one with tools in a
+worker thread; without it every prompt in a thread; and the same prompt ids either way."""
 from __future__ import annotations
 
 import threading
@@ -57,8 +56,8 @@ def test_short_prompts_run_on_the_loop_long_ones_and_tools_in_a_thread(make_harn
     assert on_loop == [True, False, False]
 
 
-def test_zero_keeps_every_prompt_in_a_thread(make_harness, monkeypatch):
-    h = make_harness("--inline-prompt-chars", "0")
+def test_by_default_every_prompt_is_templated_in_a_thread(make_harness, monkeypatch):
+    h = make_harness()
     on_loop = _placements(h, monkeypatch)
     _prompt_ids(h, {"messages": [{"role": "user", "content": "Hi"}]})
     assert on_loop == [False]
@@ -69,14 +68,14 @@ def test_zero_keeps_every_prompt_in_a_thread(make_harness, monkeypatch):
     {"messages": [{"role": "user", "content": "Weather?"}], "tools": [TOOL]},
 ])
 def test_the_decoder_gets_the_same_prompt_ids_wherever_they_were_made(make_harness, body):
-    in_thread = _prompt_ids(make_harness("--inline-prompt-chars", "0"), body)
-    default = _prompt_ids(make_harness(), body)
-    assert in_thread == default and len(default) > 5
+    in_thread = _prompt_ids(make_harness(), body)
+    on_loop = _prompt_ids(make_harness("--inline-prompt-chars", "2048"), body)
+    assert in_thread == on_loop and len(on_loop) > 5
 
 
 def test_completions_prompt_text_gives_the_same_ids_on_the_loop_and_in_a_thread(make_harness):
     ids = []
-    for args in (("--inline-prompt-chars", "0"), ()):
+    for args in ((), ("--inline-prompt-chars", "2048")):
         h = make_harness(*args)
         h.decoder.says("ok")
         status, _, _ = h.post("/v1/completions", {"model": h.model, "prompt": "Once upon a time </s>"})
@@ -85,7 +84,8 @@ def test_completions_prompt_text_gives_the_same_ids_on_the_loop_and_in_a_thread(
     assert ids[0] == ids[1]
 
 
-def test_a_negative_bound_is_refused_at_start(default_model_dir):
+def test_a_negative_bound_is_refused_at_start(default_model_dir, capsys):
     from frontend.settings import parse_args
     with pytest.raises(SystemExit):
         parse_args(["--model-dir", str(default_model_dir), "--inline-prompt-chars", "-1"])
+    assert "--inline-prompt-chars must be >= 0" in capsys.readouterr().err
