@@ -298,9 +298,9 @@ def ttft_segments(d: dict) -> list[str]:
     def trio(st: dict) -> str:
         return f"{num(st.get('mean'), 1)} / {num(st.get('p50'), 1)} / {num(st.get('p99'), 1)}"
     w = d["workload"]
-    note = f" {d['note']}" if d.get("note") else ""
     out = [f"### TTFT by segment: {w['prompt_len']}-token prompts, {w['output_len']} output tokens, client "
-           f"{d['client']} (`results/ttft_segments/`)", "", machine_line(d) + note]
+           f"{d['client']}, {d.get('rounds', 1)} profiles per point pooled (`results/ttft_segments/`)", "",
+           machine_line(d)] + (["", d["note"]] if d.get("note") else [])
     for run in d["runs"]:
         points = run["points"]
         header = ["segment"] + [f"c={p['concurrency']} mean / p50 / p99 (ms)" for p in points]

@@ -337,10 +337,10 @@ class _Stack:
 
 
 # The templating lever (frontend --inline-prompt-chars): before = every prompt templated and
-# tokenized in a worker thread (as the request-isolation work left it), after = the default, short
-# prompts on the event loop. Same box, same run, one after the other.
-CONFIGS = (("before: template and tokenizer always in a worker thread", ("--inline-prompt-chars", "0")),
-           ("after: short prompts templated and tokenized on the loop (default)", ()))
+# tokenized in a worker thread (the default, as the request-isolation work left it), after = prompts
+# without tools of at most 2048 characters on the event loop. Both stacks up at once, points alternated.
+CONFIGS = (("before: template and tokenizer always in a worker thread (default)", ()),
+           ("after: short prompts templated and tokenized on the loop", ("--inline-prompt-chars", "2048")))
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -379,7 +379,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--rounds", type=int, default=2,
+    ap.add_argument("--rounds", type=int, default=4,
                     help="profiles per configuration and concurrency, alternating configurations (pooled)")
     ap.add_argument("--only-default", action="store_true",
                     help="only the default configuration (no before/after run of the templating lever)")
