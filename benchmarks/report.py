@@ -294,9 +294,54 @@ def block_hash(d: dict) -> list[str]:
                     "admission, miss ns/token", "admission, hit ns/token"], rows)]
 
 
+def ttft_segments(d: dict) -> list[str]:
+    def trio(st: dict) -> str:
+        return f"{num(st.get('mean'), 1)} / {num(st.get('p50'), 1)} / {num(st.get('p99'), 1)}"
+    w = d["workload"]
+    out = [f"### TTFT by segment: {w['prompt_len']}-token prompts, {w['output_len']} output tokens, client "
+           f"{d['client']}, {d.get('rounds', 1)} profiles per point pooled (`results/ttft_segments/`)", "",
+           machine_line(d)] + (["", d["note"]] if d.get("note") else [])
+    for run in d["runs"]:
+        points = run["points"]
+        header = ["segment"] + [f"c={p['concurrency']} mean / p50 / p99 (ms)" for p in points]
+        rows = [[seg["segment"]] + [trio(p["segments"][i]) for p in points]
+                for i, seg in enumerate(d["segment_definitions"])]
+        edges = ("client start -> first byte", "first write -> client has the token")
+        rows.append(["**sum: first byte -> first write**"] + [trio(p["server_ttft_ms"]) for p in points])
+        rows.append(["**aiperf TTFT** (its per-request records)"] + [trio(p["aiperf_ttft_ms"]) for p in points])
+        rows.append(["coverage (sum of means / aiperf mean)"] + [num(p.get("coverage"), 2) for p in points])
+        for edge in edges:
+            rows.append([f"outside the server: {edge}"] + [trio((p.get("client_edges") or {}).get(edge) or {})
+                                                           for p in points])
+        rows.append(["output tok/s; ITL p99 (ms), per attempt"] + ["; ".join(
+            f"{num(a['aiperf']['output_tokens_per_s'])}, {num(a['aiperf']['itl_ms'].get('p99'), 1)}"
+            for a in p["attempts"]) for p in points])
+        rows.append(["stamped / aiperf requests"] + [f"{p['requests']} / {p['aiperf_requests']}" for p in points])
+        out += ["", f"{run['config']} (`{run['target']}`):", "", *table(header, rows)]
+    for lever in d.get("levers", []):
+        if "median" in lever:       # sequence_length
+            m = lever["median"]
+            out += ["", f"Lever: {lever['lever']} ({lever['decoder']} decoder, {lever['path']}, c={lever['concurrency']}, "
+                        f"{lever['output_len']} tokens per request, median of {lever['rounds']} A/B rounds), "
+                        "CPU-ms per 1,000 streamed tokens:", "",
+                    *table(["process", "output_ids", "+ sequence_length", "ratio", "extra µs per token"],
+                           [[k, num(v["without"], 1), num(v["with"], 1), num(v["ratio_with_over_without"], 3),
+                             num(v["extra_us_per_token"], 1)] for k, v in m.items()])]
+        else:
+            out += ["", f"Lever: {lever['lever']}, after / before, same run:", "",
+                    *table(["concurrency", "TTFT mean", "TTFT p50", "TTFT p99", "server TTFT mean", "ITL p99",
+                            "output tok/s"],
+                           [[str(p["concurrency"]), num(p["ttft_mean_after_over_before"], 2),
+                             num(p["ttft_p50_after_over_before"], 2), num(p["ttft_p99_after_over_before"], 2),
+                             num(p["server_ttft_mean_after_over_before"], 2), num(p["itl_p99_after_over_before"], 2),
+                             num(p["tok_s_after_over_before"], 2)] for p in lever["points"]])]
+    return out
+
+
 SECTIONS = (("engine", engine), ("triton_perf", triton_perf), ("openai_load", openai_load),
             ("layer_cost", layer_cost), ("serving_capacity", serving_capacity), ("peers", peers),
-            ("real-size", real_size), ("router_cost", router_cost), ("block_hash", block_hash))
+            ("real-size", real_size), ("router_cost", router_cost), ("block_hash", block_hash),
+            ("ttft_segments", ttft_segments))
 
 
 def render() -> str:

@@ -36,7 +36,7 @@ from typing import Optional
 import orjson
 from aiohttp import web
 
-from frontend import decoder_probes, errors, logging_setup, tracing
+from frontend import decoder_probes, errors, logging_setup, tracing, ttft_stamps
 from frontend.admission import SharedAdmission
 from frontend.decoder_health import DecoderHealth
 from frontend.logging_setup import RequestContext, client_request_id, current_request, hash_user
@@ -181,6 +181,8 @@ async def context_middleware(request: web.Request, handler):
     ctx = RequestContext(request.method, request.path, route=resource.canonical if resource else "unmatched")
     ctx.client_request_id = client_request_id(request.headers.get("X-Request-Id"))
     ctx.task = asyncio.current_task()
+    if ttft_stamps.ENABLED:
+        ctx.stamps = {"first_byte": ttft_stamps.first_byte(request), "handler": ttft_stamps.now()}
     request[CTX] = ctx
     token = current_request.set(ctx)
     inflight = app[INFLIGHT]
@@ -210,6 +212,8 @@ async def context_middleware(request: web.Request, handler):
         inflight.discard(ctx)
         current_request.reset(token)
         finish_request(app[METRICS], ctx)
+        if ttft_stamps.ENABLED:
+            ttft_stamps.write_record(app[ttft_stamps.STAMP_LOG], ctx)
 
 
 def finish_request(metrics: FrontendMetrics, ctx: RequestContext) -> None:
@@ -297,6 +301,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise errors.APIError(413, f"Request body too large: {length} bytes (limit {limit}).",
                               errors.INVALID_REQUEST, None, "payload_too_large")
     body = await request.read()
+    if ttft_stamps.ENABLED:
+        ttft_stamps.body_read(request)
     if not body:
         raise errors.bad_request("The request body is empty; send a JSON object.")
     return body
@@ -321,6 +327,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
     with tracing.span("validate"):
         req = parse_request(ChatCompletionRequest, body)
+    if ttft_stamps.ENABLED:
+        ttft_stamps.stamp("validated")
     note_request(request, req)
     result = await service.chat(req)
     if isinstance(result, dict):
@@ -332,6 +340,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
     with tracing.span("validate"):
         req = parse_request(CompletionRequest, body)
+    if ttft_stamps.ENABLED:
+        ttft_stamps.stamp("validated")
     note_request(request, req)
     result = await LegacyCompletions(request.app[SERVICE]).complete(req)
     if isinstance(result, dict):
@@ -403,6 +413,8 @@ async def stream_sse(request: web.Request, stream: EventStream) -> web.StreamRes
             metrics.itl.observe(now - last)
             last = now
             await write(data)
+            if ttft_stamps.ENABLED:
+                ttft_stamps.stamp("first_write")
     except errors.APIError as e:
         if ctx is not None:
             ctx.outcome, ctx.error_code = "error", e.code
@@ -541,6 +553,8 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     app[METRICS] = metrics
     app[INFLIGHT] = set()
     app[STATE] = {"draining": False}
+    if ttft_stamps.ENABLED:
+        app[ttft_stamps.STAMP_LOG] = ttft_stamps.StampLog("frontend")
     app.on_response_prepare.append(on_response_prepare)
     # Built once; stdlib json because the seed's uint64 bounds exceed what orjson encodes.
     app[OPENAPI] = json.dumps(build_openapi(auth=bool(settings.api_keys))).encode()
@@ -582,8 +596,8 @@ async def serve(settings: Settings) -> int:
                  "; keys reload when the keys file changes" if settings.api_keys.keys_file else "")
     if settings.cors_origins:
         log.info("CORS on for %s", ", ".join(settings.cors_origins))
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0,
-                           keepalive_timeout=settings.keepalive_timeout)
+    runner = ttft_stamps.app_runner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0,
+                                    keepalive_timeout=settings.keepalive_timeout)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.reuse_port or None)
     await site.start()

@@ -88,6 +88,7 @@ class RequestContext:
     task: Optional[asyncio.Task] = field(default=None, repr=False)
     tracer: Optional[object] = field(default=None, repr=False)          # set while tracing is on (tracing.py)
     trace_headers: Optional[dict] = field(default=None, repr=False)     # traceparent for Triton's request
+    stamps: Optional[dict] = field(default=None, repr=False)    # TTFT time points, benchmark switch (ttft_stamps.py)
 
     @property
     def id(self) -> str:

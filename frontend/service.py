@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import AsyncIterator, Optional, Union
 
 
-from frontend import errors, tracing
+from frontend import errors, tracing, ttft_stamps
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
 from frontend.literal_text import encode_prompt
@@ -211,6 +211,8 @@ class CompletionService:
                 guide = await self.structured.resolve(chat.guide)
         else:
             guide = await self.structured.resolve(None)
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("guide_done")
         prep = await self.prepare(req, chat.prompt_ids, prefix, guide=guide, logprobs=bool(req.logprobs),
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
@@ -233,10 +235,19 @@ class CompletionService:
                    else (effort != "none" if effort is not None else None))
         if enabled is not None:
             kwargs.setdefault("enable_thinking", enabled)
-        await self.check_text_fits(sum(_message_chars(m) for m in req.messages), "messages")
-        # Templating and tokenizing cost time linear in the text: off the event loop, which keeps
-        # serving every other request meanwhile (the tokenizer releases the GIL while it works).
-        prompt_ids, reasoning = await asyncio.to_thread(self._render_and_encode, messages, plan, kwargs)
+        chars = sum(_message_chars(m) for m in req.messages)
+        await self.check_text_fits(chars, "messages")
+        if plan.active or chars + sum(len(str(v)) for v in kwargs.values()) > self.settings.inline_prompt_chars:
+            # Templating and tokenizing cost time linear in the text: off the event loop, which keeps
+            # serving every other request meanwhile (the tokenizer releases the GIL while it works).
+            prompt_ids, reasoning = await asyncio.to_thread(self._render_and_encode, messages, plan, kwargs)
+        else:
+            # Opt-in (--inline-prompt-chars): a short prompt without tools costs under a millisecond
+            # here, where the thread's hand-off and return cost tens of ms on a busy loop; measured
+            # end to end it did not pay (benchmarks/ttft_segments.py, frontend/settings.py).
+            prompt_ids, reasoning = self._render_and_encode(messages, plan, kwargs)
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("on_loop")
         spec = plan.guide() if plan.active else format_guide
         if spec is not None and reasoning is not None:
             spec = spec.after_reasoning(reasoning)
@@ -245,6 +256,8 @@ class CompletionService:
     def _render_and_encode(self, messages: list[dict], plan: ToolPlan, kwargs: dict) -> tuple[list[int], Optional[str]]:
         """The prompt's ids, and where a reasoning model's reply starts ("inside", "optional" or
         None). Runs in a worker thread."""
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("render_start")
         prompt = render_prompt(self.tokenizer, messages, tools=plan.template_tools(), tool_prompt=plan.system_prompt(),
                                template_kwargs=kwargs)
         reasoning = None
@@ -255,7 +268,12 @@ class CompletionService:
                 reasoning = "inside"
             elif not prompt.rstrip().endswith(THINK_END):
                 reasoning = "optional"
-        return encode_prompt(self.tokenizer, prompt), reasoning   # the request's text is text, see literal_text
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("rendered")
+        ids = encode_prompt(self.tokenizer, prompt)   # the request's text is text, see literal_text
+        if ttft_stamps.ENABLED:
+            ttft_stamps.stamp("encoded")
+        return ids, reasoning
 
     def usage(self, prep: Prepared, gen: Generation) -> dict:
         # Never more than the prompt less its last token, which no decoder serves from its cache (the
@@ -433,7 +451,11 @@ class LegacyCompletions:
             prompt_text = req.prompt
             await s.check_text_fits(len(prompt_text), "prompt")
             # Raw: the caller writes the template, so `</s>` here is the token (README, Security).
-            prompt_ids = await asyncio.to_thread(s.tokenizer.encode, req.prompt, add_special_tokens=True)
+            # Off the loop unless short and --inline-prompt-chars allows it (see render_chat).
+            if len(prompt_text) > s.settings.inline_prompt_chars:
+                prompt_ids = await asyncio.to_thread(s.tokenizer.encode, req.prompt, add_special_tokens=True)
+            else:
+                prompt_ids = s.tokenizer.encode(req.prompt, add_special_tokens=True)
         else:
             prompt_ids = list(req.prompt)
             limit = await s.context_limit()

@@ -27,6 +27,11 @@ class Settings:
     metrics_keys: frozenset[str] = frozenset()  # who may read /metrics on the API port when keys are on
     metrics_port: Optional[int] = None      # a second listener serving only /metrics (no key; firewall it)
     keepalive_timeout: float = 75.0         # seconds an idle keep-alive connection is kept open
+    # A prompt without tools of at most this many characters is templated and tokenized on the event
+    # loop, a longer one in a worker thread. 0 (the default): always in a thread. The thread's
+    # hand-off and return cost 30-100 ms of TTFT on a busy loop, yet with 2048 the c=64 TTFT came out
+    # worse in every alternated pair of bench-ttft's committed run: a lever to measure, not a default.
+    inline_prompt_chars: int = 0
     # keys cache salts and user hashes ($LLAMA_TRITON_HASH_SECRET: one per replica, from the launcher)
     hash_secret: bytes = field(default_factory=hash_secret, repr=False)
     cors_origins: tuple[str, ...] = ()
@@ -109,6 +114,10 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                         "off the public network)")
     p.add_argument("--keepalive-timeout", type=float, default=75.0,
                    help="seconds an idle keep-alive connection stays open")
+    p.add_argument("--inline-prompt-chars", type=int, default=0,
+                   help="prompts without tools of at most this many characters (messages, tool calls, template "
+                        "arguments) are templated and tokenized on the event loop, longer ones in a worker "
+                        "thread; 0 (default): always in a thread (benchmarks/README.md, TTFT by segment)")
     p.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable)")
     p.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take in all; then its Triton request is cancelled (504)")
@@ -154,6 +163,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     for name in ("request_timeout", "write_timeout", "liveness_timeout", "keepalive_timeout"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    if a.inline_prompt_chars < 0:
+        p.error("--inline-prompt-chars must be >= 0")
     if a.shutdown_grace < 0:
         p.error("--shutdown-grace must be >= 0")
     groups = a.cache_share_group + [g for g in os.environ.get("CACHE_SHARE_GROUPS", "").split(";") if g.strip()]
@@ -168,7 +179,7 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                     host=a.host, port=a.port,
                     max_tokens_cap=a.max_tokens_cap, max_context=a.max_context, max_body_bytes=a.max_body_bytes,
                     api_keys=api_keys, metrics_keys=metrics_keys, metrics_port=a.metrics_port,
-                    keepalive_timeout=a.keepalive_timeout,
+                    keepalive_timeout=a.keepalive_timeout, inline_prompt_chars=a.inline_prompt_chars,
                     cors_origins=tuple(a.cors_origin), request_timeout=a.request_timeout,
                     shutdown_grace=a.shutdown_grace, write_timeout=a.write_timeout, log_format=a.log_format,
                     reuse_port=a.reuse_port, ready_file=a.ready_file,

@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from frontend.admission import Admission, LocalAdmission
 from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
                               DecoderResponse, DecoderUnavailable)
+from frontend import ttft_stamps
 from frontend.logging_setup import current_request
 from llama_triton.trtllm import backend_contract
 from llama_triton.trtllm import decoder_errors
@@ -307,8 +308,12 @@ class TritonDecoder:
         key = health.track(abort) if health is not None else None
         try:
             # `traceparent` of the request's decode span, when tracing is on (frontend/tracing.py)
+            if ttft_stamps.ENABLED:
+                ttft_stamps.stamp("grpc_start")
             stream = self.client.stream_infer(requests(), headers=ctx.trace_headers if ctx is not None else None)
             async for result, error in stream:
+                if ttft_stamps.ENABLED:
+                    ttft_stamps.stamp("grpc_first")
                 if key is not None:
                     health.heard(key)
                 if queued:

@@ -19,6 +19,7 @@ from llama_triton.backend import trtllm_emulation as trtllm
 from llama_triton.backend.engine_setup import EngineMetrics, build_engine
 from llama_triton.backend.response_pump import ResponsePump
 from llama_triton.startup_heap import freeze_startup_heap
+from llama_triton import ttft_stamps
 from llama_triton.engine.types import DecoderEngine, EngineStopped, QueueFull, RequestError
 from llama_triton.trtllm import decoder_errors as codes
 from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
@@ -73,6 +74,8 @@ class DecoderModel:
         # several tokens per response when sending falls behind. Others, and every request in GPU
         # mode, get one response per step, as from TensorRT-LLM's backend.
         self.pump = ResponsePump()
+        # Time points of each request's first response, for benchmarks/ttft_segments.py (off by default).
+        self.stamps = ttft_stamps.StampLog("decoder") if ttft_stamps.ENABLED else None
         # Not for the zero-cost decoder either: it makes tokens far faster than any sender, and it
         # exists to measure the serving path per streamed token (one response per token).
         self.merge_allowed = not self.trtllm and params.get("decoder_kind", "llama") != "zero_cost"
@@ -114,11 +117,12 @@ class DecoderModel:
                     self.engine.cancel(rid)
 
     def execute(self, requests):
+        entered = ttft_stamps.now() if self.stamps is not None else None
         for request in requests:
-            self._admit(request)
+            self._admit(request, entered)
         return None
 
-    def _admit(self, request):
+    def _admit(self, request, entered: Optional[int] = None):
         sender = request.get_response_sender()
         rid = request.request_id()
         # Requests without an id (allowed by Triton) still need a unique engine key; they just
@@ -216,9 +220,12 @@ class DecoderModel:
 
         pump = self.pump
         merge = self.merge_allowed and wants_merged_responses(request)
-
-        def on_output(out):     # engine thread
-            pump.put(send_output, out, merge)
+        points = None
+        if self.stamps is not None:
+            points, send_output, on_output = self._stamped(rid, entered, send_output, pump, merge)
+        else:
+            def on_output(out):     # engine thread
+                pump.put(send_output, out, merge)
 
         try:
             self.engine.submit(parsed, on_output)
@@ -226,6 +233,30 @@ class DecoderModel:
             # Every admitted request gets exactly one final answer, whatever the engine raised.
             self._forget(rid, request)
             self._refused(sender, e)
+            return
+        if points is not None:
+            points.setdefault("submitted", ttft_stamps.now())
+
+    def _stamped(self, rid, entered, send_output, pump, merge):
+        """The request's time points, and send_output and on_output noting its first output (engine
+        thread) and its first send (pump thread, before and after the round trip to Triton); the
+        record is written after that send."""
+        points = {"rid": rid, "exec": entered}
+
+        def stamped_send(out):
+            first = "send" not in points
+            if first:
+                points["send"] = ttft_stamps.now()
+            send_output(out)
+            if first:
+                points["sent"] = ttft_stamps.now()
+                self.stamps.write(dict(points))     # a copy: execute() may still add "submitted"
+
+        def on_output(out):     # engine thread
+            if "first_out" not in points:
+                points["first_out"] = ttft_stamps.now()
+            pump.put(stamped_send, out, merge)
+        return points, stamped_send, on_output
 
     def _refused(self, sender, e: Exception) -> None:
         """The final answer to a request the engine did not take."""
@@ -266,6 +297,8 @@ class DecoderModel:
     def finalize(self):
         self.engine.shutdown()
         self.pump.close()
+        if self.stamps is not None:
+            self.stamps.close()
         # Drop the metric objects while the stub can still write them back; destroying them
         # during interpreter shutdown crashed the stub now and then.
         self.metrics = None
