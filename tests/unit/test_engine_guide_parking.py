@@ -63,21 +63,26 @@ def test_a_slow_guide_parks_its_request_and_others_keep_decoding(checkpoint, mon
         engine = Engine(checkpoint, EngineConfig(max_batch_size=4, max_num_tokens=2048, block_size=16,
                                                  max_seq_len=256),
                         sampler_factory=lambda v, tok: Sampler(v, tok, guide_compile_timeout_s=WAIT_S))
+        outputs = Outputs()
+        outputs.expect("guided")
+        outputs.expect("plain")
+        # The engine's counts are published at the end of a step, after its outputs went out:
+        # read them once the step that finished "plain" has ended, not when its callback fired.
+        counted = threading.Event()
+        engine.add_step_listener(lambda: outputs.finished["plain"].is_set() and counted.set(), at_end=True)
         engine.start()
         try:
-            outputs = Outputs()
-            outputs.expect("guided")
             submitter = threading.current_thread().name
             # returns at once, although the compile cannot finish until `release` (on main it
             # compiled here and this call raised "grammar compilation took longer" after WAIT_S)
             engine.submit(GenerationRequest("guided", [1, 450, 1234], SamplingParams(
                 max_new_tokens=8, temperature=0.0, end_id=2, guide_type="regex", guide="(yes|no)")), outputs)
-            outputs.expect("plain")
             engine.submit(GenerationRequest("plain", [1, 450, 1235], SamplingParams(
                 max_new_tokens=6, temperature=0.0)), outputs)
             assert outputs.finished["plain"].wait(WAIT_S)
             assert [o.finish_reason for o in outputs.by_id["plain"] if o.finished] == ["length"]
             assert outputs.by_id["guided"] == []             # still parked, nothing sent
+            assert counted.wait(WAIT_S)
             assert engine.num_waiting == 1 and engine.num_running == 0
             assert started.wait(WAIT_S)
             assert submitter not in compile_threads
