@@ -631,24 +631,32 @@ def too_long(param: str, cap: int, got: int) -> APIError:
                        f"an array with length {got} instead.", param, "array_above_max_length")
 
 
+def screen_items(items: Any, field: str, part_keys: tuple[str, ...], holder: str) -> None:
+    """A list of items (chat messages, Responses input items) within MAX_MESSAGES, and their
+    content parts (the lists under `part_keys` of every item, counted together) within
+    MAX_CONTENT_PARTS: a 400 naming the item where the count passes the cap."""
+    if not isinstance(items, list):
+        return
+    if len(items) > MAX_MESSAGES:
+        raise too_long(field, MAX_MESSAGES, len(items))
+    parts = 0
+    for i, item in enumerate(items):
+        for key in part_keys:
+            value = item.get(key) if isinstance(item, dict) else None
+            if isinstance(value, list):
+                parts += len(value)
+                if parts > MAX_CONTENT_PARTS:
+                    raise bad_request(f"Invalid '{field}[{i}].{key}': {holder} hold more than "
+                                      f"{MAX_CONTENT_PARTS} content parts in all.", f"{field}[{i}].{key}",
+                                      "array_above_max_length")
+
+
 def screen_sizes(data: Any) -> None:
     """The list caps, checked on the decoded body before validation: a refusal costs a length
     check, not the validation of every item (about 30 us per message)."""
     if not isinstance(data, dict):
         return
-    messages = data.get("messages")
-    if isinstance(messages, list):
-        if len(messages) > MAX_MESSAGES:
-            raise too_long("messages", MAX_MESSAGES, len(messages))
-        parts = 0
-        for i, m in enumerate(messages):
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, list):
-                parts += len(content)
-                if parts > MAX_CONTENT_PARTS:
-                    raise bad_request(f"Invalid 'messages[{i}].content': the messages hold more than "
-                                      f"{MAX_CONTENT_PARTS} content parts in all.", f"messages[{i}].content",
-                                      "array_above_max_length")
+    screen_items(data.get("messages"), "messages", ("content",), "the messages")
     stop_ids = data.get("stop_token_ids")
     if isinstance(stop_ids, list) and len(stop_ids) > MAX_STOP_TOKEN_IDS:
         raise too_long("stop_token_ids", MAX_STOP_TOKEN_IDS, len(stop_ids))

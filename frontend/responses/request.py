@@ -16,7 +16,7 @@ from frontend.errors import ParamError, bad_request
 # _by_key tags by a string field only: a list or object there is a 400, not an unhashable-key 500
 from frontend.request_models import (MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS, MAX_TOKENS_LIMIT,
                                      LogitBias, OpenAIBaseModel, Seed, Stop, TokenCount, TokenId, _by_key, _int,
-                                     _RequestBase, _str_or_list, _tagged, screen_sizes, too_long)
+                                     _RequestBase, _str_or_list, _tagged, screen_items, screen_sizes, too_long)
 from frontend.structured import MAX_TOOLS
 
 # What orjson (the response and the store) can write: JSON integers outside this range are refused
@@ -56,20 +56,7 @@ def screen_responses_lists(data: Any) -> None:
     screen_sizes(data)                  # stop_token_ids: the same field as on the chat endpoint
     if not isinstance(data, dict):
         return
-    items = data.get("input")
-    if isinstance(items, list):
-        if len(items) > MAX_MESSAGES:
-            raise too_long("input", MAX_MESSAGES, len(items))
-        parts = 0
-        for i, item in enumerate(items):
-            for key in ITEM_PART_LISTS:
-                value = item.get(key) if isinstance(item, dict) else None
-                if isinstance(value, list):
-                    parts += len(value)
-                    if parts > MAX_CONTENT_PARTS:
-                        raise bad_request(f"Invalid 'input[{i}].{key}': the input items hold more than "
-                                          f"{MAX_CONTENT_PARTS} content parts in all.", f"input[{i}].{key}",
-                                          "array_above_max_length")
+    screen_items(data.get("input"), "input", ITEM_PART_LISTS, "the input items")
     tools = data.get("tools")
     if isinstance(tools, list) and len(tools) > MAX_TOOLS:
         raise too_long("tools", MAX_TOOLS, len(tools))
