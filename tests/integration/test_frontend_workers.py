@@ -201,7 +201,8 @@ def test_a_key_below_its_share_goes_ahead_of_a_full_decoders_queue(two_workers, 
                 await refused_probe(session)                  # alpha alone, at her share: all of it
                 beta = asyncio.create_task(stream(session, "b0", FAIR_KEYS["beta"], 48))
                 await until(session, lambda t: _metric(t, "llama_triton_fair_share_waiting") == 1
-                            or ("b0", "first") in events)
+                            or ("b0", "first") in events or ("b", 429) in statuses)
+                assert ("b", 429) not in statuses, "beta, below its share, was refused"
                 await refused_probe(session)                  # over her share of two keys
                 await beta
                 for t in alphas:
