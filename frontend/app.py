@@ -38,6 +38,7 @@ from aiohttp import web
 
 from frontend import decoder_probes, errors, logging_setup, tracing, ttft_stamps
 from frontend.admission import SharedAdmission
+from frontend.fair_share import FairShareGate
 from frontend.decoder_health import DecoderHealth
 from frontend.logging_setup import RequestContext, client_request_id, current_request, hash_user
 from frontend.metrics import FrontendMetrics
@@ -545,10 +546,13 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     tokenizer = tokenizer or Tokenizer.from_dir(settings.model_dir)
     metrics = FrontendMetrics(settings.served_model_name)
     if decoder is None:
-        admission = (SharedAdmission(settings.admission_file, settings.admission_slot)
-                     if settings.admission_file else None)
-        decoder = TritonDecoder(settings.triton_grpc, metrics=metrics, admission=admission)
+        decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
         decoder.health = decoder_health_for(decoder, settings)
+    # The 429 gate: this replica's decoder places (shared by its workers), shared fairly by keys
+    admission = (SharedAdmission(settings.admission_file, settings.admission_slot)
+                 if settings.admission_file else None)
+    gate = FairShareGate(admission, wait_s=settings.fair_share_wait, key_caps=settings.key_max_concurrent,
+                         shared=admission is not None, metrics=metrics)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[INFLIGHT] = set()
@@ -558,7 +562,7 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     app.on_response_prepare.append(on_response_prepare)
     # Built once; stdlib json because the seed's uint64 bounds exceed what orjson encodes.
     app[OPENAPI] = json.dumps(build_openapi(auth=bool(settings.api_keys))).encode()
-    app[SERVICE] = CompletionService(settings, tokenizer, decoder)
+    app[SERVICE] = CompletionService(settings, tokenizer, decoder, gate)
     for prefix in ("/v1", "/v1/openai"):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/completions", completions)

@@ -104,9 +104,10 @@ def payload_too_large(limit: int) -> APIError:
                     "payload_too_large")
 
 
-def queue_full(retry_after: float) -> APIError:
+def queue_full(retry_after: float, why: str = "") -> APIError:
     seconds = max(1, int(round(retry_after)))
-    return APIError(429, "The server is at capacity; retry later.", RATE_LIMIT, None, "queue_full",
+    message = f"The server is busy: {why}; retry later." if why else "The server is at capacity; retry later."
+    return APIError(429, message, RATE_LIMIT, None, "queue_full",
                     {"Retry-After": str(seconds)})
 
 

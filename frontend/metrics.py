@@ -48,6 +48,11 @@ class FrontendMetrics:
                                     "seen from the frontend)", registry=r, multiprocess_mode="livesum")
         self.decoder_streams = Gauge("llama_triton_decoder_streams", "Open gRPC streams to the decoder",
                                      registry=r, multiprocess_mode="livesum")
+        self.fair_share_waiting = Gauge("llama_triton_fair_share_waiting",
+                                        "Requests of keys below their fair share waiting for a decoder place "
+                                        "(frontend/fair_share.py)", registry=r, multiprocess_mode="livesum")
+        self.fair_share_refused = Counter("llama_triton_fair_share_refused",
+                                          "429s of the fair-share gate by API key id", ["key_id"], registry=r)
         self.decoder_errors = Counter("llama_triton_decoder_errors", "Decoder failures by kind (busy, "
                                       "unavailable, error)", ["kind"], registry=r)
         self.user_requests = Counter("llama_triton_user_requests",

@@ -481,6 +481,10 @@ class _SamplingRequest(_RequestBase):
     min_tokens: TokenCount = Field(0, description="Extension: generate at least this many.")
     stop_token_ids: Optional[Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)]] = Field(
         None, description=f"Token ids that end generation (at most {MAX_STOP_TOKEN_IDS}).")
+    priority: _int(ge=-(2 ** 31), lt=2 ** 31) = Field(0, description=(
+        "Extension (vLLM, SGLang): the request's place in the decoder's waiting queue, lower first; "
+        "among equal priorities, fair share between API keys, then arrival. Any value but 0 is refused "
+        "(400) where the decoder schedules first come, first served (TensorRT-LLM's)."))
     ignore_eos: bool = Field(False, description=(
         "Extension (vLLM, SGLang, trtllm-serve): do not stop at the model's end-of-sequence token(s); "
         "generation runs to max_tokens, a stop string or stop_token_ids. An end token sampled on the way "

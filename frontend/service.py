@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Optional, Union
 
+import numpy as np
+
 
 from frontend import errors, tracing, ttft_stamps
 from frontend.chat_prompt import render_prompt, template_renders_tools
@@ -29,8 +31,12 @@ from frontend.sse import (DECODER_ANSWERED, ChatChunkEncoder, CompletionChunkEnc
 from frontend.structured import StructuredOutputs, response_format_guide
 from frontend.tenants import OPEN, cache_salt
 from frontend.tools import ToolCallParser, ToolPlan, check_combination
-from frontend.decoder import DecoderClient, DecoderFailure, http_error
+from frontend.decoder import DecoderBusy, DecoderClient, DecoderFailure, http_error
+from frontend.fair_share import FairShareGate, OverShare
 from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays
+from llama_triton.trtllm.tensor_contract import TENANT_RANK
+
+RANK_MAX = 2 ** 31 - 1
 from llama_triton.text.tokenization import Tokenizer
 
 log = logging.getLogger("frontend.service")
@@ -60,10 +66,13 @@ class Prepared:
 
 
 class CompletionService:
-    def __init__(self, settings: Settings, tokenizer: Tokenizer, decoder: DecoderClient):
+    def __init__(self, settings: Settings, tokenizer: Tokenizer, decoder: DecoderClient,
+                 gate: Optional[FairShareGate] = None):
         self.settings = settings
         self.tokenizer = tokenizer
         self.decoder = decoder
+        # The 429 gate: the decoder's places shared fairly between API keys (frontend/fair_share.py)
+        self.gate = gate or FairShareGate(wait_s=settings.fair_share_wait)
         self.created = int(time.time())
         self.model_context = _model_context(settings.model_dir)
         self.structured = StructuredOutputs(tokenizer.hf, tokenizer.vocab_size)
@@ -127,7 +136,7 @@ class CompletionService:
             min_tokens=min(req.min_tokens, max_new), logprobs=logprobs, top_logprobs=top_logprobs,
             logit_bias=req.logit_bias, vocab_size=self.tokenizer.vocab_size,
             guide_type=guide[0], guide=guide[1], report_cached_tokens=reports_usage(req),
-            cache_salt=self.cache_salt(req), cache_salt_asked=req.cache_salt is not None)
+            cache_salt=self.cache_salt(req), cache_salt_asked=req.cache_salt is not None, priority=req.priority)
         for i, t in enumerate(req.stop_token_ids or []):
             # Checked here, with the field's place: past the vocabulary the decoder would refuse it
             # without naming the field, and past int32 the tensor could not even be built.
@@ -174,7 +183,7 @@ class CompletionService:
             # aclosing at every hand-off: closing this generator closes the next one down to the
             # decoder's stream, whose stop request has gone out when aclose() returns (without it
             # the inner generators were left to a finaliser task, after the request had ended).
-            async with aclosing(gen.events(self.decoder.generate(prep.request_id, prep.arrays))) as evs:
+            async with aclosing(gen.events(self._admitted(prep))) as evs:
                 async for ev in evs:
                     if queue is not None:
                         queue.end()
@@ -192,6 +201,40 @@ class CompletionService:
         if ctx is not None:     # for the metrics of finished requests (vllm_metrics.py)
             ctx.cached_tokens = gen.cached_tokens
             ctx.finish_reasons = [c.finish_reason for c in gen.choices]
+
+    async def _admitted(self, prep: Prepared):
+        """The decoder's stream of `prep`, once the fair-share gate gave it a place (429 otherwise);
+        the place is held until the stream is over. A decoder that refuses the admitted request as
+        full before answering (its queue moves a step behind the gate's count) sends it back to
+        the gate: a key below its share waits for the next completion, one at its share gets 429."""
+        ctx = current_request.get()
+        key = (ctx.tenant if ctx is not None and ctx.tenant is not None else OPEN).key_id
+        caps = await self.decoder.capabilities()
+        while True:
+            try:
+                rank = await self.gate.acquire(key, getattr(self.decoder, "capacity", None))
+            except OverShare as e:
+                raise errors.queue_full(e.retry_after, str(e)) from None
+            arrays = prep.arrays
+            if TENANT_RANK in caps.inputs:
+                # The decoder's waiting order between keys (llama_triton/engine/scheduler.py)
+                arrays = {**arrays, TENANT_RANK: np.asarray([[min(rank, RANK_MAX)]], dtype=np.int32)}
+            answered, held = False, True
+            try:
+                async with aclosing(self.decoder.generate(prep.request_id, arrays)) as stream:
+                    async for resp in stream:
+                        answered = True
+                        yield resp
+                return
+            except DecoderBusy:
+                if answered:
+                    raise
+                held = False            # refused_by_decoder gives the place back
+                if not self.gate.refused_by_decoder(key):
+                    raise
+            finally:
+                if held:
+                    self.gate.release(key)
 
     # ---- chat -------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from frontend.tenants import KeyRing, KeysInvalid, hash_secret, parse_share_groups
+from frontend.tenants import KEY_ID, KeyRing, KeysInvalid, hash_secret, parse_share_groups
 
 
 @dataclass
@@ -50,6 +50,9 @@ class Settings:
     responses_max_per_key: int = 10_000
     admission_file: Optional[str] = None    # the 429 gate's count shared by several workers (frontend/admission.py)
     admission_slot: int = 0                 # this worker's counter in it
+    # Fair share per key (frontend/fair_share.py): how long a key under its share waits for a place
+    fair_share_wait: float = 600.0
+    key_max_concurrent: dict[str, int] = field(default_factory=dict)   # key id -> open requests allowed
 
 
 RESPONSES_STORE_ENV = "LLAMA_TRITON_RESPONSES_STORE"
@@ -82,6 +85,18 @@ def load_secret_list(env_value: Optional[str], path: Optional[str]) -> frozenset
             if line and not line.startswith("#"):
                 values.add(line)
     return frozenset(values)
+
+
+def parse_key_caps(specs: list[str]) -> dict[str, int]:
+    """key id -> concurrent requests allowed, from `KEY_ID=N` items (--key-max-concurrent)."""
+    out: dict[str, int] = {}
+    for spec in specs:
+        key_id, sep, n = spec.partition("=")
+        key_id, n = key_id.strip(), n.strip()
+        if not sep or not KEY_ID.match(key_id) or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--key-max-concurrent {spec!r}: expected KEY_ID=N with N >= 1")
+        out[key_id] = int(n)
+    return out
 
 
 def parse_args(argv: Optional[list[str]] = None) -> Settings:
@@ -152,6 +167,12 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                         "requests, so the 429 gate admits the decoder's capacity across all of them "
                         "(the launcher makes it)")
     p.add_argument("--admission-slot", type=int, default=0, help="this worker's counter in --admission-file")
+    p.add_argument("--fair-share-wait", type=float, default=None,
+                   help="seconds a key below its fair share of a full decoder waits for a place before it "
+                        "gets 429 (default: --request-timeout); a key at or over its share gets 429 at once")
+    p.add_argument("--key-max-concurrent", action="append", default=[], metavar="KEY_ID=N",
+                   help="at most N open requests for this key id (repeatable; also $KEY_MAX_CONCURRENT, "
+                        "';'-separated); the next gets 429")
     a = p.parse_args(argv)
     try:
         store = responses_store_url(a.responses_store, os.environ.get(RESPONSES_STORE_ENV))
@@ -165,6 +186,13 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if a.inline_prompt_chars < 0:
         p.error("--inline-prompt-chars must be >= 0")
+    if a.fair_share_wait is not None and a.fair_share_wait <= 0:
+        p.error("--fair-share-wait must be positive")
+    try:
+        key_caps = parse_key_caps(a.key_max_concurrent + [c for c in os.environ.get("KEY_MAX_CONCURRENT", "").split(";")
+                                                          if c.strip()])
+    except ValueError as e:
+        p.error(str(e))
     if a.shutdown_grace < 0:
         p.error("--shutdown-grace must be >= 0")
     groups = a.cache_share_group + [g for g in os.environ.get("CACHE_SHARE_GROUPS", "").split(";") if g.strip()]
@@ -186,4 +214,5 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                     decoder_failure_file=a.decoder_failure_file, liveness_timeout=a.liveness_timeout,
                     responses_store=store, responses_ttl=a.responses_ttl, responses_max_bytes=a.responses_max_bytes,
                     responses_max_per_key=a.responses_max_per_key,
-                    admission_file=a.admission_file, admission_slot=a.admission_slot)
+                    admission_file=a.admission_file, admission_slot=a.admission_slot,
+                    fair_share_wait=a.fair_share_wait or a.request_timeout, key_max_concurrent=key_caps)

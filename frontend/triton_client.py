@@ -22,7 +22,6 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from frontend.admission import Admission, LocalAdmission
 from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
                               DecoderResponse, DecoderUnavailable)
 from frontend import ttft_stamps
@@ -155,15 +154,12 @@ def _rows(buffers: dict[str, bytes], name: str, n: int) -> Optional[np.ndarray]:
 class TritonDecoder:
     """The `DecoderClient` (frontend/decoder.py) over Triton's gRPC stream."""
 
-    def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None,
-                 admission: Optional[Admission] = None):
+    def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None):
         self.grpc_url = grpc_url
         self.model_name = model_name
         self.metrics = metrics      # FrontendMetrics or None: queue depth, open streams, errors
         self._client: Optional[grpcclient.InferenceServerClient] = None
         self._caps: Optional[DecoderCapabilities] = None
-        # Decoder requests open, this replica's frontend workers together (frontend/admission.py).
-        self.admission: Admission = admission or LocalAdmission()
         self._capacity: Optional[int] = None    # max_batch_size + max_queue_size, when declared
         self._block_tokens = 0                  # tokens per KV block (GPU: cached tokens from reused blocks)
         self._requested: dict[tuple[bool, bool], list[grpcclient.InferRequestedOutput]] = {}
@@ -171,6 +167,12 @@ class TritonDecoder:
         # frontend/decoder_health.py, wired by app.py: tells a broken decoder from a bad request,
         # watches open streams, ends them when the decoder is down. None: no health tracking.
         self.health = None
+
+    @property
+    def capacity(self) -> Optional[int]:
+        """Requests the decoder holds at once (batch slots plus queue), once its config was read:
+        the 429 gate's limit (frontend/fair_share.py)."""
+        return self._capacity
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -262,25 +264,15 @@ class TritonDecoder:
     async def generate(self, request_id: str, arrays: dict[str, np.ndarray]) -> AsyncIterator[DecoderResponse]:
         """Yields responses until the decoder's final one. Closing the generator cancels.
 
-        With more requests open than the decoder can hold (its batch slots plus its queue, from the
-        model config), a new one is refused here with DecoderBusy (a 429) instead of costing a
-        round trip to a decoder that would refuse it anyway: under overload this answer is what
-        most clients get, and it must stay cheap.
+        Admission (the 429 gate, fair share per key) is the service's, in front of this call
+        (frontend/fair_share.py): a request gets here only with a place in the decoder.
         """
         health = self.health
         if health is not None and not health.ready:
             raise self._lost(DecoderUnavailable(health.down_reason))
-        taken, count = self.admission.try_acquire(self._capacity)
-        if not taken:
-            raise self._lost(DecoderBusy(f"queue full: {count} requests in flight "
-                                         f"(decoder capacity {self._capacity})"))
         done = asyncio.Event()
-        try:
-            inputs = self._inputs(arrays)
-            outputs = self._outputs(arrays)
-        except BaseException:
-            self.admission.release()
-            raise
+        inputs = self._inputs(arrays)
+        outputs = self._outputs(arrays)
         ctx = current_request.get()
         if ctx is not None:
             ctx.triton_request_id = request_id
@@ -365,7 +357,6 @@ class TritonDecoder:
             if key is not None:
                 health.untrack(key)
             done.set()
-            self.admission.release()
             if metrics is not None:
                 metrics.decoder_streams.dec()
                 if queued:

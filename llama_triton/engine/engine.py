@@ -505,7 +505,8 @@ class Engine:
         prompt = list(state.request.prompt_ids)
         seq = Sequence(self._next_seq_id, state.request.request_id, index, prompt, len(prompt),
                        sampling=state.samplings[index] if index < len(state.samplings) else None,
-                       cache_salt=state.request.cache_salt)
+                       cache_salt=state.request.cache_salt,
+                       order=(state.request.priority, state.request.tenant_rank))
         self._next_seq_id += 1
         state.seqs[index] = seq
         return seq

@@ -51,8 +51,14 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def add(self, seq: Sequence) -> None:
+        """Into the waiting queue by `seq.order` (priority, then the frontend's fair-share rank),
+        behind those of the same order: first come, first served among equals."""
         seq.status = SequenceStatus.WAITING
-        self.waiting.append(seq)
+        at = len(self.waiting)
+        while at > 0 and self.waiting[at - 1].order > seq.order \
+                and self.waiting[at - 1].status is SequenceStatus.WAITING and self.waiting[at - 1].num_outputs == 0:
+            at -= 1
+        self.waiting.insert(at, seq)
 
     def park(self, seq: Sequence) -> None:
         """Holds a sequence until its guide is ready (`unpark`)."""
@@ -79,7 +85,7 @@ class Scheduler:
                 batch.add(seq, num_new)
         if batch.preempted:
             return batch  # out of blocks: admit nothing new this step
-        # admission, first come first served
+        # admission in waiting order (add: priority, fair-share rank, arrival)
         while self.waiting and budget > 0:
             seq = self.waiting[0]
             if self.num_running + seq.num_forks > self.max_batch_size:

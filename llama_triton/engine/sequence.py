@@ -15,7 +15,7 @@ class SequenceStatus(Enum):
 class Sequence:
     def __init__(self, seq_id: int, request_id: str, sequence_index: int, token_ids: list[int],
                  num_prompt_tokens: int, num_forks: int = 1, sampling: Any = None,
-                 cache_salt: Optional[int] = None) -> None:
+                 cache_salt: Optional[int] = None, order: tuple[int, int] = (0, 0)) -> None:
         self.seq_id = seq_id
         self.request_id = request_id
         self.sequence_index = sequence_index
@@ -24,6 +24,7 @@ class Sequence:
         self.num_forks = num_forks                # sequences this one splits into after its prompt (n)
         self.sampling = sampling                  # the sampler's per-sequence state
         self.cache_salt = cache_salt              # prefix-cache scope: blocks are shared only within one salt
+        self.order = order                        # (priority, tenant rank): the scheduler's waiting order
         self.status = SequenceStatus.WAITING
         # KV cache: owned ids only; the BlockManager owns the blocks
         self.num_computed_tokens = 0              # tokens whose K/V are in the cache

@@ -57,6 +57,10 @@ class GenerationRequest:
     # uint64 prefix-cache scope (TensorRT-LLM's executor Request `cacheSaltID`): prompt blocks are
     # reused only between requests with the same salt. None: the unsalted scope.
     cache_salt: Optional[int] = None
+    # The waiting order (scheduler.py): priority first (lower earlier, vLLM's sense), then the
+    # frontend's fair-share rank (the requests its API key already had open), then arrival.
+    priority: int = 0
+    tenant_rank: int = 0
 
 
 @dataclass

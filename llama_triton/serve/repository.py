@@ -126,8 +126,9 @@ class RepositorySettings:
     extra: dict[str, object] = field(default_factory=dict)
 
     def values(self) -> dict[str, object]:
-        # The LLM-API decoder declares the CPU decoder's tensor list (min_p and top-N log-probs work).
-        io_name = self.decoder_io or ("cpu" if self.decoder == "llmapi" else self.decoder)
+        # The LLM-API decoder declares the CPU decoder's tensor list (min_p and top-N log-probs work)
+        # less the scheduling inputs (tensor_contract.SCHEDULING_INPUTS).
+        io_name = self.decoder_io or self.decoder
         inputs, outputs = decoder_io(io_name)
         v: dict[str, object] = {
             "tokenizer_dir": self.model_dir, "model_dir": self.model_dir,

@@ -148,7 +148,9 @@ def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool =
     streaming = _scalar(get, "streaming", bool, False)
     salt = _scalar(get, "cache_salt_id", int, None)
     return GenerationRequest(request_id, ids[:length].astype(np.int64).tolist(), params, streaming,
-                             cache_salt=None if salt is None else salt % UINT64), exclude
+                             cache_salt=None if salt is None else salt % UINT64,
+                             priority=_scalar(get, "priority", int, 0),
+                             tenant_rank=_scalar(get, "tenant_rank", int, 0)), exclude
 
 
 def output_arrays(out: SequenceOutput, *, prompt_ids: Optional[list[int]], with_log_probs: bool,

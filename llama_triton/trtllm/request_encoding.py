@@ -51,6 +51,7 @@ class DecodeSettings:
     report_cached_tokens: bool = True
     cache_salt: Optional[int] = None    # uint64 prefix-cache scope (frontend/tenants.py: cache_salt)
     cache_salt_asked: bool = False      # the client sent `cache_salt`: a decoder that cannot salt refuses it
+    priority: int = 0                   # waiting order, lower first (vLLM's `priority`); 0: the default
 
 
 def normalize_seed(seed: Optional[int]) -> int:
@@ -148,6 +149,9 @@ def decoder_arrays(s: DecodeSettings, declared: frozenset[str]) -> dict[str, np.
     # cannot honour is the operator's to know about (the frontend logs it, docs/GPU.md).
     if s.cache_salt is not None and need("cache_salt", "cache_salt_id", not s.cache_salt_asked):
         a["cache_salt_id"] = _scalar(s.cache_salt % UINT64, np.uint64)
+    # A decoder without the input schedules first come, first served: only the default is honoured there.
+    if need("priority", "priority", s.priority == 0):
+        a["priority"] = _scalar(s.priority, np.int32)
     if s.guide_type is not None and need("response_format", "guided_decoding_guide_type", False):
         a["guided_decoding_guide_type"] = np.asarray([[s.guide_type.encode()]], dtype=object)
         a["guided_decoding_guide"] = np.asarray([[(s.guide or "").encode()]], dtype=object)

@@ -81,6 +81,21 @@ CPU_ONLY_INPUTS: tuple[Tensor, ...] = (
     _scalar("cache_salt_id", "TYPE_UINT64"),
 )
 
+# The CPU decoder's waiting order (llama_triton/engine/scheduler.py): by `priority` (the request's
+# field, as vLLM's: lower first), then `tenant_rank` (the frontend's fair share, frontend/fair_share.py:
+# how many requests the key already had open), then arrival. TensorRT-LLM's C++ backend reads no
+# request-priority input (its input names: triton_backend/inflight_batcher_llm/src/utils.h
+# InputFieldsNames@14c3afe, not the tag; tensorrtllm_backend inflight_batcher_llm/src/utils.h:60-130
+# @c2e65b8 has only the KV-retention priorities), and the LLM API's generate_async takes none
+# (tensorrt_llm/llmapi/llm.py@4c05a74: scheduling_params, cache_salt, no priority): neither GPU
+# list declares these, so `priority` is refused there and the fair order holds in the frontend only.
+PRIORITY = "priority"
+TENANT_RANK = "tenant_rank"
+SCHEDULING_INPUTS: tuple[Tensor, ...] = (
+    _scalar(PRIORITY, "TYPE_INT32"),
+    _scalar(TENANT_RANK, "TYPE_INT32"),
+)
+
 # Only the GPU backend has these (beam search, decaying top-p, perf metrics).
 # Not declared although upstream's config has them (tensorrtllm_backend c2e65b8, issue 11):
 # - runtime_top_p_min: the backend reads "runtime_top_k_min" instead
@@ -141,7 +156,10 @@ GPU_ONLY_OUTPUTS: tuple[Tensor, ...] = PERF_METRIC_OUTPUTS + (
 
 DECODER_IO = {
     # The CPU reference decoder with everything it can do.
-    "cpu": (COMMON_INPUTS + CPU_ONLY_INPUTS, COMMON_OUTPUTS + CPU_ONLY_OUTPUTS),
+    "cpu": (COMMON_INPUTS + CPU_ONLY_INPUTS + SCHEDULING_INPUTS, COMMON_OUTPUTS + CPU_ONLY_OUTPUTS),
+    # The LLM-API decoder: the CPU list (min_p, top-N log-probs and the cache salt work through it)
+    # without the scheduling inputs, which the LLM API has no argument for.
+    "llmapi": (COMMON_INPUTS + CPU_ONLY_INPUTS, COMMON_OUTPUTS + CPU_ONLY_OUTPUTS),
     # What TensorRT-LLM's `tensorrtllm` backend declares. Rendering the CPU decoder with this list
     # gives a CPU stack that refuses exactly what a GPU deployment refuses.
     "gpu": (COMMON_INPUTS + GPU_ONLY_INPUTS, COMMON_OUTPUTS + GPU_ONLY_OUTPUTS),

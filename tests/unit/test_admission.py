@@ -46,3 +46,25 @@ def test_one_process_counts_alone():
     assert a.try_acquire(1) == (True, 1) and a.try_acquire(1) == (False, 1)
     a.release()
     assert a.open == 0
+
+
+def test_per_key_counts_span_the_workers(tmp_path):
+    """Fair share (frontend/fair_share.py) judges a key by its requests in every worker."""
+    path = tmp_path / "admission"
+    admission.create_file(path, 2)
+    w0, w1 = SharedAdmission(path, 0), SharedAdmission(path, 1)
+    assert w0.try_acquire(10, "alpha")[0] and w1.try_acquire(10, "alpha")[0] and w1.try_acquire(10, "beta")[0]
+    assert (w0.key_open("alpha"), w0.key_open("beta"), w1.key_open("alpha")) == (2, 1, 2)
+    assert w0.keys_with_work() == {w0.key_of("alpha"), w0.key_of("beta")} and len(w0.keys_with_work()) == 2
+    w1.release("alpha")
+    assert w0.key_open("alpha") == 1 and w0.open == 2
+    admission.clear_slot(path, 1)        # worker 1 died: its per-key counts go with it
+    assert w0.key_open("beta") == 0 and w0.keys_with_work() == {w0.key_of("alpha")}
+
+
+def test_one_process_counts_keys_exactly():
+    a = LocalAdmission()
+    assert a.try_acquire(3, "x")[0] and a.try_acquire(3, "y")[0] and a.try_acquire(3, "x")[0]
+    assert (a.key_open("x"), a.key_open("y"), a.keys_with_work()) == (2, 1, {"x", "y"})
+    a.release("y")
+    assert a.keys_with_work() == {"x"}

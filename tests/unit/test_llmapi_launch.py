@@ -26,8 +26,10 @@ def test_cpu_repository_declares_the_cpu_tensors_and_an_llm_for_the_stand_in(tmp
     configs = {m: parse(repo / m / "config.pbtxt") for m in MODELS}
     cfg = configs["tensorrt_llm"]
     assert cfg.backend == "python" and cfg.model_transaction_policy.decoupled
-    inputs, outputs = decoder_io("cpu")
+    inputs, outputs = decoder_io("llmapi")
     assert {i.name for i in cfg.input} == {t.name for t in inputs}          # min_p, num_top_log_probs
+    # the CPU list less the scheduling inputs: the LLM API has no priority argument (tensor_contract.py)
+    assert {t.name for t in decoder_io("cpu")[0]} - {i.name for i in cfg.input} == {"priority", "tenant_rank"}
     assert {o.name for o in cfg.output} == {t.name for t in outputs}        # top_log_probs, ...
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params == {"llm_api": "cpu", "max_batch_size": "8", "max_queue_size": "8", "max_seq_len": "1024",
