@@ -49,7 +49,7 @@ from frontend.request_models import ChatCompletionRequest, CompletionRequest, pa
 from frontend.response_models import ModelCard, ModelList, ModelMetadata
 from frontend.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
-from frontend.tenants import OPEN
+from frontend.tenants import OPEN, ROUTER_KEY_ID
 from frontend.sse import DECODER_ANSWERED, SSE_DONE, EventStream
 from frontend.decoder import DecoderClient, DecoderFailure, http_error
 from frontend.triton_client import TritonDecoder, startup_refusal
@@ -67,6 +67,7 @@ STATE = web.AppKey("state", dict)
 CTX = "llama_triton.request_context"          # key of the RequestContext in the aiohttp request
 OPEN_PATHS = frozenset({"/health", "/health/live", "/openapi.json"}) | playground.PUBLIC_PATHS  # the page needs no key
 METRICS_PATH = "/metrics"     # its own credential: what it shows spans every tenant
+LOAD_ONLY = "llama_triton.metrics_load_only"   # request key: /metrics for the router's key
 QUIET_PATHS = frozenset({"/health", "/health/live", "/metrics"})   # logged at DEBUG when they succeed
 FAST_WRITE_MAX = 16 * 1024   # an event this small, into an empty buffer, cannot pause the transport
 CANCEL_OUTCOMES = frozenset({"timeout", "shutdown", "slow_client", "client_disconnect"})
@@ -280,8 +281,12 @@ async def auth_middleware(request: web.Request, handler):
     elif request.path == METRICS_PATH:
         token = bearer_token(request)
         if not metrics_key_ok(settings, token):
-            if token is None or keys.authenticate(token) is None:
+            tenant = None if token is None else keys.authenticate(token)
+            if tenant is None:
                 raise errors.unauthorized()
+            if tenant.key_id == ROUTER_KEY_ID:
+                request[LOAD_ONLY] = True       # the router's polling: the load gauges alone
+                return await handler(request)
             raise errors.forbidden("Client API keys may not read /metrics: it spans every tenant. Use a "
                                    "metrics key (--metrics-keys-file) or the --metrics-port listener.",
                                    "metrics_forbidden")
@@ -507,7 +512,8 @@ async def liveness(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     m = request.app[METRICS]
     await refresh_kv_cache_usage(m, request.app[SETTINGS].triton_metrics, request.app[SERVICE].decoder)
-    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+    body = m.render_load() if request.get(LOAD_ONLY) else m.render()
+    return web.Response(body=body, headers={"Content-Type": m.content_type})
 
 
 def metrics_app(metrics: FrontendMetrics) -> web.Application:

@@ -96,3 +96,19 @@ class FrontendMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self._exposition)
+
+    def render_load(self) -> bytes:
+        """Only the load gauges a router reads to place requests (SMG 1.13 polls a worker's
+        /metrics for these): no per-key, per-user or per-route series."""
+        return b"".join(line for line in self.render().splitlines(keepends=True)
+                        if _metric_name(line) in LOAD_GAUGES)
+
+
+# What SMG reads from a worker's /metrics (docs/SCALE-OUT.md).
+LOAD_GAUGES = frozenset({b"vllm:num_requests_running", b"vllm:num_requests_waiting", b"vllm:kv_cache_usage_perc"})
+
+
+def _metric_name(line: bytes) -> bytes:
+    if line.startswith((b"# HELP ", b"# TYPE ")):
+        return line[7:].split(b" ", 1)[0]
+    return line.split(b"{", 1)[0].split(b" ", 1)[0]

@@ -20,13 +20,14 @@ from tests.handlers.conftest import FakeDecoder, sse_events
 KEYS = {"alice": "sk-alice-7Hq2ZpXw9Lr4Tn6Vb8Ym", "bob": "sk-bob-Qa1Ws2Ed3Rf4Tg5Yh6Uj", "carol": "sk-carol-Zx9Cv8Bn7M"}
 METRICS_KEY = "metrics-Mm6Kk5Jj4Hh3Gg2Ff1"
 ANON_KEY = "sk-unnamed-Pp0Oo9Ii8Uu7Yy6Tt"       # a bare key: its id is derived
+ROUTER_KEY = "router-Rr5Ee4Ww3Qq2"               # SMG's own key, as llama-triton cluster lists it
 
 
 class KeyedHarness:
     """The app with API keys ($API_KEYS: `id:key` items and a bare key) and a metrics key."""
 
     def __init__(self, model_dir, tokenizer, monkeypatch, *args: str, decoder: FakeDecoder | None = None):
-        monkeypatch.setenv("API_KEYS", ",".join([f"{i}:{k}" for i, k in KEYS.items()] + [ANON_KEY]))
+        monkeypatch.setenv("API_KEYS", ",".join([f"{i}:{k}" for i, k in KEYS.items()] + [ANON_KEY, f"router:{ROUTER_KEY}"]))
         monkeypatch.setenv("METRICS_KEYS", METRICS_KEY)
         self.decoder = decoder or FakeDecoder(tokenizer)
         self.settings = parse_args(["--model-dir", str(model_dir), "--log-format", "text", *args])
@@ -127,6 +128,21 @@ def test_cache_salt_is_refused_where_the_decoder_cannot_scope_its_cache(keyed, d
 
 
 # ----------------------------------------------------------------------------- /metrics and per-key counters
+
+
+def test_the_routers_key_reads_the_load_gauges_alone(keyed):
+    """SMG polls each replica's /metrics with its own key (`router:KEY` in the replica's keys file)
+    for the load gauges it routes by: that key gets those, and no per-key or per-user series (a
+    client can read SMG's /engine_metrics, which relays them)."""
+    h = keyed()
+    h.chat(KEYS["alice"], user="alice@example.com")
+    status, _, raw = h.request("GET", "/metrics", ROUTER_KEY)
+    assert status == 200, raw
+    names = {line.split("{")[0].split(" ")[0] for line in raw.decode().splitlines() if not line.startswith("#")}
+    assert names == {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"}, names
+    assert b"alice" not in raw and b"key_id" not in raw
+    # a client key still may not
+    assert h.request("GET", "/metrics", KEYS["alice"])[0] == 403
 
 
 def test_metrics_take_a_metrics_key_never_a_client_key(keyed):

@@ -63,6 +63,13 @@ def test_client_keys_cannot_administer_the_router(cluster):
     # metrics key, so a client learns no other tenant's counters through it.
     status, raw = call("GET", f"{cluster.base_url}/engine_metrics", auth(CLUSTER_KEYS[0]))
     assert b"llama_triton_key_requests" not in raw and b"llama_triton_http_requests" not in raw, (status, raw[:300])
+    # SMG's own polling of the replicas' /metrics (its worker key, `router:KEY` on the replicas)
+    # gets the load gauges it routes by, and only those (it was a 403 every 10 s).
+    worker_key = (cluster.work_dir / "keys" / "router-worker-key").read_text().strip()
+    for url in cluster.replica_urls():
+        status, raw = call("GET", f"{url}/metrics", {"Authorization": f"Bearer {worker_key}"})
+        assert status == 200 and b"vllm:num_requests_running{" in raw, (status, raw[:300])
+        assert b"key_id" not in raw and b"llama_triton_" not in raw, raw[:300]
     # ... and the admin key is no client key: the data plane refuses it, as the replicas do.
     assert chat(cluster.base_url, cluster.admin_key)[0] == 401
     assert chat(cluster.replica_urls()[0], cluster.admin_key)[0] == 401
