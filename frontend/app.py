@@ -214,6 +214,8 @@ async def context_middleware(request: web.Request, handler):
         inflight.discard(ctx)
         current_request.reset(token)
         finish_request(app[METRICS], ctx)
+        if ctx.tenant is not None and (ctx.prompt_tokens or ctx.completion_tokens):
+            app[SERVICE].gate.charge(ctx.tenant.key_id, ctx.prompt_tokens + ctx.completion_tokens)
         if ttft_stamps.ENABLED:
             ttft_stamps.write_record(app[ttft_stamps.STAMP_LOG], ctx)
 
@@ -558,6 +560,7 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     admission = (SharedAdmission(settings.admission_file, settings.admission_slot)
                  if settings.admission_file else None)
     gate = FairShareGate(admission, wait_s=settings.fair_share_wait, key_caps=settings.key_max_concurrent,
+                         key_rates=settings.key_max_tokens_per_s,
                          shared=admission is not None, metrics=metrics)
     app[SETTINGS] = settings
     app[METRICS] = metrics

@@ -11,6 +11,9 @@ across this replica's workers. This gate stands in front of that count:
   When a place frees, the waiting key with the fewest open requests goes first (arrival order
   among equals); a waiter still waiting when `wait_s` runs out gets 429.
 * An optional cap per key (`--key-max-concurrent ID=N`) refuses its N+1th open request (429).
+* An optional rate per key (`--key-max-tokens-per-s ID=N`, `TokenRates`): each finished request's
+  prompt and completion tokens are charged to its key's bucket, which refills at N per second up
+  to BURST_S seconds' worth; a key whose bucket is empty gets 429 until it has refilled.
 
 Each admitted request gets a rank: how many requests its key already had open. The CPU decoder
 orders its waiting queue by (priority, rank, arrival), so a key's first request overtakes another
@@ -40,6 +43,7 @@ DRAIN_WINDOW_S = 10.0
 POLL_S = 0.05
 RETRY_AFTER_MAX_S = 60
 DEFAULT_MAX_WAITING = 256
+BURST_S = 10.0          # a token-rate bucket holds this many seconds of its rate
 
 
 class OverShare(Exception):
@@ -80,6 +84,43 @@ class DrainMeter:
         return min(float(RETRY_AFTER_MAX_S), max(1.0, places / rate))
 
 
+class TokenRates:
+    """Tokens per second per key id: a bucket each, charged after the fact (a request's size is
+    known when it ends), so a key may overdraw by one request and then waits it off. Per frontend
+    worker: with W workers a key can reach W times its rate on a replica (docs/OPERATIONS.md)."""
+
+    def __init__(self, limits: dict[str, float], clock: Callable[[], float] = time.monotonic,
+                 burst_s: float = BURST_S):
+        self.limits = dict(limits)
+        self.clock = clock
+        self.burst_s = burst_s
+        self._balance: dict[str, tuple[float, float]] = {}     # key -> (tokens, when)
+
+    def _refilled(self, key: str, rate: float) -> float:
+        tokens, when = self._balance.get(key, (rate * self.burst_s, self.clock()))
+        now = self.clock()
+        tokens = min(rate * self.burst_s, tokens + (now - when) * rate)
+        self._balance[key] = (tokens, now)
+        return tokens
+
+    def check(self, key: str) -> None:
+        """Raises OverShare while `key`'s bucket is empty."""
+        rate = self.limits.get(key)
+        if rate is None:
+            return
+        tokens = self._refilled(key, rate)
+        if tokens <= 0:
+            retry = min(float(RETRY_AFTER_MAX_S), max(1.0, math.ceil(-tokens / rate)))
+            raise OverShare(retry, f"this API key's limit of {rate:g} tokens per second is reached")
+
+    def charge(self, key: str, tokens: int) -> None:
+        rate = self.limits.get(key)
+        if rate is None or tokens <= 0:
+            return
+        left = self._refilled(key, rate)
+        self._balance[key] = (left - tokens, self._balance[key][1])
+
+
 @dataclass(eq=False)
 class _Waiter:
     key: str
@@ -93,11 +134,13 @@ class FairShareGate:
 
     def __init__(self, admission: Optional[Admission] = None, *, wait_s: float = 600.0,
                  max_waiting: int = DEFAULT_MAX_WAITING, key_caps: Optional[dict[str, int]] = None,
+                 key_rates: Optional[dict[str, float]] = None,
                  shared: bool = False, clock: Callable[[], float] = time.monotonic, metrics=None):
         self.admission: Admission = admission or LocalAdmission()
         self.wait_s = wait_s
         self.max_waiting = max_waiting
         self.key_caps = dict(key_caps or {})
+        self.rates = TokenRates(key_rates or {}, clock=clock)
         self.shared = shared            # other workers free places too: waiters poll the shared count
         self.drain = DrainMeter(clock=clock)
         self.metrics = metrics          # FrontendMetrics or None: waiters (gauge), refusals by key id
@@ -144,6 +187,7 @@ class FairShareGate:
             raise
 
     async def _acquire(self, key: str, capacity: Optional[int]) -> int:
+        self.rates.check(key)
         cap = self.key_caps.get(key)
         if cap is not None and self.open_of(key) >= cap:
             raise OverShare(self.drain.seconds_for(1), f"this API key's limit of {cap} concurrent requests is reached")
@@ -195,6 +239,10 @@ class FairShareGate:
         self.drain.completed()
         self._decoder_full = False
         self._promote()
+
+    def charge(self, key: str, tokens: int) -> None:
+        """A finished request's prompt and completion tokens, against its key's token rate."""
+        self.rates.charge(key, tokens)
 
     def refused_by_decoder(self, key: str) -> bool:
         """The decoder answered "queue full" to a request of `key` that the gate had admitted: its

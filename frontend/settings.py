@@ -53,6 +53,7 @@ class Settings:
     # Fair share per key (frontend/fair_share.py): how long a key under its share waits for a place
     fair_share_wait: float = 600.0
     key_max_concurrent: dict[str, int] = field(default_factory=dict)   # key id -> open requests allowed
+    key_max_tokens_per_s: dict[str, float] = field(default_factory=dict)   # key id -> tokens per second
 
 
 RESPONSES_STORE_ENV = "LLAMA_TRITON_RESPONSES_STORE"
@@ -87,16 +88,22 @@ def load_secret_list(env_value: Optional[str], path: Optional[str]) -> frozenset
     return frozenset(values)
 
 
-def parse_key_caps(specs: list[str]) -> dict[str, int]:
-    """key id -> concurrent requests allowed, from `KEY_ID=N` items (--key-max-concurrent)."""
+def parse_key_caps(specs: list[str], option: str = "--key-max-concurrent") -> dict[str, int]:
+    """key id -> a positive whole number, from `KEY_ID=N` items (--key-max-concurrent,
+    --key-max-tokens-per-s)."""
     out: dict[str, int] = {}
     for spec in specs:
         key_id, sep, n = spec.partition("=")
         key_id, n = key_id.strip(), n.strip()
         if not sep or not KEY_ID.match(key_id) or not n.isdigit() or int(n) < 1:
-            raise ValueError(f"--key-max-concurrent {spec!r}: expected KEY_ID=N with N >= 1")
+            raise ValueError(f"{option} {spec!r}: expected KEY_ID=N with N >= 1")
         out[key_id] = int(n)
     return out
+
+
+def env_items(name: str) -> list[str]:
+    """`;`-separated items of an environment variable."""
+    return [c for c in os.environ.get(name, "").split(";") if c.strip()]
 
 
 def parse_args(argv: Optional[list[str]] = None) -> Settings:
@@ -173,6 +180,10 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p.add_argument("--key-max-concurrent", action="append", default=[], metavar="KEY_ID=N",
                    help="at most N open requests for this key id (repeatable; also $KEY_MAX_CONCURRENT, "
                         "';'-separated); the next gets 429")
+    p.add_argument("--key-max-tokens-per-s", action="append", default=[], metavar="KEY_ID=N",
+                   help="at most N prompt + completion tokens per second for this key id, per frontend worker, "
+                        "with 10 s of burst (repeatable; also $KEY_MAX_TOKENS_PER_S, ';'-separated); "
+                        "over it, 429 until the key's budget refills")
     a = p.parse_args(argv)
     try:
         store = responses_store_url(a.responses_store, os.environ.get(RESPONSES_STORE_ENV))
@@ -189,8 +200,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     if a.fair_share_wait is not None and a.fair_share_wait <= 0:
         p.error("--fair-share-wait must be positive")
     try:
-        key_caps = parse_key_caps(a.key_max_concurrent + [c for c in os.environ.get("KEY_MAX_CONCURRENT", "").split(";")
-                                                          if c.strip()])
+        key_caps = parse_key_caps(a.key_max_concurrent + env_items("KEY_MAX_CONCURRENT"))
+        key_rates = parse_key_caps(a.key_max_tokens_per_s + env_items("KEY_MAX_TOKENS_PER_S"), "--key-max-tokens-per-s")
     except ValueError as e:
         p.error(str(e))
     if a.shutdown_grace < 0:
@@ -215,4 +226,5 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                     responses_store=store, responses_ttl=a.responses_ttl, responses_max_bytes=a.responses_max_bytes,
                     responses_max_per_key=a.responses_max_per_key,
                     admission_file=a.admission_file, admission_slot=a.admission_slot,
-                    fair_share_wait=a.fair_share_wait or a.request_timeout, key_max_concurrent=key_caps)
+                    fair_share_wait=a.fair_share_wait or a.request_timeout, key_max_concurrent=key_caps,
+                    key_max_tokens_per_s={k: float(v) for k, v in key_rates.items()})

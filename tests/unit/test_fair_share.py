@@ -8,7 +8,7 @@ import pytest
 
 from frontend import admission
 from frontend.admission import LocalAdmission, SharedAdmission
-from frontend.fair_share import DrainMeter, FairShareGate, OverShare
+from frontend.fair_share import DrainMeter, FairShareGate, OverShare, TokenRates
 
 
 class Clock:
@@ -26,6 +26,28 @@ async def _until(cond) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("condition never held")
+
+
+def test_token_rate_bucket_refills_at_its_rate():
+    clock = Clock()
+    rates = TokenRates({"a": 10.0}, clock=clock, burst_s=10.0)      # 100 tokens of burst
+    rates.check("a")
+    rates.charge("a", 150)                                          # overdrawn by 50
+    with pytest.raises(OverShare) as e:
+        rates.check("a")
+    assert e.value.retry_after == 5.0                               # 50 tokens at 10 per second
+    clock.t += 4.9
+    with pytest.raises(OverShare):
+        rates.check("a")
+    clock.t += 0.2
+    rates.check("a")                                                # refilled past zero
+    clock.t += 1000
+    rates.charge("a", 100)                                          # the bucket never holds more than 100
+    with pytest.raises(OverShare):
+        rates.check("a")
+    rates.check("b")                                                # no rate for b
+    rates.charge("b", 10**6)
+    rates.check("b")
 
 
 def test_drain_rate_is_completions_over_the_window():
