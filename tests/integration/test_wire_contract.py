@@ -121,12 +121,30 @@ def _send_spread(proxy, base, client, model) -> tuple[dict[str, str], list]:
     return ids, stop
 
 
+def generation_requests(records, ids: dict[str, str]) -> dict:
+    """The recorded decoder requests by id (stop requests apart); every id in `ids` reached it."""
+    by_id = {r.request_id: r for r in records if not r.is_stop}
+    assert set(ids.values()) <= set(by_id), sorted(set(ids.values()) - set(by_id))
+    return by_id
+
+
+def assert_guides_compile_on_the_engine(records, tokenizer) -> None:
+    """Every guide the frontend sent compiles with the engine's xgrammar, and both kinds were seen:
+    JSON guides (json_object, json_schema, tools, reasoning) go as our own EBNF, without the free
+    whitespace the engine's `json`/`json_schema` compile would allow; regexes as `regex`."""
+    guides = {(r.value("guided_decoding_guide_type"), r.value("guided_decoding_guide")) for r in records
+              if r.value("guided_decoding_guide_type") is not None}
+    for guide_type, guide in guides:
+        compile_with_engine_xgrammar(tokenizer, guide_type, guide)
+    assert {t for t, _ in guides} == {"ebnf_grammar", "regex"}
+    assert {t for t, _ in guides} <= set(backend_contract.GUIDE_TYPES)
+
+
 def test_every_request_to_the_decoder_keeps_the_backend_contract(wire, default_tokenizer):
     proxy, base, client, model = wire
     ids, stop = _send_spread(proxy, base, client, model)
     records = proxy.records()
-    by_id = {r.request_id: r for r in records if not r.is_stop}
-    assert set(ids.values()) <= set(by_id), sorted(set(ids.values()) - set(by_id))
+    by_id = generation_requests(records, ids)
 
     # The contract, for every request the decoder got (health probes and stop requests included).
     problems = []
@@ -136,15 +154,7 @@ def test_every_request_to_the_decoder_keeps_the_backend_contract(wire, default_t
             problems.append(f"{r.request_id}: {p}")
     assert not problems, problems
 
-    # Every guide the frontend sent compiles with the engine's xgrammar; each kind was seen.
-    guides = {(r.value("guided_decoding_guide_type"), r.value("guided_decoding_guide")) for r in records
-              if r.value("guided_decoding_guide_type") is not None}
-    for guide_type, guide in guides:
-        compile_with_engine_xgrammar(default_tokenizer, guide_type, guide)
-    # JSON guides (json_object, json_schema, tools, reasoning) go as our own EBNF, without the free
-    # whitespace the engine's `json`/`json_schema` compile would allow; regexes as `regex`.
-    assert {t for t, _ in guides} == {"ebnf_grammar", "regex"}
-    assert {t for t, _ in guides} <= set(backend_contract.GUIDE_TYPES)
+    assert_guides_compile_on_the_engine(records, default_tokenizer)
 
     # What a few requests must carry on the wire.
     gen = {name: by_id[rid] for name, rid in ids.items()}
@@ -185,21 +195,13 @@ def test_every_request_to_the_llmapi_decoder_keeps_its_declared_contract(llmapi_
         extra_body={"min_p": 0.05}).id
     cfg = grpcclient.InferenceServerClient(proxy.upstream).get_model_config("tensorrt_llm", as_json=True)["config"]
     records = proxy.records()
-    by_id = {r.request_id: r for r in records if not r.is_stop}
-    assert set(ids.values()) <= set(by_id), sorted(set(ids.values()) - set(by_id))
+    by_id = generation_requests(records, ids)
     problems = []
     for r in records:
         inputs = [(name, datatype, shape) for name, (datatype, shape, _) in r.inputs.items()]
         problems += [f"{r.request_id}: {p}" for p in declared_problems(cfg, inputs, r.outputs)]
     assert not problems, problems
-    guides = {(r.value("guided_decoding_guide_type"), r.value("guided_decoding_guide")) for r in records
-              if r.value("guided_decoding_guide_type") is not None}
-    for guide_type, guide in guides:
-        compile_with_engine_xgrammar(default_tokenizer, guide_type, guide)
-    # JSON guides (json_object, json_schema, tools, reasoning) go as our own EBNF, without the free
-    # whitespace the engine's `json`/`json_schema` compile would allow; regexes as `regex`.
-    assert {t for t, _ in guides} == {"ebnf_grammar", "regex"}
-    assert {t for t, _ in guides} <= set(backend_contract.GUIDE_TYPES)
+    assert_guides_compile_on_the_engine(records, default_tokenizer)
     gen = {name: by_id[rid] for name, rid in ids.items()}
     assert gen["min_p top_logprobs"].value("min_p") == pytest.approx(0.05)
     assert gen["min_p top_logprobs"].value("num_top_log_probs") == 3
