@@ -213,14 +213,13 @@ async def context_middleware(request: web.Request, handler):
         timer.cancel()
         inflight.discard(ctx)
         current_request.reset(token)
-        finish_request(app[METRICS], ctx)
-        if ctx.tenant is not None and (ctx.prompt_tokens or ctx.completion_tokens):
-            app[SERVICE].gate.charge(ctx.tenant.key_id, ctx.prompt_tokens + ctx.completion_tokens)
+        finish_request(app[METRICS], ctx, app[SERVICE].gate)
         if ttft_stamps.ENABLED:
             ttft_stamps.write_record(app[ttft_stamps.STAMP_LOG], ctx)
 
 
-def finish_request(metrics: FrontendMetrics, ctx: RequestContext) -> None:
+def finish_request(metrics: FrontendMetrics, ctx: RequestContext, gate: FairShareGate) -> None:
+    """Everything that accounts a finished request: counters, the key's token rate, the access log."""
     if ctx.prompt_tokens:
         metrics.prompt_tokens.inc(ctx.prompt_tokens)
     if ctx.completion_tokens:
@@ -228,6 +227,8 @@ def finish_request(metrics: FrontendMetrics, ctx: RequestContext) -> None:
     metrics.count_user(ctx.user_hash)
     if ctx.tenant is not None and ctx.route != "unmatched" and ctx.path != METRICS_PATH:
         metrics.count_key(ctx.tenant.key_id, ctx.prompt_tokens, ctx.completion_tokens)
+    if ctx.tenant is not None and (ctx.prompt_tokens or ctx.completion_tokens):
+        gate.charge(ctx.tenant.key_id, ctx.prompt_tokens + ctx.completion_tokens)
     if ctx.outcome in CANCEL_OUTCOMES:
         metrics.cancellations.labels(ctx.outcome).inc()
     metrics.vllm.finished(ctx, time.perf_counter() - ctx.started, ctx.outcome in CANCEL_OUTCOMES)

@@ -16,7 +16,6 @@ from typing import AsyncIterator, Optional, Union
 
 import numpy as np
 
-
 from frontend import errors, tracing, ttft_stamps
 from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.generation import ChoiceEvent, Generation
@@ -35,9 +34,9 @@ from frontend.decoder import DecoderBusy, DecoderClient, DecoderFailure, http_er
 from frontend.fair_share import FairShareGate, OverShare
 from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays
 from llama_triton.trtllm.tensor_contract import TENANT_RANK
-
-RANK_MAX = 2 ** 31 - 1
 from llama_triton.text.tokenization import Tokenizer
+
+RANK_MAX = 2 ** 31 - 1          # the tenant_rank tensor is int32
 
 log = logging.getLogger("frontend.service")
 
