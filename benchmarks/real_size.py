@@ -96,7 +96,7 @@ class _Ours:
 
 
 def start(target: str, model_dir: str, threads: int, install: bool, ours_dtype: str = "bfloat16",
-          ours_matmul: str = "auto"):
+          ours_matmul: str = "auto", vllm_dtype: str = "bfloat16"):
     if target == "ours":
         return _Ours(model_dir, ours_dtype, threads, ours_matmul)
     if target == "vllm":
@@ -104,7 +104,8 @@ def start(target: str, model_dir: str, threads: int, install: bool, ours_dtype: 
             rep = peer_setup.install_vllm()
             if not rep.ok:
                 raise peer_setup.PeerUnavailable(f"install failed: {rep.message[-1500:]}")
-        return peer_setup.start_vllm(model_dir, Path(model_dir).name, threads=threads, dtype="bfloat16")
+        return peer_setup.start_vllm(model_dir, Path(model_dir).name, threads=threads, dtype=vllm_dtype,
+                                       fallback=False)
     if target == "llama.cpp":
         if not peer_setup.llama_cpp_installed():
             raise peer_setup.PeerUnavailable("llama-cpp-python is not installed (python -m benchmarks.peer_setup llama.cpp)")
@@ -149,6 +150,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--runs", type=int, default=2, help="runs per point; the better one counts")
     ap.add_argument("--max-duration", type=float, default=180.0)
     ap.add_argument("--no-install", action="store_true", help="leave vLLM out unless it is installed already")
+    ap.add_argument("--vllm-dtype", default="bfloat16",
+                    help="vLLM's dtype; float32 where its bf16 path has no native kernels (an AVX2-only CPU)")
     ap.add_argument("--no-rss", action="store_true", help="skip the bf16/fp32 resident-memory measurement")
     ap.add_argument("--name", default=NAME, help="results/<name>/: another name keeps the default run's files")
     args = ap.parse_args(argv)
@@ -167,7 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         t0 = time.monotonic()
         try:
             server = start(target, args.model_dir, args.threads, not args.no_install, args.ours_dtype,
-                           args.ours_matmul)
+                           args.ours_matmul, args.vllm_dtype)
         except (peer_setup.PeerUnavailable, RuntimeError, OSError) as e:
             log(f"!! {target} left out: {str(e).splitlines()[0] if str(e) else repr(e)}")
             targets[target] = {"available": False, "reason": str(e)[-2000:]}
@@ -198,10 +201,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ours_c1 = next((r for r in results if r["target"] == "ours" and r["config"]["concurrency"] == 1), None)
     best_bw = max(bandwidth, key=lambda b: b["gb_s"]) if bandwidth else None
     limit = membw.roofline(best_bw, args.model_dir, args.ours_dtype, ours_c1) if best_bw else None
-    goal_list = goals.real_size_goals(table, limit)
+    goal_list = goals.real_size_goals(table, limit, args.vllm_dtype)
     write_json(args.name, {"benchmark": NAME, "machine": machine_info(),
                       "setup": {"model_dir": args.model_dir, "shape": TINYLLAMA_SHAPE, "prompt_len": args.prompt_len,
-                                "output_len": args.output_len, "threads": args.threads, "ours_dtype": args.ours_dtype,
+                                "output_len": args.output_len, "threads": args.threads, "ours_dtype": args.ours_dtype, "vllm_dtype": args.vllm_dtype,
                                 "ours_matmul": args.ours_matmul,
                                 "runs_per_point": args.runs},
                       "targets": targets, "table": table, "bandwidth": bandwidth, "roofline": limit,
