@@ -27,7 +27,7 @@ off the network: tritonserver 2.51 takes the key that unlocks them only on its c
 each start and never shown anywhere else (docs/OPERATIONS.md, "Secrets").
 
 The frontend workers of a replica share $LLAMA_TRITON_HASH_SECRET (generated here unless set): what
-they salt the prefix cache and hash `user` with (frontend/tenants.py), so all workers salt alike.
+they salt the prefix cache and hash `user` with (frontend/tenancy/tenants.py), so all workers salt alike.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from frontend import admission
+from frontend.tenancy import admission
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.serve import llmapi_launch, multigpu
 from llama_triton.serve.supervisor import CrashLoop, RestartPolicy, dead, decoder_processes, failure_report

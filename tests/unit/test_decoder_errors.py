@@ -1,4 +1,4 @@
-"""How the frontend reads a decoder's failure (llama_triton/trtllm/decoder_errors.py, frontend/triton_client.py):
+"""How the frontend reads a decoder's failure (llama_triton/trtllm/decoder_errors.py, frontend/decoder/triton_client.py):
 typed codes from our decoders, one cited table for TensorRT-LLM's and Triton's texts, nothing found
 by searching free text (finding 11 of issue 24: a request-derived message was misclassified)."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from frontend.decoder import DecoderBusy, DecoderError, DecoderUnavailable
-from frontend.triton_client import _classify
+from frontend.decoder.interface import DecoderBusy, DecoderError, DecoderUnavailable
+from frontend.decoder.triton_client import _classify
 from llama_triton.backend import trtllm_emulation as trtllm
 from llama_triton.trtllm import decoder_errors as codes
 

@@ -35,7 +35,7 @@ from typing import Any, Optional
 import jinja2
 
 from frontend.errors import bad_request, bounded
-from frontend.literal_text import mark_request_values
+from frontend.openai.literal_text import mark_request_values
 from llama_triton.text.tokenization import Tokenizer
 
 

@@ -12,7 +12,7 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from frontend.vllm_metrics import Tee, VllmMetrics
+from frontend.telemetry.vllm_metrics import Tee, VllmMetrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -50,7 +50,7 @@ class FrontendMetrics:
                                      registry=r, multiprocess_mode="livesum")
         self.fair_share_waiting = Gauge("llama_triton_fair_share_waiting",
                                         "Requests of keys below their fair share waiting for a decoder place "
-                                        "(frontend/fair_share.py)", registry=r, multiprocess_mode="livesum")
+                                        "(frontend/tenancy/fair_share.py)", registry=r, multiprocess_mode="livesum")
         self.fair_share_refused = Counter("llama_triton_fair_share_refused",
                                           "429s of the fair-share gate by API key id", ["key_id"], registry=r)
         self.decoder_errors = Counter("llama_triton_decoder_errors", "Decoder failures by kind (busy, "
@@ -58,13 +58,13 @@ class FrontendMetrics:
         self.user_requests = Counter("llama_triton_user_requests",
                                      "Requests by user (keyed hash of the request's `user`, never the user; 'other' "
                                      f"past {MAX_USER_LABELS} distinct users)", ["user"], registry=r)
-        # Per API key: labelled by the key's id (frontend/tenants.py), never the key. The ids are the
+        # Per API key: labelled by the key's id (frontend/tenancy/tenants.py), never the key. The ids are the
         # configured keys', so the label set is bounded by the keys file.
         self.key_requests = Counter("llama_triton_key_requests", "Authenticated requests by API key id",
                                     ["key_id"], registry=r)
         self.key_tokens = Counter("llama_triton_key_tokens", "Prompt and completion tokens by API key id",
                                   ["key_id", "kind"], registry=r)
-        # vLLM-named metrics fed from the same calls (frontend/vllm_metrics.py)
+        # vLLM-named metrics fed from the same calls (frontend/telemetry/vllm_metrics.py)
         self.vllm = VllmMetrics(r, model_name)
         self.decoder_queued = Tee(self.decoder_queued, (self.vllm.waiting, 1), (self.vllm.running, -1))
         self.decoder_streams = Tee(self.decoder_streams, (self.vllm.running, 1))

@@ -8,12 +8,12 @@ import time
 from typing import AsyncIterator, Optional
 
 from frontend import errors
-from frontend.decoder import DecoderFailure, http_error
-from frontend.responses.chat_mapping import chat_request, stored_items, translate
-from frontend.responses.output import EventEncoder, OutputAssembler, new_id, response_object, usage
-from frontend.responses.request import ResponsesRequest, declared
-from frontend.responses.store import ResponseStore, StoredResponse, StoreUnavailable
-from frontend.sse import DECODER_ANSWERED, EventStream
+from frontend.decoder.interface import DecoderFailure, http_error
+from frontend.openai.responses.chat_mapping import chat_request, stored_items, translate
+from frontend.openai.responses.output import EventEncoder, OutputAssembler, new_id, response_object, usage
+from frontend.openai.responses.request import ResponsesRequest, declared
+from frontend.openai.responses.store import ResponseStore, StoredResponse, StoreUnavailable
+from frontend.openai.sse import DECODER_ANSWERED, EventStream
 
 log = logging.getLogger("frontend.responses")
 

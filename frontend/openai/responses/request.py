@@ -14,10 +14,10 @@ from pydantic import Field, field_validator, model_validator
 
 from frontend.errors import ParamError, bad_request
 # _by_key tags by a string field only: a list or object there is a 400, not an unhashable-key 500
-from frontend.request_models import (MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS, MAX_TOKENS_LIMIT,
+from frontend.openai.request_models import (MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS, MAX_TOKENS_LIMIT,
                                      LogitBias, OpenAIBaseModel, Seed, Stop, TokenCount, TokenId, _by_key, _int,
                                      _RequestBase, _str_or_list, _tagged, screen_items, screen_sizes, too_long)
-from frontend.structured import MAX_TOOLS
+from frontend.openai.structured import MAX_TOOLS
 
 # What orjson (the response and the store) can write: JSON integers outside this range are refused
 # where a request would be echoed or stored (tool parameters, text.format.schema, input items).

@@ -22,10 +22,10 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
+from frontend.decoder.interface import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
                               DecoderResponse, DecoderUnavailable)
-from frontend import ttft_stamps
-from frontend.logging_setup import current_request
+from frontend.telemetry import ttft_stamps
+from frontend.telemetry.logging_setup import current_request
 from llama_triton.trtllm import backend_contract
 from llama_triton.trtllm import decoder_errors
 from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS, PERF_METRIC_OUTPUTS
@@ -152,7 +152,7 @@ def _rows(buffers: dict[str, bytes], name: str, n: int) -> Optional[np.ndarray]:
 
 
 class TritonDecoder:
-    """The `DecoderClient` (frontend/decoder.py) over Triton's gRPC stream."""
+    """The `DecoderClient` (frontend/decoder/interface.py) over Triton's gRPC stream."""
 
     def __init__(self, grpc_url: str, model_name: str = DECODER_MODEL, metrics=None):
         self.grpc_url = grpc_url
@@ -164,14 +164,14 @@ class TritonDecoder:
         self._block_tokens = 0                  # tokens per KV block (GPU: cached tokens from reused blocks)
         self._requested: dict[tuple[bool, bool], list[grpcclient.InferRequestedOutput]] = {}
         self._required: tuple[str, ...] = ("output_ids",)   # what every request asks for (backend_contract)
-        # frontend/decoder_health.py, wired by app.py: tells a broken decoder from a bad request,
+        # frontend/decoder/health.py, wired by app.py: tells a broken decoder from a bad request,
         # watches open streams, ends them when the decoder is down. None: no health tracking.
         self.health = None
 
     @property
     def capacity(self) -> Optional[int]:
         """Requests the decoder holds at once (batch slots plus queue), once its config was read:
-        the 429 gate's limit (frontend/fair_share.py)."""
+        the 429 gate's limit (frontend/tenancy/fair_share.py)."""
         return self._capacity
 
     @property
@@ -265,7 +265,7 @@ class TritonDecoder:
         """Yields responses until the decoder's final one. Closing the generator cancels.
 
         Admission (the 429 gate, fair share per key) is the service's, in front of this call
-        (frontend/fair_share.py): a request gets here only with a place in the decoder.
+        (frontend/tenancy/fair_share.py): a request gets here only with a place in the decoder.
         """
         health = self.health
         if health is not None and not health.ready:
@@ -299,7 +299,7 @@ class TritonDecoder:
 
         key = health.track(abort) if health is not None else None
         try:
-            # `traceparent` of the request's decode span, when tracing is on (frontend/tracing.py)
+            # `traceparent` of the request's decode span, when tracing is on (frontend/telemetry/tracing.py)
             if ttft_stamps.ENABLED:
                 ttft_stamps.stamp("grpc_start")
             stream = self.client.stream_infer(requests(), headers=ctx.trace_headers if ctx is not None else None)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import orjson
 
-from frontend.responses.request import FunctionToolChoice, ResponsesRequest, TextFormatJsonObject, TextFormatJsonSchema
+from frontend.openai.responses.request import FunctionToolChoice, ResponsesRequest, TextFormatJsonObject, TextFormatJsonSchema
 
 
 def new_id(prefix: str) -> str:

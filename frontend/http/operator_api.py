@@ -15,10 +15,10 @@ import orjson
 from aiohttp import web
 
 from frontend import errors
-from frontend.app import SERVICE, SETTINGS, json_response, read_body
-from frontend.operator_models import (DetokenizeRequest, DetokenizeResponse, TokenizeChatRequest,
+from frontend.http.app import SERVICE, SETTINGS, json_response, read_body
+from frontend.http.operator_models import (DetokenizeRequest, DetokenizeResponse, TokenizeChatRequest,
                                       TokenizePromptRequest, TokenizeResponse, VersionResponse)
-from frontend.request_models import parse_request
+from frontend.openai.request_models import parse_request
 
 
 def _version() -> str:

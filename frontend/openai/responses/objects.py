@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field
 
-from frontend.response_models import ResponseModel
+from frontend.openai.response_models import ResponseModel
 
 Status = Literal["in_progress", "completed", "incomplete", "failed"]
 

@@ -16,11 +16,11 @@ EBNF of exactly what we mean, without free whitespace (laid out like `json.dumps
 ", " and ": "), so a model cannot stall in an endless run of spaces on either decoder
 (llama_triton/text/guide_forms.py). `strict` is accepted either way: the output is always
 constrained to the schema. A schema keyword the engine would ignore or enforce wrongly is a 400
-naming it (frontend/schema_subset.py).
+naming it (frontend/openai/schema_subset.py).
 
 Checked before Triton sees it. Every guide is built and then compiled exactly as the engine will
 compile it (`grammar.compile_like_engine`), in a small pool of compile processes
-(frontend/compile_pool.py), never in this process: xgrammar cannot be interrupted, but a process
+(frontend/openai/compile_pool.py), never in this process: xgrammar cannot be interrupted, but a process
 can be killed. Each request has one deadline (`compile_timeout_s`, default 5 s from
 `llama_triton.defaults`) for waiting for a worker, building and compiling together; past it the
 worker is killed and the answer is a 400 `grammar_too_complex` naming the part at fault
@@ -47,10 +47,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from frontend import errors
-from frontend.compile_pool import CompilePool, CompileTimeout, PoolBusy, WorkerLost
-from frontend.request_models import (JsonObjectResponseFormat, JsonSchemaResponseFormat, RegexResponseFormat,
+from frontend.openai.compile_pool import CompilePool, CompileTimeout, PoolBusy, WorkerLost
+from frontend.openai.request_models import (JsonObjectResponseFormat, JsonSchemaResponseFormat, RegexResponseFormat,
                                      TextResponseFormat)
-from frontend.schema_subset import UnsupportedSchema, check_schema
+from frontend.openai.schema_subset import UnsupportedSchema, check_schema
 from llama_triton.defaults import GRAMMAR_COMPILE_TIMEOUT_S
 from llama_triton.text.grammar import tokenizer_info_payload
 

@@ -59,7 +59,7 @@ class DecoderResponse:
 class DecoderClient(Protocol):
     """One decoder as the service sees it. `generate` yields until the final response; closing the
     generator early cancels the request. Failures are `DecoderFailure`s. An implementation may also
-    carry `health` (frontend/decoder_health.py's DecoderHealth, or None: no tracking)."""
+    carry `health` (frontend/decoder/health.py's DecoderHealth, or None: no tracking)."""
 
     async def capabilities(self) -> DecoderCapabilities: ...
 

@@ -1,4 +1,4 @@
-"""The two probe requests of frontend/decoder_health.py, sent on the decoder's own gRPC client.
+"""The two probe requests of frontend/decoder/health.py, sent on the decoder's own gRPC client.
 
 * reach: `stop=true` for a request id nobody uses, the same tensors as TritonDecoder.stop. The CPU
   decoder cancels nothing and sends an empty final response; TensorRT-LLM's backend does the same
@@ -13,8 +13,8 @@ import asyncio
 
 import numpy as np
 
-from frontend.decoder_health import ProbeFailed, probe_request_id
-from frontend.triton_client import (EMPTY_FINAL_RESPONSE, DecoderBusy, TritonDecoder, _classify)
+from frontend.decoder.health import ProbeFailed, probe_request_id
+from frontend.decoder.triton_client import (EMPTY_FINAL_RESPONSE, DecoderBusy, TritonDecoder, _classify)
 from llama_triton.trtllm.request_encoding import DecodeSettings, decoder_arrays
 
 PROBE_PROMPT = [1]      # one token id that every Llama vocabulary has (BOS)

@@ -59,7 +59,7 @@ def install(app: web.Application, provider) -> None:
 
 
 def _tracer():
-    from frontend.logging_setup import current_request
+    from frontend.telemetry.logging_setup import current_request
     ctx = current_request.get()
     return getattr(ctx, "tracer", None) if ctx is not None else None
 
@@ -111,7 +111,7 @@ async def tracing_middleware(request: web.Request, handler):
         return await handler(request)
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-    from frontend.logging_setup import current_request
+    from frontend.telemetry.logging_setup import current_request
     ctx = current_request.get()
     resource = request.match_info.route.resource
     route = resource.canonical if resource else "unmatched"

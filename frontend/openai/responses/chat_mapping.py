@@ -20,8 +20,8 @@ from typing import Any, Iterable, Optional
 from pydantic import TypeAdapter, ValidationError
 
 from frontend import errors
-from frontend.request_models import ChatCompletionRequest
-from frontend.responses.request import (FunctionCallItem, FunctionCallOutputItem, FunctionToolChoice, InputItem,
+from frontend.openai.request_models import ChatCompletionRequest
+from frontend.openai.responses.request import (FunctionCallItem, FunctionCallOutputItem, FunctionToolChoice, InputItem,
                                         MessageItem, ReasoningItem, ResponsesRequest, TextFormatJsonObject,
                                         TextFormatJsonSchema)
 

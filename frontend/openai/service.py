@@ -16,22 +16,24 @@ from typing import AsyncIterator, Optional, Union
 
 import numpy as np
 
-from frontend import errors, tracing, ttft_stamps
-from frontend.chat_prompt import render_prompt, template_renders_tools
-from frontend.generation import ChoiceEvent, Generation
-from frontend.literal_text import encode_prompt
-from frontend.logging_setup import current_request
-from frontend.request_models import ChatCompletionRequest, CompletionRequest
-from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
+from frontend import errors
+from frontend.telemetry import tracing
+from frontend.telemetry import ttft_stamps
+from frontend.openai.chat_prompt import render_prompt, template_renders_tools
+from frontend.openai.generation import ChoiceEvent, Generation
+from frontend.openai.literal_text import encode_prompt
+from frontend.telemetry.logging_setup import current_request
+from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest
+from frontend.openai.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
                                 prompt_opens_reasoning, thinking_disabled)
 from frontend.settings import Settings
-from frontend.sse import (DECODER_ANSWERED, ChatChunkEncoder, CompletionChunkEncoder, EventStream, completion_logprobs,
+from frontend.openai.sse import (DECODER_ANSWERED, ChatChunkEncoder, CompletionChunkEncoder, EventStream, completion_logprobs,
                           usage_dict)
-from frontend.structured import StructuredOutputs, response_format_guide
-from frontend.tenants import OPEN, cache_salt
-from frontend.tools import ToolCallParser, ToolPlan, check_combination
-from frontend.decoder import DecoderBusy, DecoderClient, DecoderFailure, http_error
-from frontend.fair_share import FairShareGate, OverShare
+from frontend.openai.structured import StructuredOutputs, response_format_guide
+from frontend.tenancy.tenants import OPEN, cache_salt
+from frontend.openai.tools import ToolCallParser, ToolPlan, check_combination
+from frontend.decoder.interface import DecoderBusy, DecoderClient, DecoderFailure, http_error
+from frontend.tenancy.fair_share import FairShareGate, OverShare
 from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays
 from llama_triton.trtllm.tensor_contract import TENANT_RANK
 from llama_triton.text.tokenization import Tokenizer
@@ -70,7 +72,7 @@ class CompletionService:
         self.settings = settings
         self.tokenizer = tokenizer
         self.decoder = decoder
-        # The 429 gate: the decoder's places shared fairly between API keys (frontend/fair_share.py)
+        # The 429 gate: the decoder's places shared fairly between API keys (frontend/tenancy/fair_share.py)
         self.gate = gate or FairShareGate(wait_s=settings.fair_share_wait)
         self.created = int(time.time())
         self.model_context = _model_context(settings.model_dir)
@@ -93,7 +95,7 @@ class CompletionService:
 
     def cache_salt(self, req: Union[ChatCompletionRequest, CompletionRequest]) -> int:
         """The request's prefix-cache scope: its key's (or key group's), narrowed by prompt_cache_key
-        and cache_salt (frontend/tenants.py). Without keys every request is the one open tenant."""
+        and cache_salt (frontend/tenancy/tenants.py). Without keys every request is the one open tenant."""
         ctx = current_request.get()
         tenant = ctx.tenant if ctx is not None and ctx.tenant is not None else OPEN
         return cache_salt(self.settings.hash_secret, tenant, req.prompt_cache_key, req.cache_salt)
@@ -245,7 +247,7 @@ class CompletionService:
     async def start_chat(self, req: ChatCompletionRequest, prefix: str = "chatcmpl") -> "ChatRun":
         """Everything a chat request needs before its first decoder token: the prompt (template,
         tools, reasoning), the guide, the decoder tensors, and one ChatOutput per choice. The chat
-        endpoint and the Responses API (frontend/responses/) both run requests through it."""
+        endpoint and the Responses API (frontend/openai/responses/) both run requests through it."""
         with tracing.span("template"):
             chat = await self.render_chat(req)
         if chat.guide is not None:

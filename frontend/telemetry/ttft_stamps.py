@@ -34,7 +34,7 @@ STAMP_LOG = web.AppKey("ttft_stamp_log", StampLog)
 
 
 def _ctx():
-    from frontend.logging_setup import current_request
+    from frontend.telemetry.logging_setup import current_request
     return current_request.get()
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from frontend import errors, tracing
-from frontend.app import SERVICE, SETTINGS, json_response, json_result, note_request, read_body, stream_sse
-from frontend.request_models import parse_request
-from frontend.responses.api import MAX_INPUT_ITEMS_PAGE, ResponsesAPI
-from frontend.responses.request import ResponsesRequest
-from frontend.responses.store import StoreLimits, open_store, owner_of_key
+from frontend import errors
+from frontend.telemetry import tracing
+from frontend.http.app import SERVICE, SETTINGS, json_response, json_result, note_request, read_body, stream_sse
+from frontend.openai.request_models import parse_request
+from frontend.openai.responses.api import MAX_INPUT_ITEMS_PAGE, ResponsesAPI
+from frontend.openai.responses.request import ResponsesRequest
+from frontend.openai.responses.store import StoreLimits, open_store, owner_of_key
 
 API = web.AppKey("responses_api", ResponsesAPI)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("frontend.tenants")   # its name before the move
 
 RELOAD_CHECK_S = 1.0
 KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -9,8 +9,8 @@ from typing import Optional
 
 from pydantic import Field
 
-from frontend.request_models import ChatCompletionRequest, TokenId, _RequestBase
-from frontend.response_models import ResponseModel
+from frontend.openai.request_models import ChatCompletionRequest, TokenId, _RequestBase
+from frontend.openai.response_models import ResponseModel
 
 
 class TokenizeChatRequest(ChatCompletionRequest):

@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from frontend import errors
-from frontend.request_models import ChatCompletionRequest, ChatTool
-from frontend.structured import MAX_TOOLS, GuideSpec, checked_schema
+from frontend.openai.request_models import ChatCompletionRequest, ChatTool
+from frontend.openai.structured import MAX_TOOLS, GuideSpec, checked_schema
 
 ARGUMENTS = "arguments"     # our key (Llama-2 and other templates without a tool list)
 PARAMETERS = "parameters"   # Llama-3.1's key

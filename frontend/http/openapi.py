@@ -15,13 +15,13 @@ from typing import Any, Optional
 
 from pydantic.json_schema import models_json_schema
 
-from frontend import operator_models as ops
-from frontend import request_models as req
-from frontend import response_models as resp
+from frontend.http import operator_models as ops
+from frontend.openai import request_models as req
+from frontend.openai import response_models as resp
 from frontend.errors import ErrorResponse
-from frontend.responses import objects as robj
-from frontend.responses.api import MAX_INPUT_ITEMS_PAGE
-from frontend.responses.request import ResponsesRequest
+from frontend.openai.responses import objects as robj
+from frontend.openai.responses.api import MAX_INPUT_ITEMS_PAGE
+from frontend.openai.responses.request import ResponsesRequest
 
 _REF = "#/components/schemas/{model}"
 _ERROR_STATUSES = {
@@ -94,7 +94,7 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
                    "description": "A response id from POST /v1/responses (`id`)."}
 
     def responses_paths(prefix: str, suffix: str) -> dict[str, Any]:
-        """The Responses API (frontend/responses/routes.py)."""
+        """The Responses API (frontend/http/responses_routes.py)."""
         tags, stored_errors = ["responses"], (["401"] if auth else []) + ["404", "500", "503"]
         create = {
             "summary": "Create a model response", "operationId": f"create_response{suffix}", "tags": tags,
@@ -152,7 +152,7 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
         }
 
     def operator_paths() -> dict[str, Any]:
-        """vLLM's operator endpoints (frontend/operator_api.py)."""
+        """vLLM's operator endpoints (frontend/http/operator_api.py)."""
         tags = ["operations"]
         body_errors = ["400"] + (["401"] if auth else []) + ["404", "413", "500"]
         return {

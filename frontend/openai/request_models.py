@@ -28,7 +28,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Fie
 
 from frontend.errors import APIError, ParamError, bad_request, bounded, validation_error_to_api_error
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("frontend.request_models")   # its name before the move
 
 MAX_STOP_SEQUENCES = 16
 MAX_TOKENS_LIMIT = 1_000_000

@@ -1,6 +1,6 @@
 """Fair share of the decoder between API keys: who gets a place when it is full, and who gets 429.
 
-The decoder holds `capacity` requests (batch slots plus queue); frontend/admission.py counts them
+The decoder holds `capacity` requests (batch slots plus queue); frontend/tenancy/admission.py counts them
 across this replica's workers. This gate stands in front of that count:
 
 * With room and nobody waiting, any key is admitted (the gate is work-conserving).
@@ -22,7 +22,7 @@ without the `tenant_rank` input (TensorRT-LLM's) keep their queue first come, fi
 the fair order holds only in this gate's own queue (docs/OPERATIONS.md).
 
 Across frontend workers (`--frontend-workers N`) the counts, in all and per key, are the admission
-file's (frontend/admission.py), so a key's share is judged on its requests in every worker. The
+file's (frontend/tenancy/admission.py), so a key's share is judged on its requests in every worker. The
 waiters are each worker's own: a key waiting in another worker does not count among the keys with
 work here, and a freed place goes to whichever worker's best waiter takes it first (each waiter
 notices places freed elsewhere by polling the shared count every POLL_S).
@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from frontend.admission import Admission, LocalAdmission
+from frontend.tenancy.admission import Admission, LocalAdmission
 
 DRAIN_WINDOW_S = 10.0
 POLL_S = 0.05

@@ -1,8 +1,8 @@
 """How many decoder requests this replica's frontend has open, in all and per API key: the 429
-gate's counts (frontend/fair_share.py decides with them).
+gate's counts (frontend/tenancy/fair_share.py decides with them).
 
 The decoder holds `capacity` requests at once (its batch slots plus its queue, from the model
-config; frontend/triton_client.py `decoder_capacity`). With one frontend process the counts are
+config; frontend/decoder/triton_client.py `decoder_capacity`). With one frontend process the counts are
 plain integers. With `--frontend-workers N` the N processes share one decoder, so they share the
 counts: a small file (`--admission-file`, made by the launcher) holds one record per worker
 (`--admission-slot`), each written only by its worker: its open requests, then its open requests

@@ -9,7 +9,7 @@ Middlewares, outermost first:
   per-request metrics that need the whole request (tokens, users, cancellations).
 * `metrics_middleware`: requests by route and status, latency.
 * `error_middleware`: every failure becomes the error envelope.
-* `auth_middleware`: bearer keys; the request runs as its key's `Tenant` (frontend/tenants.py).
+* `auth_middleware`: bearer keys; the request runs as its key's `Tenant` (frontend/tenancy/tenants.py).
   `/metrics` takes a metrics key, never a client key (`--metrics-keys-file`), or is served without
   one on `--metrics-port`.
 
@@ -36,23 +36,27 @@ from typing import Optional
 import orjson
 from aiohttp import web
 
-from frontend import decoder_probes, errors, logging_setup, tracing, ttft_stamps
-from frontend.admission import SharedAdmission
-from frontend.fair_share import FairShareGate
-from frontend.decoder_health import DecoderHealth
-from frontend.logging_setup import RequestContext, client_request_id, current_request, hash_user
-from frontend.metrics import FrontendMetrics
-from frontend.vllm_metrics import refresh_kv_cache_usage
-from frontend.openapi import build_openapi
-from frontend import playground
-from frontend.request_models import ChatCompletionRequest, CompletionRequest, parse_request
-from frontend.response_models import ModelCard, ModelList, ModelMetadata
-from frontend.service import CompletionService, LegacyCompletions
+from frontend import errors
+from frontend.decoder import probes as decoder_probes
+from frontend.telemetry import logging_setup
+from frontend.telemetry import tracing
+from frontend.telemetry import ttft_stamps
+from frontend.tenancy.admission import SharedAdmission
+from frontend.tenancy.fair_share import FairShareGate
+from frontend.decoder.health import DecoderHealth
+from frontend.telemetry.logging_setup import RequestContext, client_request_id, current_request, hash_user
+from frontend.telemetry.metrics import FrontendMetrics
+from frontend.telemetry.vllm_metrics import refresh_kv_cache_usage
+from frontend.http.openapi import build_openapi
+from frontend.http import playground
+from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest, parse_request
+from frontend.openai.response_models import ModelCard, ModelList, ModelMetadata
+from frontend.openai.service import CompletionService, LegacyCompletions
 from frontend.settings import Settings, parse_args
-from frontend.tenants import OPEN, ROUTER_KEY_ID
-from frontend.sse import DECODER_ANSWERED, SSE_DONE, EventStream
-from frontend.decoder import DecoderClient, DecoderFailure, http_error
-from frontend.triton_client import TritonDecoder, startup_refusal
+from frontend.tenancy.tenants import OPEN, ROUTER_KEY_ID
+from frontend.openai.sse import DECODER_ANSWERED, SSE_DONE, EventStream
+from frontend.decoder.interface import DecoderClient, DecoderFailure, http_error
+from frontend.decoder.triton_client import TritonDecoder, startup_refusal
 from llama_triton.text.tokenization import Tokenizer
 from llama_triton.startup_heap import freeze_startup_heap
 
@@ -582,8 +586,8 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     app.router.add_get(METRICS_PATH, metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
     playground.add_routes(app)
-    from frontend import operator_api                           # these import this module
-    from frontend.responses import routes as responses_routes
+    from frontend.http import operator_api  # these import this module
+    from frontend.http import responses_routes
     operator_api.add_routes(app)
     responses_routes.add_routes(app)
 
