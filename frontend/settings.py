@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from frontend.tenancy.tenants import KEY_ID, KeyRing, KeysInvalid, hash_secret, parse_share_groups
+from frontend.tenancy import KEY_ID, KeyRing, KeysInvalid, hash_secret, parse_share_groups
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Settings:
     responses_ttl: float = 30 * 24 * 3600.0
     responses_max_bytes: int = 16 * 1024 * 1024
     responses_max_per_key: int = 10_000
-    admission_file: Optional[str] = None    # the 429 gate's count shared by several workers (frontend/tenancy/admission.py)
+    admission_file: Optional[str] = None    # the 429 gate's count shared by workers (frontend/tenancy/admission.py)
     admission_slot: int = 0                 # this worker's counter in it
     # Fair share per key (frontend/tenancy/fair_share.py): how long a key under its share waits for a place
     fair_share_wait: float = 600.0

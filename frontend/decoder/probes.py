@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 import numpy as np
 
-from frontend.decoder.health import ProbeFailed, probe_request_id
+from frontend.decoder.health import DecoderHealth, ProbeFailed, probe_request_id
 from frontend.decoder.triton_client import (EMPTY_FINAL_RESPONSE, DecoderBusy, TritonDecoder, _classify)
 from llama_triton.trtllm.request_encoding import DecodeSettings, decoder_arrays
 
@@ -64,3 +65,8 @@ async def work(decoder: TritonDecoder) -> None:
         raise ProbeFailed(f"model config unreadable: {e}") from None
     await _one_request(decoder, decoder_arrays(DecodeSettings(prompt_ids=PROBE_PROMPT, max_new_tokens=1, seed=0),
                                                caps.inputs))
+
+
+def probed_health(decoder: TritonDecoder, report: Callable[[str], None]) -> DecoderHealth:
+    """The health of `decoder`, told by the two probes above; `report(reason)` hears when it is broken."""
+    return DecoderHealth(lambda: reach(decoder), lambda: work(decoder), report)

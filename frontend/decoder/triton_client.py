@@ -22,10 +22,9 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from frontend.decoder.interface import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,  # noqa: F401 - re-exported
-                              DecoderResponse, DecoderUnavailable)
-from frontend.telemetry import ttft_stamps
-from frontend.telemetry.logging_setup import current_request
+from frontend.decoder.interface import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,
+                                        DecoderResponse, DecoderUnavailable)
+from frontend.telemetry import current_request, ttft_stamps
 from llama_triton.trtllm import backend_contract
 from llama_triton.trtllm import decoder_errors
 from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS, PERF_METRIC_OUTPUTS

@@ -15,13 +15,11 @@ from typing import Any, Optional
 
 from pydantic.json_schema import models_json_schema
 
-from frontend.http import operator_models as ops
-from frontend.openai import request_models as req
-from frontend.openai import response_models as resp
 from frontend.errors import ErrorResponse
-from frontend.openai.responses import objects as robj
-from frontend.openai.responses.api import MAX_INPUT_ITEMS_PAGE
-from frontend.openai.responses.request import ResponsesRequest
+from frontend.http import operator_models as ops
+from frontend.openai import (MAX_INPUT_ITEMS_PAGE, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
+                             CompletionChunk, CompletionRequest, CompletionResponse, InputItemList, ModelList,
+                             ResponseDeleted, ResponseObject, ResponsesRequest)
 
 _REF = "#/components/schemas/{model}"
 _ERROR_STATUSES = {
@@ -44,12 +42,12 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
                   auth: bool = True, server_url: Optional[str] = None) -> dict[str, Any]:
     """The whole document. `auth=False` drops the bearer security (server started without keys)."""
     models = [
-        (req.ChatCompletionRequest, "validation"), (req.CompletionRequest, "validation"),
-        (resp.ChatCompletionResponse, "serialization"), (resp.ChatCompletionChunk, "serialization"),
-        (resp.CompletionResponse, "serialization"), (resp.CompletionChunk, "serialization"),
-        (resp.ModelList, "serialization"), (ErrorResponse, "serialization"),
-        (ResponsesRequest, "validation"), (robj.ResponseObject, "serialization"),
-        (robj.ResponseDeleted, "serialization"), (robj.InputItemList, "serialization"),
+        (ChatCompletionRequest, "validation"), (CompletionRequest, "validation"),
+        (ChatCompletionResponse, "serialization"), (ChatCompletionChunk, "serialization"),
+        (CompletionResponse, "serialization"), (CompletionChunk, "serialization"),
+        (ModelList, "serialization"), (ErrorResponse, "serialization"),
+        (ResponsesRequest, "validation"), (ResponseObject, "serialization"),
+        (ResponseDeleted, "serialization"), (InputItemList, "serialization"),
         (ops.TokenizeChatRequest, "validation"), (ops.TokenizePromptRequest, "validation"),
         (ops.DetokenizeRequest, "validation"), (ops.TokenizeResponse, "serialization"),
         (ops.DetokenizeResponse, "serialization"), (ops.VersionResponse, "serialization"),
@@ -84,7 +82,7 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
     def list_models() -> dict[str, Any]:
         return {"summary": "List the served models", "tags": ["models"], "security": sec,
                 "responses": {"200": {"description": "The served models",
-                                      "content": {"application/json": {"schema": ref[resp.ModelList]}}},
+                                      "content": {"application/json": {"schema": ref[ModelList]}}},
                               **_error_responses(error, (["401"] if auth else []) + ["500"])}}
 
     def json_ok(description: str, model: type) -> dict[str, Any]:
@@ -108,7 +106,7 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
             "requestBody": {"required": True, "content": {"application/json": {"schema": ref[ResponsesRequest]}}},
             "responses": {
                 "200": {"description": "The Response (JSON), or its event stream (SSE)",
-                        "content": {"application/json": {"schema": ref[robj.ResponseObject]},
+                        "content": {"application/json": {"schema": ref[ResponseObject]},
                                     "text/event-stream": {"schema": {
                                         "type": "string",
                                         "description": "SSE events of the Responses API (see above)"}}}},
@@ -121,12 +119,12 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
                 "get": {"summary": "Retrieve a stored response (the key that created it only)",
                         "operationId": f"get_response{suffix}", "tags": tags, "security": sec,
                         "parameters": [response_id],
-                        "responses": {**json_ok("The stored Response", robj.ResponseObject),
+                        "responses": {**json_ok("The stored Response", ResponseObject),
                                       **_error_responses(error, stored_errors)}},
                 "delete": {"summary": "Delete a stored response (the key that created it only)",
                            "operationId": f"delete_response{suffix}", "tags": tags, "security": sec,
                            "parameters": [response_id],
-                           "responses": {**json_ok("Deleted", robj.ResponseDeleted),
+                           "responses": {**json_ok("Deleted", ResponseDeleted),
                                          **_error_responses(error, stored_errors)}}},
             f"{prefix}/responses/{{id}}/input_items": {"get": {
                 "summary": "List a stored response's input items (this turn's, not earlier turns')",
@@ -139,7 +137,7 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INPUT_ITEMS_PAGE, "default": 20}},
                     {"name": "order", "in": "query", "required": False,
                      "schema": {"type": "string", "enum": ["asc", "desc"], "default": "desc"}}],
-                "responses": {**json_ok("A page of input items", robj.InputItemList),
+                "responses": {**json_ok("A page of input items", InputItemList),
                               **_error_responses(error, ["400"] + stored_errors)}}},
             f"{prefix}/responses/{{id}}/cancel": {"post": {
                 "summary": "Cancel a background response: there is no background mode, so a stored "
@@ -147,7 +145,7 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
                 "operationId": f"cancel_response{suffix}", "tags": tags, "security": sec,
                 "parameters": [response_id],
                 "responses": {"200": {"description": "Never: no response runs in the background",
-                                      "content": {"application/json": {"schema": ref[robj.ResponseObject]}}},
+                                      "content": {"application/json": {"schema": ref[ResponseObject]}}},
                               **_error_responses(error, ["400"] + stored_errors)}}},
         }
 
@@ -179,10 +177,10 @@ def build_openapi(*, title: str = "llama-triton OpenAI-compatible API", version:
     paths: dict[str, Any] = {}
     for prefix, suffix in (("/v1", ""), ("/v1/openai", "_openai")):
         paths[f"{prefix}/chat/completions"] = {"post": {
-            **generate("chat completion", req.ChatCompletionRequest, resp.ChatCompletionResponse, resp.ChatCompletionChunk),
+            **generate("chat completion", ChatCompletionRequest, ChatCompletionResponse, ChatCompletionChunk),
             "operationId": f"create_chat_completion{suffix}"}}
         paths[f"{prefix}/completions"] = {"post": {
-            **generate("completion", req.CompletionRequest, resp.CompletionResponse, resp.CompletionChunk),
+            **generate("completion", CompletionRequest, CompletionResponse, CompletionChunk),
             "operationId": f"create_completion{suffix}"}}
         paths[f"{prefix}/models"] = {"get": {**list_models(), "operationId": f"list_models{suffix}"}}
         paths.update(responses_paths(prefix, suffix))

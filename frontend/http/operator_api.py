@@ -3,7 +3,7 @@
 /tokenize counts exactly as the server does: `messages` go through the chat request's own
 rendering (`CompletionService.render_chat`: template, tools, reasoning, request text kept as
 text), `prompt` through the legacy completions encoding (special tokens added). Both take the
-chat path's Bearer auth and body cap (app.py's middlewares and `read_body`).
+chat path's Bearer auth and body cap (middleware.py and routes.py's `read_body`).
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import orjson
 from aiohttp import web
 
 from frontend import errors
-from frontend.http.app import SERVICE, SETTINGS, json_response, read_body
+from frontend.http.app_keys import SERVICE, SETTINGS
 from frontend.http.operator_models import (DetokenizeRequest, DetokenizeResponse, TokenizeChatRequest,
-                                      TokenizePromptRequest, TokenizeResponse, VersionResponse)
-from frontend.openai.request_models import parse_request
+                                           TokenizePromptRequest, TokenizeResponse, VersionResponse)
+from frontend.http.routes import json_response, read_body
+from frontend.openai import parse_request
 
 
 def _version() -> str:

@@ -9,8 +9,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from frontend.openai.request_models import ChatCompletionRequest, TokenId, _RequestBase
-from frontend.openai.response_models import ResponseModel
+from frontend.openai import ChatCompletionRequest, RequestBase, ResponseModel, TokenId
 
 
 class TokenizeChatRequest(ChatCompletionRequest):
@@ -19,14 +18,14 @@ class TokenizeChatRequest(ChatCompletionRequest):
     return_token_strs: bool = Field(False, description="Also return each token's text.")
 
 
-class TokenizePromptRequest(_RequestBase):
+class TokenizePromptRequest(RequestBase):
     model: str
     prompt: str
     add_special_tokens: bool = Field(True, description="As /v1/completions encodes a prompt.")
     return_token_strs: bool = Field(False, description="Also return each token's text.")
 
 
-class DetokenizeRequest(_RequestBase):
+class DetokenizeRequest(RequestBase):
     model: str
     tokens: list[TokenId]
 

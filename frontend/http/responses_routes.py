@@ -1,5 +1,5 @@
-"""HTTP routes of the Responses API (under /v1 and /v1/openai), on app.py's machinery: the same
-auth and body caps, request context, error envelope and SSE writer as chat completions.
+"""HTTP routes of the Responses API (under /v1 and /v1/openai), on the chat routes' machinery
+(routes.py, sse_writer.py): the same auth and body caps, request context, error envelope and SSE writer as chat completions.
 
 The owner of a stored response is the SHA-256 of the Bearer key that created it (store.py); with
 no keys configured every client is the same owner.
@@ -9,12 +9,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from frontend import errors
+from frontend.http.app_keys import SERVICE, SETTINGS
+from frontend.http.routes import json_response, json_result, note_request, read_body
+from frontend.http.sse_writer import stream_sse
+from frontend.openai import (MAX_INPUT_ITEMS_PAGE, ResponsesAPI, ResponsesRequest, StoreLimits, open_store,
+                             owner_of_key, parse_request)
 from frontend.telemetry import tracing
-from frontend.http.app import SERVICE, SETTINGS, json_response, json_result, note_request, read_body, stream_sse
-from frontend.openai.request_models import parse_request
-from frontend.openai.responses.api import MAX_INPUT_ITEMS_PAGE, ResponsesAPI
-from frontend.openai.responses.request import ResponsesRequest
-from frontend.openai.responses.store import StoreLimits, open_store, owner_of_key
 
 API = web.AppKey("responses_api", ResponsesAPI)
 

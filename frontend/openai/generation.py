@@ -10,8 +10,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
+from frontend.decoder import DecoderResponse
 from frontend.openai.sse import token_logprob
-from frontend.decoder.interface import DecoderResponse
 from llama_triton.text.detokenize import IncrementalDetokenizer
 from llama_triton.text.stop_strings import StopStringMatcher
 from llama_triton.text.tokenization import Tokenizer

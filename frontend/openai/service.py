@@ -1,6 +1,9 @@
-"""OpenAI semantics over the decoder: prompt building, limits, field mapping, response assembly.
+"""OpenAI semantics over the decoder: prompt building, limits, field mapping, admission, the chat
+answer and stream.
 
-HTTP concerns (auth, body limits, SSE writing) stay in app.py; Triton concerns in triton_client.py.
+`/v1/completions` is legacy_completions.py on this service; one choice's chat output (reasoning,
+content, tool calls) is chat_output.py. HTTP concerns (auth, body limits, SSE writing) stay in
+frontend/http/; Triton concerns in frontend/decoder/.
 """
 from __future__ import annotations
 
@@ -17,26 +20,23 @@ from typing import AsyncIterator, Optional, Union
 import numpy as np
 
 from frontend import errors
-from frontend.telemetry import tracing
-from frontend.telemetry import ttft_stamps
+from frontend.decoder import DecoderBusy, DecoderClient, DecoderFailure, http_error
+from frontend.openai.chat_output import ChatOutput
 from frontend.openai.chat_prompt import render_prompt, template_renders_tools
 from frontend.openai.generation import ChoiceEvent, Generation
 from frontend.openai.literal_text import encode_prompt
-from frontend.telemetry.logging_setup import current_request
+from frontend.openai.reasoning import (THINK_END, close_reasoning, is_reasoning_model, prompt_opens_reasoning,
+                                       thinking_disabled)
 from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest
-from frontend.openai.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
-                                prompt_opens_reasoning, thinking_disabled)
-from frontend.settings import Settings
-from frontend.openai.sse import (DECODER_ANSWERED, ChatChunkEncoder, CompletionChunkEncoder, EventStream, completion_logprobs,
-                          usage_dict)
+from frontend.openai.sse import DECODER_ANSWERED, ChatChunkEncoder, EventStream, usage_dict
 from frontend.openai.structured import StructuredOutputs, response_format_guide
-from frontend.tenancy.tenants import OPEN, cache_salt
-from frontend.openai.tools import ToolCallParser, ToolPlan, check_combination
-from frontend.decoder.interface import DecoderBusy, DecoderClient, DecoderFailure, http_error
-from frontend.tenancy.fair_share import FairShareGate, OverShare
+from frontend.openai.tools import ToolPlan, check_combination
+from frontend.settings import Settings
+from frontend.telemetry import current_request, tracing, ttft_stamps
+from frontend.tenancy import OPEN, FairShareGate, OverShare, cache_salt
+from llama_triton.text.tokenization import Tokenizer
 from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays
 from llama_triton.trtllm.tensor_contract import TENANT_RANK
-from llama_triton.text.tokenization import Tokenizer
 
 RANK_MAX = 2 ** 31 - 1          # the tenant_rank tensor is int32
 
@@ -408,177 +408,9 @@ class ChatRun:
     outputs: list["ChatOutput"]
 
 
-class ChatOutput:
-    """One chat choice's text -> reasoning, content and tool calls (the same for stream and non-stream).
-
-    `feed`/`finish` return items `("reasoning_content", str)`, `("content", str)` and
-    `("tool_calls", [delta])`; `deltas` turns them into SSE deltas, `collect` + `message` into the
-    non-streamed message. Without tools and reasoning (`plain`) text passes straight through.
-    """
-
-    def __init__(self, plan: ToolPlan, reasoning: Optional[str]):
-        self.plan = plan
-        self.splitter = ReasoningSplitter(reasoning == "inside") if reasoning is not None else None
-        self.parser: Optional[ToolCallParser] = plan.parser() if plan.active else None
-        self.plain = self.splitter is None and self.parser is None
-        self._reasoning: list[str] = []
-        self._content: list[str] = []
-
-    def _answer(self, text: str) -> list:
-        if not text:
-            return []
-        return self.parser.feed(text) if self.parser is not None else [("content", text)]
-
-    def feed(self, text: str) -> list:
-        if self.splitter is None:
-            return self._answer(text)
-        reasoning, answer = self.splitter.feed(text)
-        items = [("reasoning_content", reasoning)] if reasoning else []
-        return items + self._answer(answer)
-
-    def finish(self) -> list:
-        items = []
-        if self.splitter is not None:
-            reasoning, answer = self.splitter.finish()
-            if reasoning:
-                items.append(("reasoning_content", reasoning))
-            items += self._answer(answer)
-        if self.parser is not None:
-            items += self.parser.finish()
-        return items
-
-    @staticmethod
-    def deltas(items: list) -> list[dict]:
-        out: list[dict] = []
-        for kind, value in items:
-            if kind != "tool_calls" and out and list(out[-1]) == [kind]:
-                out[-1][kind] += value
-            else:
-                out.append({kind: value})
-        return out
-
-    def collect(self, items: list) -> None:
-        for kind, value in items:
-            if kind == "reasoning_content":
-                self._reasoning.append(value)
-            elif kind == "content":
-                self._content.append(value)
-
-    def message(self) -> dict:
-        calls = self.parser.message_calls() if self.parser is not None else []
-        content: Optional[str] = "".join(self._content)
-        saw_reasoning = self.splitter is not None and self.splitter.saw_reasoning
-        if not content and (calls or saw_reasoning):
-            content = None
-        msg: dict = {"role": "assistant", "content": content}
-        if saw_reasoning:
-            msg["reasoning_content"] = "".join(self._reasoning)
-        if calls:
-            msg["tool_calls"] = calls
-        return msg
-
-    def finish_reason(self, reason: Optional[str]) -> Optional[str]:
-        produced = self.parser is not None and self.parser.produced_calls
-        return self.plan.finish_reason(reason, produced)
-
-
-class LegacyCompletions:
-    """`POST /v1/completions` on the same machinery: prompt text or ids, echo, integer logprobs."""
-
-    def __init__(self, service: CompletionService):
-        self.s = service
-
-    async def complete(self, req: CompletionRequest):
-        s = self.s
-        s.check_model(req.model)
-        if isinstance(req.prompt, str):
-            prompt_text = req.prompt
-            await s.check_text_fits(len(prompt_text), "prompt")
-            # Raw: the caller writes the template, so `</s>` here is the token (README, Security).
-            # Off the loop unless short and --inline-prompt-chars allows it (see render_chat).
-            if len(prompt_text) > s.settings.inline_prompt_chars:
-                prompt_ids = await asyncio.to_thread(s.tokenizer.encode, req.prompt, add_special_tokens=True)
-            else:
-                prompt_ids = s.tokenizer.encode(req.prompt, add_special_tokens=True)
-        else:
-            prompt_ids = list(req.prompt)
-            limit = await s.context_limit()
-            if len(prompt_ids) >= limit:
-                raise errors.context_length_exceeded(len(prompt_ids), limit, "prompt")
-            bad = [t for t in prompt_ids if t >= s.tokenizer.vocab_size]
-            if bad:
-                raise errors.bad_request(f"prompt token id {bad[0]} is outside the vocabulary.", "prompt")
-            from llama_triton.text.detokenize import decode
-            prompt_text = decode(s.tokenizer, prompt_ids)
-        top = req.logprobs or 0
-        prep = await s.prepare(req, prompt_ids, "cmpl", logprobs=req.logprobs is not None, top_logprobs=top)
-        gen = Generation(s.tokenizer, req.n, req.stop_strings, prep.max_new_tokens, req.logprobs is not None, top,
-                         bool(req.return_tokens_as_token_ids))
-        echo = prompt_text if req.echo else ""
-        if req.stream:
-            return EventStream(prep.request_id, self._stream(req, prep, gen, echo))
-        texts = [[echo] for _ in gen.choices]
-        lps: list[list] = [[] for _ in gen.choices]
-        async with aclosing(s.events(prep, gen)) as evs:
-            async for ev in evs:
-                texts[ev.index].append(ev.text)
-                if ev.logprobs:
-                    lps[ev.index].extend(ev.logprobs)
-        choices = [{"index": c.index, "text": "".join(texts[c.index]),
-                    "logprobs": _legacy_logprobs(lps[c.index], len(echo))[0] if req.logprobs is not None else None,
-                    "finish_reason": c.finish_reason} for c in gen.choices]
-        return {"id": prep.request_id, "object": "text_completion", "created": int(time.time()),
-                "model": s.settings.served_model_name, "choices": choices, "usage": s.usage(prep, gen)}
-
-    async def _stream(self, req: CompletionRequest, prep: Prepared, gen: Generation, echo: str):
-        s = self.s
-        enc = CompletionChunkEncoder(prep.request_id, s.settings.served_model_name, int(time.time()))
-        explicit = req.stream_options is not None
-        include_usage = req.stream_options.include_usage if explicit else True
-        if echo:
-            for c in gen.choices:
-                yield enc.text(echo, c.index)
-        remaining = len(gen.choices)
-        answered = False
-        # Each choice's text_offset runs on across chunks from the end of the echoed prompt: the
-        # same figures as the non-streamed response.
-        offsets = [len(echo)] * len(gen.choices)
-        async with aclosing(s.events(prep, gen)) as evs:
-            async for ev in evs:
-                if not answered:
-                    answered = True
-                    yield DECODER_ANSWERED
-                if ev.text or ev.logprobs:
-                    lp = None
-                    if req.logprobs is not None:
-                        lp, offsets[ev.index] = _legacy_logprobs(ev.logprobs, offsets[ev.index])
-                    yield enc.text(ev.text, ev.index, lp)
-                if ev.finish_reason is not None:
-                    remaining -= 1
-                    yield enc.finish(ev.finish_reason, ev.index,
-                                     s.usage(prep, gen) if remaining == 0 and include_usage else None)
-        if explicit and include_usage:
-            yield enc.usage(s.usage(prep, gen))
-        yield b"data: [DONE]\n\n"
-
-
 def _message_chars(message) -> int:
     """Characters of a message's text and of its tool calls' arguments: part of the prompt."""
     chars = len(message.text())
     for call in getattr(message, "tool_calls", None) or ():
         chars += len(call.function.arguments)
     return chars
-
-
-def _legacy_logprobs(entries: Optional[list[dict]], start: int) -> tuple[dict, int]:
-    """The legacy logprobs object of these tokens, the first at character `start` of the choice's
-    text, and the offset after the last. Offsets count the tokens' own text (also when `token`
-    says "token_id:N"), so streamed chunks and the whole response agree."""
-    entries = entries or []
-    offsets, pos = [], start
-    for e in entries:
-        offsets.append(pos)
-        pos += len(bytes(e["bytes"]).decode("utf-8", "replace"))
-    return completion_logprobs([e["token"] for e in entries], [e["logprob"] for e in entries],
-                               [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
-                               offsets), pos

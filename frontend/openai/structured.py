@@ -48,8 +48,8 @@ from typing import Any, Optional
 
 from frontend import errors
 from frontend.openai.compile_pool import CompilePool, CompileTimeout, PoolBusy, WorkerLost
-from frontend.openai.request_models import (JsonObjectResponseFormat, JsonSchemaResponseFormat, RegexResponseFormat,
-                                     TextResponseFormat)
+from frontend.openai.message_models import (JsonObjectResponseFormat, JsonSchemaResponseFormat, RegexResponseFormat,
+                                            TextResponseFormat)
 from frontend.openai.schema_subset import UnsupportedSchema, check_schema
 from llama_triton.defaults import GRAMMAR_COMPILE_TIMEOUT_S
 from llama_triton.text.grammar import tokenizer_info_payload

@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from frontend import errors
-from frontend.openai.request_models import ChatCompletionRequest, ChatTool
+from frontend.openai.message_models import ChatTool
+from frontend.openai.request_models import ChatCompletionRequest
 from frontend.openai.structured import MAX_TOOLS, GuideSpec, checked_schema
 
 ARGUMENTS = "arguments"     # our key (Llama-2 and other templates without a tool list)

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import orjson
 
-from frontend.tenancy.tenants import Tenant
+from frontend.tenancy import Tenant
 
 USER_HASH_CHARS = 16
 

@@ -56,7 +56,7 @@ from llama_triton.serve.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC
 DEFAULT_MODEL_DIR = "var/models/llama2-tiny"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
 ADMIN_KEY_ENV = "LLAMA_TRITON_ADMIN_KEY"      # no longer read (see triton_security_args)
-HASH_SECRET_ENV = "LLAMA_TRITON_HASH_SECRET"   # = frontend.tenants.HASH_SECRET_ENV
+HASH_SECRET_ENV = "LLAMA_TRITON_HASH_SECRET"   # = frontend.tenancy.tenants.HASH_SECRET_ENV
 EXIT_GAVE_UP = 3            # exit status when a process used up its crash budget
 # Logged once every frontend worker listens: what a supervising process waits for (served_stack.py).
 SERVING_LINE = b"serving the OpenAI API at"

@@ -11,8 +11,9 @@ import orjson
 
 from frontend.http.app import SERVICE
 from frontend.telemetry.logging_setup import RequestContext, current_request
-from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest, parse_request
-from frontend.openai.service import LegacyCompletions
+from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest
+from frontend.openai.request_base import parse_request
+from frontend.openai.legacy_completions import LegacyCompletions
 from frontend.openai.sse import DECODER_ANSWERED
 from tests.handlers.conftest import HANG, Harness, token_responses
 

@@ -15,7 +15,8 @@ import json
 import pytest
 
 from frontend import errors
-from frontend.openai.request_models import ChatCompletionRequest, parse_request
+from frontend.openai.request_models import ChatCompletionRequest
+from frontend.openai.request_base import parse_request
 from frontend.openai.structured import GuideSpec, StructuredOutputs, checked_schema, response_format_guide
 from frontend.openai.tools import ToolPlan
 from llama_triton.text.compile_worker import run_job

@@ -15,7 +15,8 @@ import frontend.openai.chat_prompt as chat_prompt
 from frontend.openai.chat_prompt import render_prompt, template_renders_tools
 from frontend.errors import APIError
 from frontend.openai.literal_text import CLOSE, OPEN, encode_prompt, mark_request_values, plain_text
-from frontend.openai.request_models import ChatCompletionRequest, parse_request
+from frontend.openai.request_models import ChatCompletionRequest
+from frontend.openai.request_base import parse_request
 from frontend.openai.reasoning import close_reasoning
 from frontend.openai.tools import ToolPlan
 

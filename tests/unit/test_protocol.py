@@ -15,7 +15,9 @@ from frontend import errors
 from frontend.errors import APIError
 from frontend.http.openapi import build_openapi
 from frontend.errors import validation_error_to_envelope
-from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest, NamedToolChoice, parse_request
+from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest
+from frontend.openai.message_models import NamedToolChoice
+from frontend.openai.request_base import parse_request
 from frontend.openai.response_models import (
     ChatCompletionChunk, ChatCompletionChunkChoice, ChatCompletionResponse, ChatCompletionChoice, ChatMessageOut,
     ChoiceLogprobs, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionResponse, DeltaFunctionCall,

@@ -8,7 +8,7 @@ import time
 from typing import AsyncIterator, Optional
 
 from frontend import errors
-from frontend.decoder.interface import DecoderFailure, http_error
+from frontend.decoder import DecoderFailure, http_error
 from frontend.openai.responses.chat_mapping import chat_request, stored_items, translate
 from frontend.openai.responses.output import EventEncoder, OutputAssembler, new_id, response_object, usage
 from frontend.openai.responses.request import ResponsesRequest, declared

@@ -13,10 +13,11 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from frontend.errors import ParamError, bad_request
-# _by_key tags by a string field only: a list or object there is a 400, not an unhashable-key 500
-from frontend.openai.request_models import (MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS, MAX_TOKENS_LIMIT,
-                                     LogitBias, OpenAIBaseModel, Seed, Stop, TokenCount, TokenId, _by_key, _int,
-                                     _RequestBase, _str_or_list, _tagged, screen_items, screen_sizes, too_long)
+# by_key tags by a string field only: a list or object there is a 400, not an unhashable-key 500
+from frontend.openai.request_base import (MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS, MAX_TOKENS_LIMIT,
+                                          OpenAIBaseModel, RequestBase, by_key, screen_items, screen_sizes,
+                                          str_or_list, strict_int, tagged, too_long)
+from frontend.openai.request_models import LogitBias, Seed, Stop, TokenCount, TokenId
 from frontend.openai.structured import MAX_TOOLS
 
 # What orjson (the response and the store) can write: JSON integers outside this range are refused
@@ -129,15 +130,15 @@ class UnsupportedPart(OpenAIBaseModel):
 
 _PART_TAGS = {"input_text": "<input_text>", "output_text": "<output_text>", "refusal": "<refusal>",
               "input_image": "<unsupported>", "input_file": "<unsupported>", "input_audio": "<unsupported>"}
-ContentPart = _tagged({"<input_text>": InputText, "<output_text>": OutputText, "<refusal>": Refusal,
-                       "<unsupported>": UnsupportedPart},
-                      _by_key("type", _PART_TAGS),
-                      "invalid_part_type",
-                      "content part 'type' must be one of 'input_text', 'output_text', 'refusal'")
+ContentPart = tagged({"<input_text>": InputText, "<output_text>": OutputText, "<refusal>": Refusal,
+                      "<unsupported>": UnsupportedPart},
+                     by_key("type", _PART_TAGS),
+                     "invalid_part_type",
+                     "content part 'type' must be one of 'input_text', 'output_text', 'refusal'")
 
 
-Content = _tagged({"<string>": str, "<array>": list[ContentPart]}, _str_or_list, "invalid_content",
-                  "content must be a string or an array of content parts")
+Content = tagged({"<string>": str, "<array>": list[ContentPart]}, str_or_list, "invalid_content",
+                 "content must be a string or an array of content parts")
 
 
 def _content_text(content: Union[str, list, None]) -> str:
@@ -246,11 +247,11 @@ def _item_tag(v: Any) -> Optional[str]:
     return None
 
 
-InputItem = _tagged({"<message>": MessageItem, "<function_call>": FunctionCallItem,
+InputItem = tagged({"<message>": MessageItem, "<function_call>": FunctionCallItem,
                      "<function_call_output>": FunctionCallOutputItem, "<reasoning>": ReasoningItem,
                      "<item_reference>": ItemReference}, _item_tag, "invalid_item_type",
-                    "input item 'type' must be one of 'message', 'function_call', 'function_call_output', "
-                    "'reasoning'")
+                   "input item 'type' must be one of 'message', 'function_call', 'function_call_output', "
+                   "'reasoning'")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,10 +275,10 @@ class OtherTool(OpenAIBaseModel):
                          "unsupported_value")
 
 
-Tool = _tagged({"<function>": FunctionTool, "<other>": OtherTool},
-               lambda v: ("<function>" if v.get("type") == "function" else "<other>")
-               if isinstance(v, dict) and isinstance(v.get("type"), str) else None,
-               "invalid_tool", "a tool needs a string 'type'")
+Tool = tagged({"<function>": FunctionTool, "<other>": OtherTool},
+              lambda v: ("<function>" if v.get("type") == "function" else "<other>")
+              if isinstance(v, dict) and isinstance(v.get("type"), str) else None,
+              "invalid_tool", "a tool needs a string 'type'")
 
 
 class FunctionToolChoice(OpenAIBaseModel):
@@ -294,7 +295,7 @@ class OtherToolChoice(OpenAIBaseModel):
                          f"{{type: 'function', name}}.", "type", "unsupported_value")
 
 
-ToolChoice = _tagged(
+ToolChoice = tagged(
     {"<mode>": Literal["none", "auto", "required"], "<function>": FunctionToolChoice, "<other>": OtherToolChoice},
     lambda v: "<mode>" if isinstance(v, str) else (
         ("<function>" if v.get("type") == "function" else "<other>")
@@ -319,10 +320,10 @@ class TextFormatJsonSchema(OpenAIBaseModel):
 
 
 _FORMAT_TAGS = {"text": "<text>", "json_object": "<json_object>", "json_schema": "<json_schema>"}
-TextFormat = _tagged({"<text>": TextFormatText, "<json_object>": TextFormatJsonObject,
+TextFormat = tagged({"<text>": TextFormatText, "<json_object>": TextFormatJsonObject,
                       "<json_schema>": TextFormatJsonSchema},
-                     _by_key("type", _FORMAT_TAGS),
-                     "invalid_response_format", "text.format 'type' must be one of 'text', 'json_object', "
+                    by_key("type", _FORMAT_TAGS),
+                    "invalid_response_format", "text.format 'type' must be one of 'text', 'json_object', "
                                                 "'json_schema'")
 
 
@@ -345,7 +346,7 @@ class ResponseStreamOptions(OpenAIBaseModel):
 # ----------------------------------------------------------------------------------------------------
 # The request
 
-class ResponsesRequest(_RequestBase):
+class ResponsesRequest(RequestBase):
     """`POST /v1/responses`."""
 
     _rejected: ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = _REJECTED
@@ -355,8 +356,8 @@ class ResponsesRequest(_RequestBase):
         screen_responses_lists(data)
 
     model: str = Field(description="Model name as listed by GET /v1/models.")
-    input: _tagged({"<string>": str, "<array>": Annotated[list[InputItem], Field(max_length=MAX_MESSAGES)]},
-                   _str_or_list, "invalid_input", "input must be a string or an array of input items") = Field(
+    input: tagged({"<string>": str, "<array>": Annotated[list[InputItem], Field(max_length=MAX_MESSAGES)]},
+                  str_or_list, "invalid_input", "input must be a string or an array of input items") = Field(
         description=f"Text, or a list of 1 to {MAX_MESSAGES} input items, with at most {MAX_CONTENT_PARTS} "
                     f"content parts in all.")
     instructions: Optional[str] = Field(None, description="A system message put first; not carried over by "
@@ -366,14 +367,14 @@ class ResponsesRequest(_RequestBase):
     stream: bool = False
     stream_options: Optional[ResponseStreamOptions] = None
     metadata: Optional[dict[str, str]] = None
-    max_output_tokens: Optional[_int(ge=1, le=MAX_TOKENS_LIMIT)] = Field(None, description="null = the server "
+    max_output_tokens: Optional[strict_int(ge=1, le=MAX_TOKENS_LIMIT)] = Field(None, description="null = the server "
                                                                                            "decides.")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     tools: Optional[Annotated[list[Tool], Field(max_length=MAX_TOOLS)]] = None
     tool_choice: Optional[ToolChoice] = Field(None, description="Default: 'auto' with tools, else 'none'.")
     parallel_tool_calls: bool = True
-    max_tool_calls: Optional[_int(ge=1)] = Field(None, description="Limits built-in tool calls; there are none.")
+    max_tool_calls: Optional[strict_int(ge=1)] = Field(None, description="Limits built-in tool calls; there are none.")
     text: Optional[TextConfig] = None
     reasoning: Optional[ReasoningConfig] = None
     user: Optional[str] = None
@@ -382,7 +383,7 @@ class ResponsesRequest(_RequestBase):
     # extensions, as on the chat endpoint
     # -1 is vLLM's "off" as well as 0: Shepherd Model Gateway adds `top_k: -1` to every Responses
     # request it forwards (measured with smg 1.13, docs/SCALE-OUT.md).
-    top_k: _int(ge=-1, lt=1000) = Field(0, description="0 or -1 = off.")
+    top_k: strict_int(ge=-1, lt=1000) = Field(0, description="0 or -1 = off.")
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
