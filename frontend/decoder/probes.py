@@ -15,7 +15,9 @@ from typing import Callable
 import numpy as np
 
 from frontend.decoder.health import DecoderHealth, ProbeFailed, probe_request_id
-from frontend.decoder.triton_client import (EMPTY_FINAL_RESPONSE, DecoderBusy, TritonDecoder, _classify)
+from frontend.decoder.interface import DecoderBusy
+from frontend.decoder.request_stream import RequestStream
+from frontend.decoder.triton_client import EMPTY_FINAL_RESPONSE, TritonDecoder, classify_error
 from llama_triton.trtllm.request_encoding import DecodeSettings, decoder_arrays
 
 PROBE_PROMPT = [1]      # one token id that every Llama vocabulary has (BOS)
@@ -23,19 +25,12 @@ PROBE_PROMPT = [1]      # one token id that every Llama vocabulary has (BOS)
 
 async def _one_request(decoder: TritonDecoder, arrays: dict[str, np.ndarray]) -> None:
     """Sends one request and reads it to its final response; ProbeFailed on an error answer."""
-    done = asyncio.Event()
-    inputs = TritonDecoder._inputs(arrays)
-
-    async def requests():
-        yield {"model_name": decoder.model_name, "inputs": inputs, "request_id": probe_request_id(),
-               "parameters": EMPTY_FINAL_RESPONSE}
-        await done.wait()
-
-    stream = decoder.client.stream_infer(requests())
+    call = RequestStream(decoder.model_name, probe_request_id(), arrays, EMPTY_FINAL_RESPONSE)
+    stream = call.open(decoder.client)
     try:
         async for result, error in stream:
             if error is not None:
-                if isinstance(_classify(error), DecoderBusy):
+                if isinstance(classify_error(error), DecoderBusy):
                     return          # a full queue is a decoder at work
                 raise ProbeFailed(str(error))
             resp = result.get_response()
@@ -49,7 +44,7 @@ async def _one_request(decoder: TritonDecoder, arrays: dict[str, np.ndarray]) ->
     except Exception as e:      # grpc errors: Triton unreachable
         raise ProbeFailed(f"{type(e).__name__}: {e}") from None
     finally:
-        done.set()
+        call.close()
         stream.cancel()
 
 

@@ -20,10 +20,11 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
 from frontend.decoder.interface import (DecoderBusy, DecoderCapabilities, DecoderError, DecoderFailure,
                                         DecoderResponse, DecoderUnavailable)
+from frontend.decoder.request_stream import RequestStream
 from frontend.telemetry import current_request, ttft_stamps
 from llama_triton.trtllm import backend_contract
 from llama_triton.trtllm import decoder_errors
@@ -94,7 +95,7 @@ _TRANSPORT_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.
                    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
 
 
-def _classify(err: Exception) -> Exception:
+def classify_error(err: Exception) -> Exception:
     """A failure of a decoder call as a DecoderFailure. Transport errors by their gRPC status; the
     decoder's own error texts by llama_triton/trtllm/decoder_errors.py (a typed code at the start of
     the text, or one row of the table of TensorRT-LLM's and Triton's texts), never by words found
@@ -251,15 +252,6 @@ class TritonDecoder:
             self._requested[key] = outputs
         return outputs
 
-    @staticmethod
-    def _inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
-        out = []
-        for name, arr in arrays.items():
-            t = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
-            t.set_data_from_numpy(arr)
-            out.append(t)
-        return out
-
     async def generate(self, request_id: str, arrays: dict[str, np.ndarray]) -> AsyncIterator[DecoderResponse]:
         """Yields responses until the decoder's final one. Closing the generator cancels.
 
@@ -269,18 +261,11 @@ class TritonDecoder:
         health = self.health
         if health is not None and not health.ready:
             raise self._lost(DecoderUnavailable(health.down_reason))
-        done = asyncio.Event()
-        inputs = self._inputs(arrays)
-        outputs = self._outputs(arrays)
+        call = RequestStream(self.model_name, request_id, arrays, GENERATE_PARAMETERS, self._outputs(arrays))
         ctx = current_request.get()
         if ctx is not None:
             ctx.triton_request_id = request_id
         metrics = self.metrics
-
-        async def requests():
-            yield {"model_name": self.model_name, "inputs": inputs, "outputs": outputs, "request_id": request_id,
-                   "parameters": GENERATE_PARAMETERS}
-            await done.wait()   # keep the stream open until the final response arrives
 
         queued = metrics is not None
         if metrics is not None:
@@ -301,7 +286,7 @@ class TritonDecoder:
             # `traceparent` of the request's decode span, when tracing is on (frontend/telemetry/tracing.py)
             if ttft_stamps.ENABLED:
                 ttft_stamps.stamp("grpc_start")
-            stream = self.client.stream_infer(requests(), headers=ctx.trace_headers if ctx is not None else None)
+            stream = call.open(self.client, headers=ctx.trace_headers if ctx is not None else None)
             async for result, error in stream:
                 if ttft_stamps.ENABLED:
                     ttft_stamps.stamp("grpc_first")
@@ -312,7 +297,7 @@ class TritonDecoder:
                     queued = False
                 if error is not None:
                     finished = True
-                    err = _classify(error)
+                    err = classify_error(error)
                     if type(err) is DecoderError and health is not None and not err.certain:
                         # Triton's stream errors carry no code: probing tells whose fault it was.
                         err = await self._judge(err, produced)
@@ -343,19 +328,19 @@ class TritonDecoder:
             raise
         except InferenceServerException as e:
             finished = True
-            raise self._lost(_classify(e)) from None
+            raise self._lost(classify_error(e)) from None
         except Exception as e:   # grpc errors when Triton dies mid-stream
             if isinstance(e, (DecoderFailure, GeneratorExit, asyncio.CancelledError)):
                 raise
             finished = True
-            err = _classify(e)
+            err = classify_error(e)
             if not isinstance(err, (DecoderUnavailable, DecoderBusy)):
                 err = DecoderUnavailable(f"lost the decoder stream: {e}")
             raise self._lost(err) from None
         finally:
             if key is not None:
                 health.untrack(key)
-            done.set()
+            call.close()
             if metrics is not None:
                 metrics.decoder_streams.dec()
                 if queued:
@@ -404,19 +389,12 @@ class TritonDecoder:
         """TensorRT-LLM's cancellation: a request with stop=true and the same id."""
         arrays = {"input_ids": np.zeros((1, 1), np.int32), "input_lengths": np.ones((1, 1), np.int32),
                   "request_output_len": np.ones((1, 1), np.int32), "stop": np.ones((1, 1), bool)}
-        done = asyncio.Event()
-        inputs = self._inputs(arrays)
-
-        async def requests():
-            yield {"model_name": self.model_name, "inputs": inputs, "request_id": request_id,
-                   "parameters": EMPTY_FINAL_RESPONSE}
-            await done.wait()
-
+        call = RequestStream(self.model_name, request_id, arrays, EMPTY_FINAL_RESPONSE)
         try:
             async with asyncio.timeout(STOP_TIMEOUT_S):
-                async for _result, _error in self.client.stream_infer(requests()):
+                async for _result, _error in call.open(self.client):
                     break
         except Exception as e:
             log.warning("stop request for %s failed: %s", request_id, e)
         finally:
-            done.set()
+            call.close()
