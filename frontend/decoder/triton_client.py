@@ -164,7 +164,7 @@ class TritonDecoder:
         self._block_tokens = 0                  # tokens per KV block (GPU: cached tokens from reused blocks)
         self._requested: dict[tuple[bool, bool], list[grpcclient.InferRequestedOutput]] = {}
         self._required: tuple[str, ...] = ("output_ids",)   # what every request asks for (backend_contract)
-        # frontend/decoder/health.py, wired by app.py: tells a broken decoder from a bad request,
+        # health.py, wired by frontend/http/app.py: tells a broken decoder from a bad request,
         # watches open streams, ends them when the decoder is down. None: no health tracking.
         self.health = None
 

@@ -2,8 +2,9 @@
 
 An `EventStream` is the completion id plus the SSE chunks (pre-rendered bytes) and, once, the
 `DECODER_ANSWERED` marker: chunks before it (a chat stream's role-only chunks) were written before
-the decoder said anything, so app.py holds them and the status line back until the marker arrives;
-errors found until then (queue full, decoder down, a refused request) keep their own status code.
+the decoder said anything, so frontend/http/sse_writer.py holds them and the status line back until
+the marker arrives; errors found until then (queue full, decoder down, a refused request) keep
+their own status code.
 
 The chunk encoders render each event straight to bytes, in exactly the shape of response_models.py
 (tests compare them byte for byte). Measured on a 2-core box: a content chunk

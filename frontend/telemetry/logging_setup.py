@@ -2,9 +2,9 @@
 
 `RequestContext` is one HTTP request's record: its id (the service's `chatcmpl-...`/`cmpl-...`,
 which is also the request id sent to Triton), route, hashed user, token counts and outcome. The
-outermost middleware of app.py creates it and puts it in the `current_request` context variable;
-triton_client.py fills in the Triton request id and token counts; app.py logs one access line per
-request from it and sends the id back as `X-Request-Id`.
+outermost middleware (frontend/http/middleware.py) creates it and puts it in the `current_request`
+context variable; frontend/decoder/triton_client.py fills in the Triton request id and token counts;
+the middleware logs one access line per request from it and sends the id back as `X-Request-Id`.
 
 Logs are JSON lines by default (`--log-format text` for humans). Every record carries the
 request id of the request it was logged under. Secrets stay out of logs: API keys are never

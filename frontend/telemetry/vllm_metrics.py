@@ -77,7 +77,7 @@ class VllmMetrics:
                              REQUEST_LATENCY_BUCKETS)
 
     def finished(self, ctx, latency: float, cancelled: bool) -> None:
-        """One request's totals, from its RequestContext (app.py's finish_request)."""
+        """One request's totals, from its RequestContext (frontend/http/middleware.py's finish_request)."""
         if ctx.triton_request_id is None:
             return          # never reached the decoder (refused, a stored-response read, ...)
         self.prompt_tokens.inc(ctx.prompt_tokens)

@@ -7,5 +7,5 @@ text.format and reasoning become their chat fields), and run by the chat service
 (templates, guides, tool and reasoning parsing, stop strings, usage, cancellation). `output.py`
 turns the chat output's items into Response output items and the typed stream events;
 `store.py` keeps stored responses (SQLite by default, PostgreSQL for clusters), each visible only
-to the API key that created it; `routes.py` is the HTTP side.
+to the API key that created it; the HTTP side is frontend/http/responses_routes.py.
 """

@@ -217,7 +217,7 @@ class _Turn:
                 enc.encode({"type": "response.failed", "response": self._object("failed", error=error)})]
 
     def error_event(self, err: errors.APIError) -> bytes:
-        """For app.py's stream writer (timeouts, shutdown): the same two events."""
+        """For the HTTP stream writer (frontend/http/sse_writer.py: timeouts, shutdown): the same two events."""
         if not hasattr(self, "encoder"):
             self.encoder = EventEncoder()
         return b"".join(self._failure(err))
