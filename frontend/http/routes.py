@@ -2,9 +2,8 @@
 OpenAPI document, with the body reading and JSON answers the other route modules share."""
 from __future__ import annotations
 
-from aiohttp import web
-
 import orjson
+from aiohttp import web
 
 from frontend import errors
 from frontend.http.app_keys import CTX, LOAD_ONLY, METRICS, METRICS_PATH, OPENAPI, SERVICE, SETTINGS, STATE

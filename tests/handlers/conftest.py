@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from frontend.http.app import SETTINGS, create_app
+from frontend.http import SETTINGS, create_app
 from frontend.decoder.interface import DecoderCapabilities, DecoderResponse
 from frontend.telemetry.logging_setup import current_request
 from frontend.settings import parse_args

@@ -9,7 +9,7 @@ import asyncio
 import orjson
 import pytest
 
-from frontend.http.app import SERVICE
+from frontend.http import SERVICE
 from frontend.decoder.interface import DecoderCapabilities, DecoderResponse
 from llama_triton.trtllm.tensor_contract import decoder_io
 from tests.handlers.conftest import FakeDecoder

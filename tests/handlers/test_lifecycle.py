@@ -9,7 +9,7 @@ import socket
 
 import orjson
 
-from frontend.http.app import SERVICE
+from frontend.http import SERVICE
 from frontend.telemetry.logging_setup import RequestContext, current_request
 from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest
 from frontend.openai.request_base import parse_request

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from frontend.http.app import create_app
+from frontend.http import create_app
 from frontend.decoder.interface import DecoderUnavailable
 from frontend.settings import parse_args
 from tests.handlers.conftest import FakeDecoder, Harness, token_responses

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from frontend.http.app import create_app
+from frontend.http import create_app
 from frontend.decoder.interface import DecoderCapabilities
 from frontend.settings import parse_args
 from llama_triton.trtllm.tensor_contract import decoder_io

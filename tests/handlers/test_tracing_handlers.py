@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from frontend.http.app import create_app
+from frontend.http import create_app
 from frontend.telemetry.logging_setup import current_request
 from frontend.settings import parse_args
 from tests.handlers.conftest import FakeDecoder, Harness, token_responses

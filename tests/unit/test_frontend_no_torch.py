@@ -15,7 +15,7 @@ from pathlib import Path
 WORKER = """
 import json, sys
 import frontend.http.app                 # what `python -m frontend` (one worker) imports, via frontend/__main__.py
-from frontend.http.app import SERVICE, create_app
+from frontend.http import SERVICE, create_app
 from frontend.settings import parse_args
 from frontend.openai.chat_prompt import render_prompt
 

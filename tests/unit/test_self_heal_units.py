@@ -272,7 +272,7 @@ def test_readiness_and_liveness_endpoints(default_model_dir, default_tokenizer):
     longer than --liveness-timeout (the replica is no longer healing itself)."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from frontend.http.app import SERVICE, create_app
+    from frontend.http import SERVICE, create_app
     from frontend.settings import parse_args
 
     settings = parse_args(["--model-dir", str(default_model_dir), "--triton-grpc", "127.0.0.1:1",
