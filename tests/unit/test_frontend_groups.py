@@ -16,8 +16,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = ROOT / "frontend"
 MAX_LINES = 550
@@ -31,7 +29,7 @@ def _package_groups(front: Path) -> set[str]:
     return {p.name for p in front.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
 
 
-def _modules(front: Path = FRONTEND) -> list[Path]:
+def _modules(front: Path) -> list[Path]:
     return sorted(p for p in front.rglob("*.py") if p.parent != front or p.name != "__init__.py")
 
 
@@ -141,14 +139,15 @@ def test_groups_are_entered_through_their_package_only():
 
 def test_the_group_graph_has_no_cycle():
     graph = group_graph(FRONTEND)
-    assert {"http", "openai", "decoder"} <= set(graph), graph      # the groups are there to be checked
+    assert len(graph) > 5 and any(graph.values()), graph      # the groups and their imports were read
     assert not find_cycle(graph), f"frontend groups import each other in a cycle: {' -> '.join(find_cycle(graph))}"
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_no_frontend_module_is_over_550_lines(path: Path):
-    lines = len(path.read_text().splitlines())
-    assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines (limit {MAX_LINES}): split it by job"
+def test_no_frontend_module_is_over_550_lines():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in _modules(FRONTEND)}
+    assert len(sizes) > 30, sizes        # the modules of the tree were read
+    over = {path: n for path, n in sizes.items() if n > MAX_LINES}
+    assert not over, f"over {MAX_LINES} lines, split them by job: {over}"
 
 
 # The checks themselves, on made-up trees: each would catch what it is for.
