@@ -28,14 +28,15 @@ from aiohttp import web
 
 from frontend import errors
 from frontend.decoder import DecoderFailure, http_error
-from frontend.http.app_keys import CTX, INFLIGHT, LOAD_ONLY, METRICS, METRICS_PATH, OPEN_PATHS, QUIET_PATHS, SERVICE, \
-    SETTINGS, STATE
+from frontend.http.app_keys import (CTX, INFLIGHT, LOAD_ONLY, METRICS, METRICS_PATH, OPEN_PATHS, QUIET_PATHS, SERVICE,
+                                    SETTINGS, STATE)
 from frontend.settings import Settings
 from frontend.telemetry import FrontendMetrics, RequestContext, client_request_id, current_request, ttft_stamps
 from frontend.tenancy import OPEN, ROUTER_KEY_ID, FairShareGate
 
 log = logging.getLogger("frontend")
 access_log = logging.getLogger("frontend.access")
+
 CANCEL_OUTCOMES = frozenset({"timeout", "shutdown", "slow_client", "client_disconnect"})
 EXPOSED_HEADERS = "X-Request-Id, Retry-After"
 

@@ -17,6 +17,7 @@ from frontend.openai import DECODER_ANSWERED, SSE_DONE, EventStream
 from frontend.telemetry import RequestContext, ttft_stamps
 
 log = logging.getLogger("frontend")
+
 FAST_WRITE_MAX = 16 * 1024   # an event this small, into an empty buffer, cannot pause the transport
 ERROR_EVENT_WRITE_TIMEOUT_S = 1.0
 
