@@ -24,7 +24,7 @@ from frontend.openai.response_models import (
     DeltaMessage, DeltaToolCall, ModelCard, ModelList, ResponseFunctionCall, ResponseToolCall, Usage,
 )
 from frontend.openai.sse import (SSE_DONE, ChatChunkEncoder, CompletionChunkEncoder, completion_logprobs, token_logprob,
-                          usage_dict)
+                                 usage_dict)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from frontend.openai.reasoning import (ReasoningSplitter, close_reasoning, is_reasoning_model, prompt_opens_reasoning,
-                                thinking_disabled)
+                                       thinking_disabled)
 
 # (text, starts inside, expected reasoning, expected answer)
 CASES = [

@@ -22,8 +22,8 @@ from pydantic import TypeAdapter, ValidationError
 from frontend import errors
 from frontend.openai.request_models import ChatCompletionRequest
 from frontend.openai.responses.request import (FunctionCallItem, FunctionCallOutputItem, FunctionToolChoice, InputItem,
-                                        MessageItem, ReasoningItem, ResponsesRequest, TextFormatJsonObject,
-                                        TextFormatJsonSchema)
+                                               MessageItem, ReasoningItem, ResponsesRequest, TextFormatJsonObject,
+                                               TextFormatJsonSchema)
 
 _ITEMS = TypeAdapter(list[InputItem])
 # efforts the chat field takes; the others reach the template as its `reasoning_effort` keyword
