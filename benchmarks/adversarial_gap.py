@@ -39,7 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import DEFAULT_MODEL_DIR, ROOT, log, machine_info, percentiles, start_stack, write_json
-from frontend.structured import DEFAULT_COMPILE_TIMEOUT_S, DEFAULT_WORKERS
+from frontend.openai.structured import DEFAULT_COMPILE_TIMEOUT_S, DEFAULT_WORKERS
 from tests.integration.adversarial_mix import (abandon_compiles, at_caps_body, flood_bodies, post_raw,
                                                schema_body, send_request, shared_schema_leader_hangs_up,
                                                stream_events, too_slow, victim_body)

@@ -3,7 +3,7 @@
 (a) engine  - the decoder engine alone, in this process (llama_triton's Engine, configured
               exactly as the `tensorrt_llm` Triton model configures it), while the stack idles;
 (b) triton  - Triton gRPC straight to `tensorrt_llm` with token ids (tritonclient.grpc.aio
-              streaming, as frontend/triton_client.py does): adds Triton + the Python backend;
+              streaming, as frontend/decoder/triton_client.py does): adds Triton + the Python backend;
 (c) http    - the OpenAI frontend (benchmarks/openai_load.py): adds HTTP, SSE, tokenization,
               detokenization and the frontend's gRPC client.
 

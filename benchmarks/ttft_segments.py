@@ -10,7 +10,7 @@ summed (= the mean of first byte -> first content write) over aiperf's mean TTFT
 lacks is outside the server's process: the client's own sending and reading, the kernel's socket
 buffers, and the time a request's bytes wait for the event loop to read them.
 
-Segments (frontend stamps in frontend/ttft_stamps.py; decoder stamps in
+Segments (frontend stamps in frontend/telemetry/ttft_stamps.py; decoder stamps in
 llama_triton/backend/decoder_model.py):
 """
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""aiohttp frontend: the OpenAI-compatible HTTP API in front of Triton (wire models, errors, OpenAPI, routes)."""
+"""aiohttp frontend: the OpenAI-compatible HTTP API in front of Triton, grouped by concern (http,
+openai, decoder, telemetry, tenancy; docs/ARCHITECTURE.md, "Code map")."""

@@ -1,5 +1,5 @@
 import sys
 
-from frontend.app import main
+from frontend.http import main
 
 sys.exit(main())

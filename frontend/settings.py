@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from frontend.tenants import KEY_ID, KeyRing, KeysInvalid, hash_secret, parse_share_groups
+from frontend.tenancy import KEY_ID, KeyRing, KeysInvalid, hash_secret, parse_share_groups
 
 
 @dataclass
@@ -43,14 +43,14 @@ class Settings:
     ready_file: Optional[str] = None        # touched once listening (the launcher waits for every worker)
     decoder_failure_file: Optional[str] = None  # where to tell the launcher the decoder is broken
     liveness_timeout: float = 900.0         # /health/live fails once the decoder has been down this long
-    # Stored responses (/v1/responses, frontend/responses/store.py): where, how long, how big
+    # Stored responses (/v1/responses, frontend/openai/responses/store.py): where, how long, how big
     responses_store: Optional[str] = None   # sqlite:PATH or postgresql://...; None: SQLite in memory
     responses_ttl: float = 30 * 24 * 3600.0
     responses_max_bytes: int = 16 * 1024 * 1024
     responses_max_per_key: int = 10_000
-    admission_file: Optional[str] = None    # the 429 gate's count shared by several workers (frontend/admission.py)
+    admission_file: Optional[str] = None    # the 429 gate's count shared by workers (frontend/tenancy/admission.py)
     admission_slot: int = 0                 # this worker's counter in it
-    # Fair share per key (frontend/fair_share.py): how long a key under its share waits for a place
+    # Fair share per key (frontend/tenancy/fair_share.py): how long a key under its share waits for a place
     fair_share_wait: float = 600.0
     key_max_concurrent: dict[str, int] = field(default_factory=dict)   # key id -> open requests allowed
     key_max_tokens_per_s: dict[str, float] = field(default_factory=dict)   # key id -> tokens per second
@@ -73,7 +73,7 @@ def responses_store_url(option: Optional[str], env: Optional[str]) -> Optional[s
 
 def load_api_keys(env_value: Optional[str], keys_file: Optional[str],
                   share_groups: Optional[dict[str, str]] = None) -> KeyRing:
-    """$API_KEYS and the keys file (frontend/tenants.py has the format)."""
+    """$API_KEYS and the keys file (frontend/tenancy/tenants.py has the format)."""
     return KeyRing(env_value, keys_file, share_groups)
 
 

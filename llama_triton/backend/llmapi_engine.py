@@ -27,7 +27,7 @@ What it does differently, and why:
   refuses a request past max_batch_size + max_queue_size open ones (QueueFull: a 429).
 * `cached_tokens` (RequestOutput.cached_tokens, the prompt tokens the KV cache reused) becomes
   `num_reused_tokens`, capped at the prompt.
-* The cache salt: our `cache_salt_id` input (a uint64, one per API key, frontend/tenants.py) goes
+* The cache salt: our `cache_salt_id` input (a uint64, one per API key, frontend/tenancy/tenants.py) goes
   to `generate_async(cache_salt=...)` as its decimal text. The LLM API takes a string there
   (`LLM.generate_async(..., cache_salt: Optional[str] = None)`, tensorrt_llm/llmapi/llm.py@4c05a74,
   the search index's copy, not pinned to the v1.2.1 tag) and hashes it into the request's
@@ -37,7 +37,7 @@ What it does differently, and why:
   strings, so they stay apart (up to a 64-bit hash collision).
 * Errors: an exception while iterating is that request's error (a RequestError: its text; anything
   else: "internal error: ..."). A dead executor fails every request this way, which the
-  frontend's work probe sees (frontend/decoder_health.py) and reports, and the launcher restarts
+  frontend's work probe sees (frontend/decoder/health.py) and reports, and the launcher restarts
   tritonserver.
 """
 from __future__ import annotations

@@ -247,7 +247,7 @@ class Cluster:
         self.keys_stamp = self.client_keys_stamp()
 
     def client_key_ids(self) -> list[str]:
-        from frontend.tenants import KeysInvalid, parse_keys
+        from frontend.tenancy.tenants import KeysInvalid, parse_keys
         text = None
         if os.environ.get("API_KEYS_FILE"):
             try:

@@ -27,7 +27,7 @@ off the network: tritonserver 2.51 takes the key that unlocks them only on its c
 each start and never shown anywhere else (docs/OPERATIONS.md, "Secrets").
 
 The frontend workers of a replica share $LLAMA_TRITON_HASH_SECRET (generated here unless set): what
-they salt the prefix cache and hash `user` with (frontend/tenants.py), so all workers salt alike.
+they salt the prefix cache and hash `user` with (frontend/tenancy/tenants.py), so all workers salt alike.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from frontend import admission
+from frontend.tenancy import admission
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.serve import llmapi_launch, multigpu
 from llama_triton.serve.supervisor import CrashLoop, RestartPolicy, dead, decoder_processes, failure_report
@@ -56,7 +56,7 @@ from llama_triton.serve.tritonserver import (ADMIN_HEADER, ADMIN_PROTOCOLS, GRPC
 DEFAULT_MODEL_DIR = "var/models/llama2-tiny"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
 ADMIN_KEY_ENV = "LLAMA_TRITON_ADMIN_KEY"      # no longer read (see triton_security_args)
-HASH_SECRET_ENV = "LLAMA_TRITON_HASH_SECRET"   # = frontend.tenants.HASH_SECRET_ENV
+HASH_SECRET_ENV = "LLAMA_TRITON_HASH_SECRET"   # = frontend.tenancy.tenants.HASH_SECRET_ENV
 EXIT_GAVE_UP = 3            # exit status when a process used up its crash budget
 # Logged once every frontend worker listens: what a supervising process waits for (served_stack.py).
 SERVING_LINE = b"serving the OpenAI API at"

@@ -28,7 +28,7 @@ same ports, `--wait-for-ports` does everything but binding (keys read, SMG loade
 until the old router has let go of its ports: SMG keeps accepting for --drain-settle-secs after a
 SIGTERM, and holds its metrics port until it exits, so the new one cannot bind any earlier.
 
-Only the standard library, smg, frontend/tenants.py and router_front.py (standard library only) are
+Only the standard library, smg, frontend/tenancy/ and router_front.py (both standard library only) are
 imported, so this runs in SMG's own image with our code on PYTHONPATH (deploy/base/router.yaml).
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from frontend.tenants import KEY_ID, KeysInvalid, parse_keys
+from frontend.tenancy.tenants import KEY_ID, KeysInvalid, parse_keys
 
 
 class RouterKeysError(RuntimeError):

@@ -2,7 +2,7 @@
 
 xgrammar cannot be interrupted, and a pathological schema compiles for minutes; in a thread it
 would hold a core (and its pool slot) long after the request gave up. So the frontend compiles in
-a small pool of these processes (frontend/compile_pool.py) and kills one whose job passes its
+a small pool of these processes (frontend/openai/compile_pool.py) and kills one whose job passes its
 deadline. The worker also keeps xgrammar (and the torch it imports) out of the frontend process.
 
 Protocol: JSON lines. The first line in is the tokenizer payload (grammar.tokenizer_info_payload)

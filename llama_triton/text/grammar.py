@@ -4,7 +4,7 @@ xgrammar 0.1.32 is the version TensorRT-LLM 1.2.1 pins (its `requirements.txt` a
 and the one project-wide: the frontend builds guides with it, the CPU decoder constrains with it,
 and `compile_like_engine` compiles a guide exactly as the engine does (docs/GPU.md, "Guides").
 
-Shared by the CPU decoder's sampler and the frontend's request checks (frontend/structured.py), so it
+Shared by the CPU decoder's sampler and the frontend's request checks (frontend/openai/structured.py), so it
 lives outside the engine package and imports no torch (only the engine's plain request types): a
 frontend worker that checks a grammar must not load torch.
 

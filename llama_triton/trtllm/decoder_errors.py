@@ -19,7 +19,7 @@ and cpp/tensorrt_llm/common/tllmException.cpp:38-44, read at 0c6a62a and 015884d
 `TLLM_CHECK_WITH_INFO`, whose text starts "[TensorRT-LLM][ERROR] Assertion failed: "
 (tllmException.h:78-81@0c6a62a); the backend passes what() on unchanged. A text no row matches is
 `UNKNOWN`: the frontend then probes the decoder to tell a refused request from a broken decoder
-(frontend/decoder_health.py).
+(frontend/decoder/health.py).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-# What the frontend does with a failure (frontend/decoder.py `http_error`, frontend/triton_client.py).
+# What the frontend does with a failure (frontend/decoder/interface.py `http_error`, frontend/decoder/triton_client.py).
 BUSY = "busy"                  # 429 with Retry-After: the decoder's queue is full
 UNAVAILABLE = "unavailable"    # 503: the decoder is not there (shutting down, not loaded, dead stub)
 INVALID = "invalid"            # 400: the decoder refused this request's input; no probe needed

@@ -49,7 +49,7 @@ class DecodeSettings:
     # The reply reports usage (cached prompt tokens): TensorRT-LLM tells those only with
     # return_perf_metrics, which adds ten tensors to every response, so it is asked for only then.
     report_cached_tokens: bool = True
-    cache_salt: Optional[int] = None    # uint64 prefix-cache scope (frontend/tenants.py: cache_salt)
+    cache_salt: Optional[int] = None    # uint64 prefix-cache scope (frontend/tenancy/tenants.py: cache_salt)
     cache_salt_asked: bool = False      # the client sent `cache_salt`: a decoder that cannot salt refuses it
     priority: int = 0                   # waiting order, lower first (vLLM's `priority`); 0: the default
 

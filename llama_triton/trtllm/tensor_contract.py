@@ -82,7 +82,7 @@ CPU_ONLY_INPUTS: tuple[Tensor, ...] = (
 )
 
 # The CPU decoder's waiting order (llama_triton/engine/scheduler.py): by `priority` (the request's
-# field, as vLLM's: lower first), then `tenant_rank` (the frontend's fair share, frontend/fair_share.py:
+# field, as vLLM's: lower first), then `tenant_rank` (the frontend's fair share, frontend/tenancy/fair_share.py:
 # how many requests the key already had open), then arrival. TensorRT-LLM's C++ backend reads no
 # request-priority input (its input names: triton_backend/inflight_batcher_llm/src/utils.h
 # InputFieldsNames@14c3afe, not the tag; tensorrtllm_backend inflight_batcher_llm/src/utils.h:60-130

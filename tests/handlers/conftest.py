@@ -1,6 +1,6 @@
 """The handler layer: the real aiohttp app, service and generation logic against a scripted decoder.
 
-No Triton, no engine: `FakeDecoder` implements frontend/decoder.py's `DecoderClient` and answers
+No Triton, no engine: `FakeDecoder` implements frontend/decoder/interface.py's `DecoderClient` and answers
 each request with what the test scripted, so these tests pin the OpenAI semantics (stop strings, n,
 tools, reasoning, usage, logprobs, error statuses) in seconds. The end-to-end tests in
 tests/integration/ keep checking the same paths against the real stack.
@@ -15,9 +15,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from frontend.app import SETTINGS, create_app
-from frontend.decoder import DecoderCapabilities, DecoderResponse
-from frontend.logging_setup import current_request
+from frontend.http import SETTINGS, create_app
+from frontend.decoder.interface import DecoderCapabilities, DecoderResponse
+from frontend.telemetry.logging_setup import current_request
 from frontend.settings import parse_args
 from llama_triton.trtllm.tensor_contract import decoder_io
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import orjson
 
-from frontend.app import SERVICE
-from frontend.request_models import MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS
-from frontend.structured import MAX_TOOLS
+from frontend.http import SERVICE
+from frontend.openai.request_base import MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_TOKEN_IDS
+from frontend.openai.structured import MAX_TOOLS
 from tests.handlers.conftest import Harness
 
 

@@ -5,7 +5,7 @@ import json
 
 import orjson
 
-from frontend.decoder import DecoderBusy, DecoderError, DecoderUnavailable
+from frontend.decoder.interface import DecoderBusy, DecoderError, DecoderUnavailable
 from tests.handlers.conftest import Harness, token_responses
 
 
@@ -100,7 +100,7 @@ def test_legacy_completion_echo_and_stop(harness: Harness):
     assert body["id"].startswith("cmpl-")
 
 
-# ---- decoder failures: one mapping (frontend/decoder.py http_error) -------------------------------
+# ---- decoder failures: one mapping (frontend/decoder/interface.py http_error) -------------------------------
 
 def _fails_with(harness: Harness, err: BaseException, stream: bool):
     harness.decoder.script = lambda rid, arrays: [err]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from frontend.decoder import DecoderResponse
+from frontend.decoder.interface import DecoderResponse
 from tests.handlers.conftest import Harness, sse_events
 
 TEXT = " Hello world, again"

@@ -1,5 +1,5 @@
 """Fair share per API key through the real app against a FakeDecoder that holds its places until the
-test lets each request finish (frontend/fair_share.py): when the decoder is full, a key below its
+test lets each request finish (frontend/tenancy/fair_share.py): when the decoder is full, a key below its
 share waits and is admitted first, the key at its share gets 429 with Retry-After from the drain
 rate, and the request's `priority` and fair-share rank reach the decoder (issue 25)."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import asyncio
 import orjson
 import pytest
 
-from frontend.app import SERVICE
-from frontend.decoder import DecoderCapabilities, DecoderResponse
+from frontend.http import SERVICE
+from frontend.decoder.interface import DecoderCapabilities, DecoderResponse
 from llama_triton.trtllm.tensor_contract import decoder_io
 from tests.handlers.conftest import FakeDecoder
 from tests.handlers.test_tenants import KEYS, KeyedHarness
@@ -196,7 +196,7 @@ class BusyOnceDecoder(HeldDecoder):
     async def generate(self, request_id: str, arrays: dict):
         self.calls += 1
         if self.calls == self.busy_at:
-            from frontend.decoder import DecoderBusy
+            from frontend.decoder.interface import DecoderBusy
             raise DecoderBusy("Maximum queue size of 4 has been reached, please try again later")
         async for resp in super().generate(request_id, arrays):
             yield resp

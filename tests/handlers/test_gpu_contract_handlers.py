@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frontend.decoder import DecoderCapabilities
+from frontend.decoder.interface import DecoderCapabilities
 from llama_triton.trtllm.tensor_contract import decoder_io
 from tests.handlers.conftest import Harness
 

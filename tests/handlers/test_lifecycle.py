@@ -9,11 +9,12 @@ import socket
 
 import orjson
 
-from frontend.app import SERVICE
-from frontend.logging_setup import RequestContext, current_request
-from frontend.request_models import ChatCompletionRequest, CompletionRequest, parse_request
-from frontend.service import LegacyCompletions
-from frontend.sse import DECODER_ANSWERED
+from frontend.http import SERVICE
+from frontend.telemetry.logging_setup import RequestContext, current_request
+from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest
+from frontend.openai.request_base import parse_request
+from frontend.openai.legacy_completions import LegacyCompletions
+from frontend.openai.sse import DECODER_ANSWERED
 from tests.handlers.conftest import HANG, Harness, token_responses
 
 
@@ -96,7 +97,7 @@ def test_a_client_that_stops_reading_is_given_up_and_its_decoder_request_stopped
 
 
 def _many(ids, k):
-    from frontend.decoder import DecoderResponse
+    from frontend.decoder.interface import DecoderResponse
     return DecoderResponse(0, list(ids) * k, None, None, None, None, False)
 
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from frontend.app import SERVICE
+from frontend.http import SERVICE
 from tests.handlers.conftest import Harness
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {

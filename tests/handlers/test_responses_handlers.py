@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from frontend.app import create_app
-from frontend.decoder import DecoderUnavailable
+from frontend.http import create_app
+from frontend.decoder.interface import DecoderUnavailable
 from frontend.settings import parse_args
 from tests.handlers.conftest import FakeDecoder, Harness, token_responses
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from frontend.app import create_app
-from frontend.decoder import DecoderCapabilities
+from frontend.http import create_app
+from frontend.decoder.interface import DecoderCapabilities
 from frontend.settings import parse_args
 from llama_triton.trtllm.tensor_contract import decoder_io
 from tests.handlers.conftest import FakeDecoder, sse_events

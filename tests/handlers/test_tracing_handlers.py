@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from frontend.app import create_app
-from frontend.logging_setup import current_request
+from frontend.http import create_app
+from frontend.telemetry.logging_setup import current_request
 from frontend.settings import parse_args
 from tests.handlers.conftest import FakeDecoder, Harness, token_responses
 

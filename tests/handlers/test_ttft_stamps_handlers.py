@@ -1,11 +1,11 @@
-"""The frontend's TTFT stamps (frontend/ttft_stamps.py, benchmark switch LLAMA_TRITON_TTFT_STAMPS)
+"""The frontend's TTFT stamps (frontend/telemetry/ttft_stamps.py, benchmark switch LLAMA_TRITON_TTFT_STAMPS)
 through the real app: one record per request, in the order its phases run, keyed by the decoder
 request id the decoder's own record carries; nothing at all while the switch is off."""
 from __future__ import annotations
 
 import json
 
-from frontend import ttft_stamps as frontend_stamps
+from frontend.telemetry import ttft_stamps as frontend_stamps
 from llama_triton import ttft_stamps
 from tests.handlers.conftest import Harness
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from frontend.request_models import MAX_MESSAGES, MAX_STOP_TOKEN_IDS
+from frontend.openai.request_base import MAX_MESSAGES, MAX_STOP_TOKEN_IDS
 from frontend.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from tests.served_cluster import ServedCluster, start_served_cluster
 from tests.integration.stack import ROOT
 
 CLUSTER_KEYS = ("cluster-key-a", "cluster-key-b")
-# The clients' keys file (`ID:KEY` lines, frontend/tenants.py), which the replicas and the router
+# The clients' keys file (`ID:KEY` lines, frontend/tenancy/tenants.py), which the replicas and the router
 # read; test_cluster_tenants.py rotates it. /metrics on the replicas takes the metrics key.
 CLUSTER_KEY_IDS = ("alpha", "beta")
 CLUSTER_METRICS_KEY = "cluster-metrics-key"

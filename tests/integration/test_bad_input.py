@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from frontend.request_models import MAX_MESSAGES
+from frontend.openai.request_base import MAX_MESSAGES
 from tests.integration.frontends import extra_frontend
 
 pytestmark = pytest.mark.timeout(300)

@@ -118,7 +118,7 @@ def test_cancelled_ensemble_request_frees_its_slot_next_step(stack):
                                           rid, model=ENSEMBLE, on_response=hang_up_after_four)])[0]
     assert stopped.error is None and len(stopped.responses) == 4
     running = stack.engine_stats()
-    # Then what frontend/triton_client.py's TritonDecoder.stop does: stop=true with the same id.
+    # Then what frontend/decoder/triton_client.py's TritonDecoder.stop does: stop=true with the same id.
     marks["stop"] = time.monotonic()
     ack = run_concurrently(url, [Call(decoder_arrays([0], 1, stop=True), rid)])[0]
     assert ack.error is None and ack.num_final_flags == 1 and not ack.responses

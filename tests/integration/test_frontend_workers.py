@@ -1,6 +1,6 @@
 """Several frontend workers on one port (`--frontend-workers 2`): both listen, both serve,
 /metrics from whichever answers counts the requests of all of them, and their 429 gate admits the
-decoder's capacity across both (frontend/admission.py)."""
+decoder's capacity across both (frontend/tenancy/admission.py)."""
 import asyncio
 import concurrent.futures
 import json
@@ -162,7 +162,7 @@ def test_a_key_below_its_share_goes_ahead_of_a_full_decoders_queue(two_workers, 
                     "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}
 
         async def stream(session, name: str, key: str, max_tokens: int):
-            # The status line comes with the decoder's first answer (frontend/sse.py DECODER_ANSWERED):
+            # The status line comes with the decoder's first answer (frontend/openai/sse.py DECODER_ANSWERED):
             # it marks the moment the request left the decoder's queue.
             async with session.post(url, json=body(max_tokens), headers={"Authorization": f"Bearer {key}"}) as resp:
                 statuses.append((name[:-1], resp.status))

@@ -83,7 +83,7 @@ def stored_response(stack) -> str:
 
 def operations() -> list[tuple[str, str]]:
     """(method, path) of every documented operation (the same document the server serves)."""
-    from frontend.openapi import build_openapi
+    from frontend.http.openapi import build_openapi
     doc = build_openapi(auth=False)
     return [(method.upper(), path) for path, item in doc["paths"].items() for method in item]
 

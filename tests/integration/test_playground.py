@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from frontend import playground
+from frontend.http import playground
 from tests.integration.frontends import extra_frontend
 from tests.integration.stack import ROOT, wait_for
 

@@ -7,7 +7,7 @@ workers:
    (never a 4xx), /health/live stays 200; then the launcher restarts tritonserver and chat
    answers 200 again within 120 s. The stack runs with `--decoder-restart-delay 8`, so that the
    first seconds show the frontend's own detection (its watchdog and probes,
-   frontend/decoder_health.py) and not the effect of the restart.
+   frontend/decoder/health.py) and not the effect of the restart.
 2. kill -9 of one frontend worker: the other keeps serving (only the connections the dying worker
    held are reset), the dead one is restarted alone;
    kill -9 of every worker: 200 again within 30 s, from the same tritonserver process.
@@ -27,7 +27,7 @@ import aiohttp
 import psutil
 import pytest
 
-from frontend import decoder_health as health_settings
+from frontend.decoder import health as health_settings
 from tests.integration.adversarial_mix import liveness_timeout_s
 from tests.integration.stack import start_stack, wait_for
 from tests.integration.test_faults import SSEClient, chat_body, health, http, triton_process, wait_async
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.skipif(
     reason="kills processes of a CPU stack of its own; the suite targets an external stack")]
 
 # The longest the frontend's watchdog takes to mark a dead decoder down, from its own settings
-# (frontend/decoder_health.py): a stream silent for SILENCE_S, the next tick, the probe spacing,
+# (frontend/decoder/health.py): a stream silent for SILENCE_S, the next tick, the probe spacing,
 # then a reach probe that fails (a dead stub answers in about a second) or goes unanswered
 # REACH_TIMEOUTS_DOWN times (a hung one).
 DETECT_S = (health_settings.SILENCE_S + health_settings.TICK_S + health_settings.PROBE_EVERY_S

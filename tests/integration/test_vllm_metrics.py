@@ -1,7 +1,7 @@
 """The vllm:-named metrics on a live /metrics (the session's CPU stack), against a known batch:
 token counters rise by the usage totals, histogram counts by the request counts, finish reasons
 are counted, running and waiting come back to 0, KV-cache usage is a fraction read from the
-decoder. Names, types and labels are vLLM 0.32's (frontend/vllm_metrics.py)."""
+decoder. Names, types and labels are vLLM 0.32's (frontend/telemetry/vllm_metrics.py)."""
 from __future__ import annotations
 
 import concurrent.futures

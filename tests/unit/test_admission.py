@@ -1,11 +1,11 @@
-"""The 429 gate's count across frontend workers (frontend/admission.py), in separate processes as
+"""The 429 gate's count across frontend workers (frontend/tenancy/admission.py), in separate processes as
 the workers are."""
 from __future__ import annotations
 
 import multiprocessing
 
-from frontend import admission
-from frontend.admission import LocalAdmission, SharedAdmission
+from frontend.tenancy import admission
+from frontend.tenancy.admission import LocalAdmission, SharedAdmission
 
 
 def _take(path: str, slot: int, capacity: int, n: int, out) -> None:
@@ -49,7 +49,7 @@ def test_one_process_counts_alone():
 
 
 def test_per_key_counts_span_the_workers(tmp_path):
-    """Fair share (frontend/fair_share.py) judges a key by its requests in every worker."""
+    """Fair share (frontend/tenancy/fair_share.py) judges a key by its requests in every worker."""
     path = tmp_path / "admission"
     admission.create_file(path, 2)
     w0, w1 = SharedAdmission(path, 0), SharedAdmission(path, 1)

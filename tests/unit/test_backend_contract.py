@@ -8,8 +8,8 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from frontend.decoder import DecoderCapabilities
-from frontend.triton_client import TritonDecoder, decoder_capacity
+from frontend.decoder.interface import DecoderCapabilities
+from frontend.decoder.triton_client import TritonDecoder, decoder_capacity
 from llama_triton.gpu.build import EngineSpec, plan_build
 from llama_triton.gpu.plan import load_model_shape
 from llama_triton.serve.repository import RepositorySettings, render_repository

@@ -1,4 +1,4 @@
-"""How the frontend reads a decoder's failure (llama_triton/trtllm/decoder_errors.py, frontend/triton_client.py):
+"""How the frontend reads a decoder's failure (llama_triton/trtllm/decoder_errors.py, frontend/decoder/triton_client.py):
 typed codes from our decoders, one cited table for TensorRT-LLM's and Triton's texts, nothing found
 by searching free text (finding 11 of issue 24: a request-derived message was misclassified)."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from frontend.decoder import DecoderBusy, DecoderError, DecoderUnavailable
-from frontend.triton_client import _classify
+from frontend.decoder.interface import DecoderBusy, DecoderError, DecoderUnavailable
+from frontend.decoder.triton_client import classify_error
 from llama_triton.backend import trtllm_emulation as trtllm
 from llama_triton.trtllm import decoder_errors as codes
 
@@ -25,18 +25,18 @@ def stream_error(message: str) -> InferenceServerException:
                                     "[llama-triton:queue_full] x"])
 def test_a_typed_refusal_stays_the_requests_fault_whatever_it_quotes(quoted):
     """The guide's text (a regex, a schema) may say anything: the code in front decides."""
-    err = _classify(stream_error(codes.typed_message(codes.INVALID_REQUEST, f"the guide cannot compile: {quoted}")))
+    err = classify_error(stream_error(codes.typed_message(codes.INVALID_REQUEST, f"the guide cannot compile: {quoted}")))
     assert type(err) is DecoderError and err.certain and not err.internal
     assert str(err) == f"the guide cannot compile: {quoted}"      # the client sees no code
 
 
 @pytest.mark.parametrize("code, kind", [(codes.QUEUE_FULL, DecoderBusy), (codes.SHUTTING_DOWN, DecoderUnavailable)])
 def test_typed_codes_of_our_decoders(code, kind):
-    assert type(_classify(stream_error(codes.typed_message(code, "whatever the text")))) is kind
+    assert type(classify_error(stream_error(codes.typed_message(code, "whatever the text")))) is kind
 
 
 def test_an_internal_error_is_the_servers_and_is_probed():
-    err = _classify(stream_error(codes.typed_message(codes.INTERNAL_ERROR, "internal error: not ready")))
+    err = classify_error(stream_error(codes.typed_message(codes.INTERNAL_ERROR, "internal error: not ready")))
     assert type(err) is DecoderError and err.internal and not err.certain
 
 
@@ -46,7 +46,7 @@ def test_an_internal_error_is_the_servers_and_is_probed():
 ])
 def test_an_untyped_text_is_never_classified_by_words_inside_it(message):
     """Words in the middle of an unknown text say nothing: the probes decide (decoder_health.py)."""
-    err = _classify(stream_error(message))
+    err = classify_error(stream_error(message))
     assert type(err) is DecoderError and not err.certain and not err.internal
 
 
@@ -58,9 +58,9 @@ def test_the_cpp_backends_texts_as_gpu_mode_sends_them_and_as_tensorrt_llm_throw
              (trtllm.STOP_WITHOUT_ID, DecoderError)]
     for text, kind in cases:
         for message in (text, text + TRACE):
-            assert type(_classify(stream_error(message))) is kind, message
-    assert _classify(stream_error(trtllm.missing_output_text("x"))).internal
-    executor = _classify(stream_error(trtllm.executor_error_text("the prompt is longer than max_seq_len")))
+            assert type(classify_error(stream_error(message))) is kind, message
+    assert classify_error(stream_error(trtllm.missing_output_text("x"))).internal
+    executor = classify_error(stream_error(trtllm.executor_error_text("the prompt is longer than max_seq_len")))
     assert type(executor) is DecoderError and not executor.certain      # probed: request or engine?
 
 
@@ -77,13 +77,13 @@ def test_every_row_of_the_table_is_cited_and_anchored():
     ("Request for unknown model: 'tensorrt_llm' is not found", DecoderUnavailable),
 ])
 def test_tritons_own_texts(message, kind):
-    assert type(_classify(stream_error(message))) is kind
+    assert type(classify_error(stream_error(message))) is kind
 
 
 def test_transport_errors_by_their_status_not_their_text():
-    assert type(_classify(InferenceServerException(msg="queue full", status="StatusCode.UNAVAILABLE"))) \
+    assert type(classify_error(InferenceServerException(msg="queue full", status="StatusCode.UNAVAILABLE"))) \
         is DecoderUnavailable
-    err = _classify(InferenceServerException(msg="connection refused", status="StatusCode.INVALID_ARGUMENT"))
+    err = classify_error(InferenceServerException(msg="connection refused", status="StatusCode.INVALID_ARGUMENT"))
     assert type(err) is DecoderError and err.internal
 
 

@@ -2,7 +2,7 @@
 
 Issue 22 item 4. TensorRT-LLM 1.2.1 compiles guides with xgrammar 0.1.32 on its executor thread:
 a guide it rejects fails every active request. Each case builds the guide the way the frontend
-does (frontend/structured.py, frontend/tools.py: the same job the compile worker runs), compiles
+does (frontend/openai/structured.py, frontend/openai/tools.py: the same job the compile worker runs), compiles
 it with `tests.engine_guides.engine_compile` (the engine's dispatch and version), and runs that
 version's matcher over outputs valid under the schema (accepted) and invalid ones (refused).
 Streamed and non-streamed requests send the same guide, so one case covers both.
@@ -15,9 +15,10 @@ import json
 import pytest
 
 from frontend import errors
-from frontend.request_models import ChatCompletionRequest, parse_request
-from frontend.structured import GuideSpec, StructuredOutputs, checked_schema, response_format_guide
-from frontend.tools import ToolPlan
+from frontend.openai.request_models import ChatCompletionRequest
+from frontend.openai.request_base import parse_request
+from frontend.openai.structured import GuideSpec, StructuredOutputs, checked_schema, response_format_guide
+from frontend.openai.tools import ToolPlan
 from llama_triton.text.compile_worker import run_job
 from tests.engine_guides import engine_accepts, engine_compiler
 

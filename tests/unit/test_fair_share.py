@@ -1,4 +1,4 @@
-"""The fair-share gate (frontend/fair_share.py) on its own: who is admitted when the decoder is full,
+"""The fair-share gate (frontend/tenancy/fair_share.py) on its own: who is admitted when the decoder is full,
 who gets 429 and with what Retry-After, and the waiting order of the CPU decoder's scheduler."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from frontend import admission
-from frontend.admission import LocalAdmission, SharedAdmission
-from frontend.fair_share import DrainMeter, FairShareGate, OverShare, TokenRates
+from frontend.tenancy import admission
+from frontend.tenancy.admission import LocalAdmission, SharedAdmission
+from frontend.tenancy.fair_share import DrainMeter, FairShareGate, OverShare, TokenRates
 
 
 class Clock:

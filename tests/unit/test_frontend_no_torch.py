@@ -1,7 +1,7 @@
 """A frontend worker does not load torch: it imports the app, loads the tokenizer, builds the
 application and prepares an ordinary chat request, all without torch or the CPU engine's model code.
 (Guided requests do not load it either: xgrammar, which imports torch, runs only in the guide
-compile worker processes, frontend/compile_pool.py.)
+compile worker processes, frontend/openai/compile_pool.py.)
 
 Runs in a fresh interpreter: this test process itself has torch loaded by other tests.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 WORKER = """
 import json, sys
-import frontend.app                 # what `python -m frontend` (one worker) imports, via frontend/__main__.py
-from frontend.app import SERVICE, create_app
+import frontend.http.app                 # what `python -m frontend` (one worker) imports, via frontend/__main__.py
+from frontend.http import SERVICE, create_app
 from frontend.settings import parse_args
-from frontend.chat_prompt import render_prompt
+from frontend.openai.chat_prompt import render_prompt
 
 app = create_app(parse_args(["--model-dir", sys.argv[1]]))
 service = app[SERVICE]

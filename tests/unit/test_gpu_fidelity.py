@@ -9,7 +9,8 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
-from frontend.triton_client import DecoderBusy, TritonDecoder, _classify
+from frontend.decoder import DecoderBusy
+from frontend.decoder.triton_client import TritonDecoder, classify_error
 from llama_triton.backend import trtllm_emulation as trtllm
 from llama_triton.trtllm.request_decoding import parse_request
 from llama_triton.engine.types import SequenceOutput
@@ -82,11 +83,11 @@ def test_streamed_log_probs_are_the_tail():
 
 def test_executor_queue_message_is_busy():
     err = InferenceServerException(f"{QUEUE_FULL} (/src/executorImpl.cpp:1234)\n1 0x7f stack")
-    assert isinstance(_classify(err), DecoderBusy)
+    assert isinstance(classify_error(err), DecoderBusy)
 
 
 def test_capacity_gate_reads_the_gpu_config(tmp_path):
-    from frontend.triton_client import decoder_capacity
+    from frontend.decoder.triton_client import decoder_capacity
     cfg = json.loads(json_format.MessageToJson(gpu_config(tmp_path, triton_max_batch_size=16, max_queue_size=32),
                                                preserving_proto_field_name=True))
     params = {k: v.get("string_value") for k, v in cfg.get("parameters", {}).items()}

@@ -12,8 +12,8 @@ import json
 import pytest
 
 from frontend import errors
-from frontend.compile_pool import CompilePool
-from frontend.structured import GuideCache, GuideSpec, StructuredOutputs
+from frontend.openai.compile_pool import CompilePool
+from frontend.openai.structured import GuideCache, GuideSpec, StructuredOutputs
 
 WAIT_S = 120     # bounds on event waits only
 

@@ -11,13 +11,14 @@ import random
 
 import pytest
 
-import frontend.chat_prompt as chat_prompt
-from frontend.chat_prompt import render_prompt, template_renders_tools
+import frontend.openai.chat_prompt as chat_prompt
+from frontend.openai.chat_prompt import render_prompt, template_renders_tools
 from frontend.errors import APIError
-from frontend.literal_text import CLOSE, OPEN, encode_prompt, mark_request_values, plain_text
-from frontend.request_models import ChatCompletionRequest, parse_request
-from frontend.reasoning import close_reasoning
-from frontend.tools import ToolPlan
+from frontend.openai.literal_text import CLOSE, OPEN, encode_prompt, mark_request_values, plain_text
+from frontend.openai.request_models import ChatCompletionRequest
+from frontend.openai.request_base import parse_request
+from frontend.openai.reasoning import close_reasoning
+from frontend.openai.tools import ToolPlan
 
 FAMILIES = ["default_tokenizer", "llama3_tokenizer", "reasoning_tokenizer"]
 

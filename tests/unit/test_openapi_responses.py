@@ -11,10 +11,10 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
-from frontend.openapi import build_openapi
-from frontend.responses.api import _input_items_for_store
-from frontend.responses.output import OutputAssembler, response_object, usage
-from frontend.responses.request import ResponsesRequest
+from frontend.http.openapi import build_openapi
+from frontend.openai.responses.api import _input_items_for_store
+from frontend.openai.responses.output import OutputAssembler, response_object, usage
+from frontend.openai.responses.request import ResponsesRequest
 
 
 @pytest.fixture(scope="module")

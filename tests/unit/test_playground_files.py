@@ -6,7 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from frontend import playground
+from frontend.http import playground
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "frontend" / "static"

@@ -13,16 +13,18 @@ from hypothesis import strategies as st
 
 from frontend import errors
 from frontend.errors import APIError
-from frontend.openapi import build_openapi
+from frontend.http.openapi import build_openapi
 from frontend.errors import validation_error_to_envelope
-from frontend.request_models import ChatCompletionRequest, CompletionRequest, NamedToolChoice, parse_request
-from frontend.response_models import (
+from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest
+from frontend.openai.message_models import NamedToolChoice
+from frontend.openai.request_base import parse_request
+from frontend.openai.response_models import (
     ChatCompletionChunk, ChatCompletionChunkChoice, ChatCompletionResponse, ChatCompletionChoice, ChatMessageOut,
     ChoiceLogprobs, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionResponse, DeltaFunctionCall,
     DeltaMessage, DeltaToolCall, ModelCard, ModelList, ResponseFunctionCall, ResponseToolCall, Usage,
 )
-from frontend.sse import (SSE_DONE, ChatChunkEncoder, CompletionChunkEncoder, completion_logprobs, token_logprob,
-                          usage_dict)
+from frontend.openai.sse import (SSE_DONE, ChatChunkEncoder, CompletionChunkEncoder, completion_logprobs, token_logprob,
+                                 usage_dict)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from frontend.reasoning import (ReasoningSplitter, close_reasoning, is_reasoning_model, prompt_opens_reasoning,
-                                thinking_disabled)
+from frontend.openai.reasoning import (ReasoningSplitter, close_reasoning, is_reasoning_model, prompt_opens_reasoning,
+                                       thinking_disabled)
 
 # (text, starts inside, expected reasoning, expected answer)
 CASES = [

@@ -1,8 +1,8 @@
 """Which decoder outputs the frontend asks Triton for: each costs per streamed token, so only those it reads."""
 import numpy as np
 
-from frontend.decoder import DecoderCapabilities
-from frontend.triton_client import TritonDecoder
+from frontend.decoder.interface import DecoderCapabilities
+from frontend.decoder.triton_client import TritonDecoder
 from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS, PERF_METRIC_OUTPUTS
 
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from frontend.responses.store import StoredResponse, StoreLimits, open_store, owner_of_key
+from frontend.openai.responses.store import StoredResponse, StoreLimits, open_store, owner_of_key
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

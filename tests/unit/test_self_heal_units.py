@@ -1,6 +1,6 @@
 """The pieces of self-healing that need no Triton: the launcher's restart policy and process
 watching (llama_triton/serve/supervisor.py) and the frontend's decoder health state machine
-(frontend/decoder_health.py) driven by fake probes. tests/integration/test_self_heal.py and
+(frontend/decoder/health.py) driven by fake probes. tests/integration/test_self_heal.py and
 test_chaos.py run them for real."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from frontend import decoder_health
-from frontend.decoder_health import DecoderHealth, ProbeFailed
+from frontend.decoder import health as decoder_health
+from frontend.decoder.health import DecoderHealth, ProbeFailed
 from llama_triton.serve.supervisor import CrashLoop, RestartPolicy, dead, failure_report, write_failure_report
 
 # ----------------------------------------------------------------------------- restart policy
@@ -237,7 +237,7 @@ def test_launcher_restarts_a_dead_frontend_worker_alone_then_gives_up(tmp_path, 
     sup.frontends = [None, None]
     sup.frontend_policies = [RestartPolicy(f"frontend worker {i}", 1, 300) for i in range(2)]
     sup.frontend_due = [0.0, 0.0]
-    from frontend import admission
+    from frontend.tenancy import admission
     admission.create_file(sup.admission_file, 2)
     try:
         spawn(0)
@@ -272,7 +272,7 @@ def test_readiness_and_liveness_endpoints(default_model_dir, default_tokenizer):
     longer than --liveness-timeout (the replica is no longer healing itself)."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from frontend.app import SERVICE, create_app
+    from frontend.http import SERVICE, create_app
     from frontend.settings import parse_args
 
     settings = parse_args(["--model-dir", str(default_model_dir), "--triton-grpc", "127.0.0.1:1",

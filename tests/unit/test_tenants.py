@@ -1,4 +1,4 @@
-"""frontend/tenants.py: key files with ids, their reload (rotation without a restart), share groups,
+"""frontend/tenancy/tenants.py: key files with ids, their reload (rotation without a restart), share groups,
 the cache salt; and log redaction that follows a reload."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from frontend import tenants
-from frontend.logging_setup import RedactSecrets
-from frontend.tenants import OPEN, KeyRing, KeysInvalid, Tenant, cache_salt, derived_id, parse_keys, \
+from frontend.tenancy import tenants
+from frontend.telemetry.logging_setup import RedactSecrets
+from frontend.tenancy.tenants import OPEN, KeyRing, KeysInvalid, Tenant, cache_salt, derived_id, parse_keys, \
     parse_share_groups
 
 

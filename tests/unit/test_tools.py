@@ -8,11 +8,12 @@ import random
 import jsonschema
 import pytest
 
-from frontend.chat_prompt import render_prompt, template_renders_tools
-from frontend.request_models import ChatCompletionRequest, parse_request
-from frontend.service import ChatOutput
-from frontend.structured import GuideSpec, response_format_guide
-from frontend.tools import ARGUMENTS, PARAMETERS, ToolCallParser, ToolPlan, calls_schema, tools_system_prompt
+from frontend.openai.chat_prompt import render_prompt, template_renders_tools
+from frontend.openai.request_models import ChatCompletionRequest
+from frontend.openai.request_base import parse_request
+from frontend.openai.chat_output import ChatOutput
+from frontend.openai.structured import GuideSpec, response_format_guide
+from frontend.openai.tools import ARGUMENTS, PARAMETERS, ToolCallParser, ToolPlan, calls_schema, tools_system_prompt
 from llama_triton.text.compile_worker import run_job
 from tests.engine_guides import engine_accepts, engine_compiler
 

@@ -1,9 +1,9 @@
-"""frontend/vllm_metrics.py: the running/waiting bookkeeping through our own gauges' calls, and
+"""frontend/telemetry/vllm_metrics.py: the running/waiting bookkeeping through our own gauges' calls, and
 the KV-cache fraction read from either decoder's Triton metrics."""
 from __future__ import annotations
 
-from frontend.metrics import FrontendMetrics
-from frontend.vllm_metrics import kv_cache_usage
+from frontend.telemetry.metrics import FrontendMetrics
+from frontend.telemetry.vllm_metrics import kv_cache_usage
 
 
 def sample(m: FrontendMetrics, name: str) -> float:
