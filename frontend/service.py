@@ -22,14 +22,14 @@ from frontend.generation import ChoiceEvent, Generation
 from frontend.literal_text import encode_prompt
 from frontend.logging_setup import current_request
 from frontend.request_models import ChatCompletionRequest, CompletionRequest
-from frontend.reasoning import (THINK_END, ReasoningSplitter, close_reasoning, is_reasoning_model,
-                                prompt_opens_reasoning, thinking_disabled)
+from frontend.openai.parsers import REASONING_PARSERS, ReasoningParser, ToolParser, reasoning_parser_for
+from frontend.reasoning import THINK_END, close_reasoning, prompt_opens_reasoning, thinking_disabled
 from frontend.settings import Settings
 from frontend.sse import (DECODER_ANSWERED, ChatChunkEncoder, CompletionChunkEncoder, EventStream, completion_logprobs,
                           usage_dict)
 from frontend.structured import StructuredOutputs, response_format_guide
 from frontend.tenants import OPEN, cache_salt
-from frontend.tools import ToolCallParser, ToolPlan, check_combination
+from frontend.tools import ToolPlan, check_combination
 from frontend.decoder import DecoderBusy, DecoderClient, DecoderFailure, http_error
 from frontend.fair_share import FairShareGate, OverShare
 from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays
@@ -76,7 +76,8 @@ class CompletionService:
         self.model_context = _model_context(settings.model_dir)
         self.structured = StructuredOutputs(tokenizer.hf, tokenizer.vocab_size)
         self.renders_tools = template_renders_tools(tokenizer.chat_template)
-        self.reasoning_model = is_reasoning_model(tokenizer.chat_template, tokenizer.hf.get_vocab())
+        # The reasoning-parser family (frontend/openai/parsers/), None for a model without reasoning
+        self.reasoning_parser = reasoning_parser_for(tokenizer.chat_template, tokenizer.hf.get_vocab())
         # No token stands for more bytes than this, so a text longer than context x this many
         # characters cannot fit the context, whatever it tokenizes to (see check_text_fits).
         self.max_token_bytes = max(1, max(map(len, tokenizer.token_bytes), default=1))
@@ -259,7 +260,13 @@ class CompletionService:
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
                          bool(req.logprobs), req.top_logprobs or 0, bool(req.return_tokens_as_token_ids))
-        return ChatRun(prep, gen, [ChatOutput(chat.plan, chat.reasoning) for _ in gen.choices])
+        return ChatRun(prep, gen, [ChatOutput(chat.plan, self._reasoning_parser(chat.reasoning)) for _ in gen.choices])
+
+    def _reasoning_parser(self, start: Optional[str]) -> Optional[ReasoningParser]:
+        """One choice's reasoning parser, given where the reply starts (RenderedChat.reasoning)."""
+        if start is None:
+            return None
+        return REASONING_PARSERS.lookup(self.reasoning_parser)(inside=start == "inside")
 
     async def render_chat(self, req: ChatCompletionRequest) -> "RenderedChat":
         """The prompt ids of a chat request (template, tools, reasoning) and what decoding it needs:
@@ -303,7 +310,7 @@ class CompletionService:
         prompt = render_prompt(self.tokenizer, messages, tools=plan.template_tools(), tool_prompt=plan.system_prompt(),
                                template_kwargs=kwargs)
         reasoning = None
-        if self.reasoning_model:
+        if self.reasoning_parser is not None:
             if prompt_opens_reasoning(prompt) and thinking_disabled(kwargs):
                 prompt = close_reasoning(prompt)
             if prompt_opens_reasoning(prompt):
@@ -414,10 +421,10 @@ class ChatOutput:
     non-streamed message. Without tools and reasoning (`plain`) text passes straight through.
     """
 
-    def __init__(self, plan: ToolPlan, reasoning: Optional[str]):
+    def __init__(self, plan: ToolPlan, splitter: Optional[ReasoningParser]):
         self.plan = plan
-        self.splitter = ReasoningSplitter(reasoning == "inside") if reasoning is not None else None
-        self.parser: Optional[ToolCallParser] = plan.parser() if plan.active else None
+        self.splitter = splitter
+        self.parser: Optional[ToolParser] = plan.new_parser() if plan.active else None
         self.plain = self.splitter is None and self.parser is None
         self._reasoning: list[str] = []
         self._content: list[str] = []

@@ -12,7 +12,8 @@ from frontend.chat_prompt import render_prompt, template_renders_tools
 from frontend.request_models import ChatCompletionRequest, parse_request
 from frontend.service import ChatOutput
 from frontend.structured import GuideSpec, response_format_guide
-from frontend.tools import ARGUMENTS, PARAMETERS, ToolCallParser, ToolPlan, calls_schema, tools_system_prompt
+from frontend.openai.parsers import DeepSeekR1ReasoningParser, JsonToolsParser, Llama3JsonParser
+from frontend.tools import ARGUMENTS, PARAMETERS, ToolPlan, calls_schema, tools_system_prompt
 from llama_triton.text.compile_worker import run_job
 from tests.engine_guides import engine_accepts, engine_compiler
 
@@ -39,9 +40,13 @@ def request(**kw) -> ChatCompletionRequest:
 
 # ---- the incremental parser ------------------------------------------------------------------
 
+FAMILY = {ARGUMENTS: JsonToolsParser, PARAMETERS: Llama3JsonParser}
+
+
 def parse(chunks, mode="calls", key=ARGUMENTS, named=None):
     counter = itertools.count()
-    parser = ToolCallParser(mode, key, named=named, id_factory=lambda: f"call_{next(counter)}")
+    parser = FAMILY[key](arguments_of=named if mode == "named" else None,
+                         id_factory=lambda: f"call_{next(counter)}")
     items = []
     for chunk in chunks:
         items += parser.feed(chunk)
@@ -121,7 +126,7 @@ def test_plain_text_is_content_at_once():
 
 def test_leading_whitespace_waits_for_the_first_character():
     counter = itertools.count()
-    parser = ToolCallParser("calls", ARGUMENTS, id_factory=lambda: f"call_{next(counter)}")
+    parser = JsonToolsParser(id_factory=lambda: f"call_{next(counter)}")
     assert parser.feed(" \n") == []
     assert parser.feed(" hi") == [("content", " \n hi")]
     assert parse(["  "])[0] == [("content", "  ")]
@@ -365,7 +370,7 @@ def test_deepseek_gets_the_tool_text_in_its_system_prompt(reasoning_tokenizer):
 # ---- ChatOutput: reasoning + tools over any chunking -------------------------------------------
 
 def run_output(plan, reasoning, chunks):
-    out = ChatOutput(plan, reasoning)
+    out = ChatOutput(plan, DeepSeekR1ReasoningParser(reasoning == "inside") if reasoning is not None else None)
     items = []
     for c in chunks:
         items += out.feed(c)
