@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from frontend.openai.reasoning import ReasoningSplitter
-from frontend.openai.tools import ToolCallParser, ToolPlan
+from frontend.openai.parsers import ReasoningParser, ToolParser
+from frontend.openai.tools import ToolPlan
 
 
 class ChatOutput:
@@ -16,10 +16,10 @@ class ChatOutput:
     non-streamed message. Without tools and reasoning (`plain`) text passes straight through.
     """
 
-    def __init__(self, plan: ToolPlan, reasoning: Optional[str]):
+    def __init__(self, plan: ToolPlan, splitter: Optional[ReasoningParser]):
         self.plan = plan
-        self.splitter = ReasoningSplitter(reasoning == "inside") if reasoning is not None else None
-        self.parser: Optional[ToolCallParser] = plan.parser() if plan.active else None
+        self.splitter = splitter
+        self.parser: Optional[ToolParser] = plan.new_parser() if plan.active else None
         self.plain = self.splitter is None and self.parser is None
         self._reasoning: list[str] = []
         self._content: list[str] = []

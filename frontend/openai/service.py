@@ -25,8 +25,8 @@ from frontend.openai.chat_output import ChatOutput
 from frontend.openai.chat_prompt import render_prompt, template_renders_tools
 from frontend.openai.generation import ChoiceEvent, Generation
 from frontend.openai.literal_text import encode_prompt
-from frontend.openai.reasoning import (THINK_END, close_reasoning, is_reasoning_model, prompt_opens_reasoning,
-                                       thinking_disabled)
+from frontend.openai.parsers import REASONING_PARSERS, ReasoningParser, reasoning_parser_for
+from frontend.openai.reasoning import THINK_END, close_reasoning, prompt_opens_reasoning, thinking_disabled
 from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest
 from frontend.openai.sse import DECODER_ANSWERED, ChatChunkEncoder, EventStream, usage_dict
 from frontend.openai.structured import StructuredOutputs, response_format_guide
@@ -78,7 +78,8 @@ class CompletionService:
         self.model_context = _model_context(settings.model_dir)
         self.structured = StructuredOutputs(tokenizer.hf, tokenizer.vocab_size)
         self.renders_tools = template_renders_tools(tokenizer.chat_template)
-        self.reasoning_model = is_reasoning_model(tokenizer.chat_template, tokenizer.hf.get_vocab())
+        # The reasoning-parser family (frontend/openai/parsers/), None for a model without reasoning
+        self.reasoning_parser = reasoning_parser_for(tokenizer.chat_template, tokenizer.hf.get_vocab())
         # No token stands for more bytes than this, so a text longer than context x this many
         # characters cannot fit the context, whatever it tokenizes to (see check_text_fits).
         self.max_token_bytes = max(1, max(map(len, tokenizer.token_bytes), default=1))
@@ -261,7 +262,13 @@ class CompletionService:
                                   top_logprobs=req.top_logprobs or 0)
         gen = Generation(self.tokenizer, req.n, req.stop_strings, prep.max_new_tokens,
                          bool(req.logprobs), req.top_logprobs or 0, bool(req.return_tokens_as_token_ids))
-        return ChatRun(prep, gen, [ChatOutput(chat.plan, chat.reasoning) for _ in gen.choices])
+        return ChatRun(prep, gen, [ChatOutput(chat.plan, self._reasoning_parser(chat.reasoning)) for _ in gen.choices])
+
+    def _reasoning_parser(self, start: Optional[str]) -> Optional[ReasoningParser]:
+        """One choice's reasoning parser, given where the reply starts (RenderedChat.reasoning)."""
+        if start is None:
+            return None
+        return REASONING_PARSERS.lookup(self.reasoning_parser)(inside=start == "inside")
 
     async def render_chat(self, req: ChatCompletionRequest) -> "RenderedChat":
         """The prompt ids of a chat request (template, tools, reasoning) and what decoding it needs:
@@ -305,7 +312,7 @@ class CompletionService:
         prompt = render_prompt(self.tokenizer, messages, tools=plan.template_tools(), tool_prompt=plan.system_prompt(),
                                template_kwargs=kwargs)
         reasoning = None
-        if self.reasoning_model:
+        if self.reasoning_parser is not None:
             if prompt_opens_reasoning(prompt) and thinking_disabled(kwargs):
                 prompt = close_reasoning(prompt)
             if prompt_opens_reasoning(prompt):

@@ -1,4 +1,4 @@
-"""Tool calling: prompting, constrained call grammars, and the incremental tool-call parser.
+"""Tool calling: prompting and constrained call grammars (parsing is frontend/openai/parsers/).
 
 Call format. A tool call is produced as constrained JSON text:
 
@@ -26,8 +26,9 @@ xgrammar's strict mode (no properties beyond those listed). `response_format` to
 `tool_choice` auto is refused (a JSON answer and a call could not be told apart); with named or
 required the tool grammar wins (there is no text answer to format).
 
-Parsing. `ToolCallParser` reads one choice's answer text incrementally and emits OpenAI's
-deltas: the first delta of each call carries `index`, `id` (`call_<24 hex>`), `type:
+Parsing. The model's tool-call family (frontend/openai/parsers/: `json_tools` for our format,
+`llama3_json` for templates that render tools) reads one choice's answer text incrementally into
+OpenAI's deltas: the first delta of each call carries `index`, `id` (`call_<24 hex>`), `type:
 "function"` and `function: {name, arguments: ""}`; later deltas carry only `{index, function:
 {arguments: <fragment>}}`, where the fragments are the raw text of the arguments value in the
 output. The non-streamed response runs the same parser over the same text and joins the
@@ -47,25 +48,21 @@ from __future__ import annotations
 
 import copy
 import json
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from frontend import errors
 from frontend.openai.message_models import ChatTool
+from frontend.openai.parsers import TOOL_PARSERS, JsonToolsParser, Llama3JsonParser, ToolParser, tool_parser_for
 from frontend.openai.request_models import ChatCompletionRequest
 from frontend.openai.structured import MAX_TOOLS, GuideSpec, checked_schema
 
-ARGUMENTS = "arguments"     # our key (Llama-2 and other templates without a tool list)
-PARAMETERS = "parameters"   # Llama-3.1's key
+ARGUMENTS = JsonToolsParser.key      # our key (Llama-2 and other templates without a tool list)
+PARAMETERS = Llama3JsonParser.key    # Llama-3.1's key
 EMPTY_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
 # Plain text in auto mode: anything whose first non-whitespace character is not `{` or `[` (so it
 # cannot be taken for a call, also after SentencePiece's leading space is stripped from the text).
 TEXT_RULE = r"root ::= [ \t\r\n]{0,8} [^{\[ \t\r\n] [^]*"
-
-
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def parameters_of(tool: ChatTool) -> dict:
@@ -78,7 +75,7 @@ def parameters_of(tool: ChatTool) -> dict:
 class ToolPlan:
     mode: str                       # none | auto | required | named
     tools: list[ChatTool]
-    key: str                        # "arguments" or "parameters"
+    parser: str                     # the tool-call family (frontend/openai/parsers/)
     native: bool                    # the template renders the tool list
     parallel: bool
     named: Optional[ChatTool] = None
@@ -90,8 +87,13 @@ class ToolPlan:
                                      "tools", "too_many_tools")
         mode = req.tool_choice_mode
         tools = list(req.tools or []) if mode != "none" else []
-        return cls(mode, tools, PARAMETERS if native else ARGUMENTS, native, bool(req.parallel_tool_calls),
+        return cls(mode, tools, tool_parser_for(native), native, bool(req.parallel_tool_calls),
                    req.named_tool if mode == "named" else None)
+
+    @property
+    def key(self) -> str:
+        """The call object's member that holds the arguments ("arguments" or "parameters")."""
+        return TOOL_PARSERS.lookup(self.parser).key
 
     @property
     def active(self) -> bool:
@@ -99,8 +101,9 @@ class ToolPlan:
 
     @property
     def arguments_only(self) -> bool:
-        """Named function on a template without a tool list: the output is the arguments object."""
-        return self.mode == "named" and not self.native
+        """Named function on a family whose prompt asks for the arguments object alone (ours: a
+        template without a tool list)."""
+        return self.mode == "named" and TOOL_PARSERS.lookup(self.parser).named_call_is_arguments
 
     def finish_reason(self, reason: Optional[str], produced_calls: bool) -> Optional[str]:
         if reason == "stop" and produced_calls and self.mode in ("auto", "required"):
@@ -125,10 +128,10 @@ class ToolPlan:
             return None
         return tool_guide(self)
 
-    def parser(self) -> "ToolCallParser":
-        if self.arguments_only:
-            return ToolCallParser("named", self.key, named=self.named.function.name)
-        return ToolCallParser("calls", self.key)
+    def new_parser(self) -> ToolParser:
+        """A parser of one choice's answer, of the model's tool-call family."""
+        family = TOOL_PARSERS.lookup(self.parser)
+        return family(arguments_of=self.named.function.name if self.arguments_only else None)
 
 
 def check_combination(req: ChatCompletionRequest, plan: ToolPlan, has_response_format: bool) -> None:
@@ -224,272 +227,3 @@ def tool_guide(plan: ToolPlan) -> GuideSpec:
     if plan.mode in ("required", "named"):
         return GuideSpec("json_schema", schema, "tools", checks)
     return GuideSpec("json_schema", schema, "tools", checks, kind="tools_auto", text_rule=TEXT_RULE)
-
-
-# ---- the incremental parser ------------------------------------------------------------------
-
-@dataclass
-class ParsedCall:
-    index: int
-    id: str
-    name: Optional[str] = None
-    fragments: list[str] = field(default_factory=list)
-    announced: bool = False
-
-    @property
-    def arguments(self) -> str:
-        return "".join(self.fragments)
-
-    def as_message(self) -> dict:
-        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-
-
-_WS = " \t\r\n"
-
-
-class ToolCallParser:
-    """One choice's answer text -> content text and OpenAI tool-call deltas, incrementally.
-
-    `feed(text)` and `finish()` return a list of `("content", str)` and `("tool_calls", [delta])`
-    items. Modes: "named" (the whole text is the arguments of the named function) and "calls"
-    (a JSON call object or array of calls, decided by the first character; other text is content).
-    """
-
-    def __init__(self, mode: str, key: str, *, named: Optional[str] = None, id_factory=new_call_id):
-        assert mode in ("named", "calls")
-        self.mode = mode
-        self.key = key
-        self.named = named
-        self._new_id = id_factory
-        self.calls: list[ParsedCall] = []
-        self._kind: Optional[str] = None       # "text" | "json" once decided
-        self._lead = ""                        # leading whitespace while undecided
-        self._raw: list[str] = []              # the json text, for the fallback to content
-        self._out: list = []
-        # scanner state
-        self._depth = 0
-        self._call_depth = 1
-        self._in_str = False
-        self._esc = False
-        self._done = False
-        self._call: Optional[ParsedCall] = None
-        self._pending: list[str] = []          # arguments seen before the name
-        self._phase = "key"                    # key | in_key | colon | value | in_value | after
-        self._key_raw: list[str] = []
-        self._member: Optional[str] = None
-        self._value_kind: Optional[str] = None # container | string | scalar
-        self._value_raw: list[str] = []
-
-    # -- public ---------------------------------------------------------------------------------
-    @property
-    def produced_calls(self) -> bool:
-        return any(c.announced for c in self.calls)
-
-    def feed(self, text: str) -> list:
-        self._out = []
-        if not text:
-            return []
-        if self.mode == "named":
-            call = self._named_call()
-            self._args(call, text)
-            return self._flush_out()
-        if self._kind is None:
-            text = self._lead + text
-            first = text.lstrip()
-            if not first:
-                self._lead = text      # whitespace only so far: undecided
-                return []
-            self._lead = ""
-            self._kind = "json" if first[0] in "{[" else "text"
-        if self._kind == "text":
-            return [("content", text)]
-        self._raw.append(text)
-        for ch in text:
-            self._char(ch)
-        return self._flush_out()
-
-    def finish(self) -> list:
-        self._out = []
-        if self.mode == "named":
-            self._named_call()
-        elif self._kind == "json" and not self.produced_calls:
-            self.calls = []
-            return [("content", "".join(self._raw))]
-        elif self._kind is None and self._lead:
-            lead, self._lead = self._lead, ""
-            return [("content", lead)]
-        return self._flush_out()
-
-    def message_calls(self) -> list[dict]:
-        return [c.as_message() for c in self.calls if c.announced]
-
-    # -- output ---------------------------------------------------------------------------------
-    def _announce(self, call: ParsedCall) -> None:
-        call.announced = True
-        self._out.append(("tool_calls", [{"index": call.index, "id": call.id, "type": "function",
-                                          "function": {"name": call.name, "arguments": ""}}]))
-        if self._pending:
-            self._args(call, "".join(self._pending))
-            self._pending = []
-
-    def _args(self, call: ParsedCall, fragment: str) -> None:
-        if not fragment:
-            return
-        if not call.announced:
-            self._pending.append(fragment)
-            return
-        call.fragments.append(fragment)
-        last = self._out[-1] if self._out else None
-        if last and last[0] == "tool_calls" and "id" not in last[1][0] and last[1][0]["index"] == call.index:
-            last[1][0]["function"]["arguments"] += fragment
-        else:
-            self._out.append(("tool_calls", [{"index": call.index, "function": {"arguments": fragment}}]))
-
-    def _flush_out(self) -> list:
-        out, self._out = self._out, []
-        return out
-
-    def _named_call(self) -> ParsedCall:
-        if not self.calls:
-            call = ParsedCall(0, self._new_id(), self.named)
-            self.calls.append(call)
-            self._announce(call)
-        return self.calls[0]
-
-    # -- the JSON scanner -----------------------------------------------------------------------
-    def _start_call(self) -> None:
-        self._call = ParsedCall(len(self.calls), self._new_id())
-        self.calls.append(self._call)
-        self._pending = []
-        self._phase = "key"
-
-    def _end_call(self) -> None:
-        call = self._call
-        if call is not None and not call.announced:
-            self.calls.remove(call)   # no name: not a call
-        self._call = None
-        self._pending = []
-
-    def _in_arguments(self) -> bool:
-        return self._call is not None and self._member == self.key
-
-    def _end_value(self) -> None:
-        if self._member == "name" and self._value_kind == "string" and self._call is not None:
-            try:
-                name = json.loads("".join(self._value_raw))
-            except ValueError:
-                name = None
-            if isinstance(name, str) and self._call.name is None:
-                self._call.name = name
-                self._announce(self._call)
-        self._phase = "after"
-        self._member = None
-        self._value_kind = None
-        self._value_raw = []
-
-    def _char(self, ch: str) -> None:
-        if self._done:
-            return
-        d = self._depth
-        # inside the value of a call member (any depth below the call object)
-        if self._phase == "in_value" and self._call is not None:
-            if self._value_kind == "scalar" and not self._in_str and (ch in _WS or ch in ",}"):
-                self._end_value()
-                self._char(ch)
-                return
-            self._value_raw.append(ch)
-            if self._in_arguments():
-                self._args(self._call, ch)
-            if self._in_str:
-                if self._esc:
-                    self._esc = False
-                elif ch == "\\":
-                    self._esc = True
-                elif ch == '"':
-                    self._in_str = False
-                    if self._value_kind == "string" and d == self._call_depth:
-                        self._end_value()
-                return
-            if ch == '"':
-                self._in_str = True
-            elif ch in "{[":
-                self._depth += 1
-            elif ch in "}]":
-                self._depth -= 1
-                if self._depth == self._call_depth:
-                    self._end_value()
-            return
-        # the key of a member
-        if self._phase == "in_key":
-            self._key_raw.append(ch)
-            if self._esc:
-                self._esc = False
-            elif ch == "\\":
-                self._esc = True
-            elif ch == '"':
-                try:
-                    self._member = json.loads("".join(self._key_raw))
-                except ValueError:
-                    self._member = None
-                self._phase = "colon"
-            return
-        if ch in _WS:
-            return
-        # structure outside member values
-        if d == 0:
-            if ch == "[":
-                self._depth, self._call_depth = 1, 2
-            elif ch == "{":
-                self._depth, self._call_depth = 1, 1
-                self._start_call()
-            else:
-                self._done = True
-            return
-        if d == 1 and self._call_depth == 2 and self._call is None:
-            if ch == "{":
-                self._depth = 2
-                self._start_call()
-            elif ch == "]":
-                self._depth = 0
-                self._done = True
-            return            # "," between calls
-        # directly inside a call object
-        if self._phase == "key":
-            if ch == '"':
-                self._phase, self._key_raw, self._esc = "in_key", ['"'], False
-            elif ch == "}":
-                self._close_call()
-        elif self._phase == "colon":
-            if ch == ":":
-                self._phase = "value"
-        elif self._phase == "value":
-            self._phase = "in_value"
-            self._value_raw = []
-            if ch == '"':
-                self._value_kind, self._in_str, self._esc = "string", True, False
-                self._value_raw.append(ch)
-                if self._in_arguments():
-                    self._args(self._call, ch)
-            elif ch in "{[":
-                self._value_kind = "container"
-                self._depth += 1
-                self._value_raw.append(ch)
-                if self._in_arguments():
-                    self._args(self._call, ch)
-            else:
-                self._value_kind = "scalar"
-                self._value_raw.append(ch)
-                if self._in_arguments():
-                    self._args(self._call, ch)
-        elif self._phase == "after":
-            if ch == ",":
-                self._phase = "key"
-            elif ch == "}":
-                self._close_call()
-
-    def _close_call(self) -> None:
-        self._end_call()
-        self._depth = self._call_depth - 1
-        self._phase = "key"
-        if self._depth == 0:
-            self._done = True

@@ -1,4 +1,4 @@
-"""The reasoning splitter (`frontend.reasoning`) at every split point, and where reasoning starts."""
+"""The deepseek_r1 reasoning parser at every split point, which models reason, and where reasoning starts."""
 from __future__ import annotations
 
 import itertools
@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from frontend.openai.reasoning import (ReasoningSplitter, close_reasoning, is_reasoning_model, prompt_opens_reasoning,
-                                       thinking_disabled)
+from frontend.openai.parsers import DeepSeekR1ReasoningParser as ReasoningSplitter
+from frontend.openai.parsers import reasoning_parser_for
+from frontend.openai.reasoning import close_reasoning, prompt_opens_reasoning, thinking_disabled
 
 # (text, starts inside, expected reasoning, expected answer)
 CASES = [
@@ -86,10 +87,11 @@ def test_saw_reasoning():
 
 
 def test_models(default_tokenizer, llama3_tokenizer, reasoning_tokenizer):
-    assert is_reasoning_model(reasoning_tokenizer.chat_template, reasoning_tokenizer.hf.get_vocab())
-    assert not is_reasoning_model(default_tokenizer.chat_template, default_tokenizer.hf.get_vocab())
-    assert not is_reasoning_model(llama3_tokenizer.chat_template, llama3_tokenizer.hf.get_vocab())
-    assert is_reasoning_model(None, {"<think>": 1, "</think>": 2})
+    assert reasoning_parser_for(reasoning_tokenizer.chat_template, reasoning_tokenizer.hf.get_vocab()) == "deepseek_r1"
+    assert reasoning_parser_for(default_tokenizer.chat_template, default_tokenizer.hf.get_vocab()) is None
+    assert reasoning_parser_for(llama3_tokenizer.chat_template, llama3_tokenizer.hf.get_vocab()) is None
+    assert reasoning_parser_for(None, {"<think>": 1, "</think>": 2}) == "deepseek_r1"
+    assert reasoning_parser_for("{{ '<think>' }}", {}) is None      # one marker is not enough
 
 
 def test_where_reasoning_starts(reasoning_tokenizer):

@@ -13,7 +13,8 @@ from frontend.openai.request_models import ChatCompletionRequest
 from frontend.openai.request_base import parse_request
 from frontend.openai.chat_output import ChatOutput
 from frontend.openai.structured import GuideSpec, response_format_guide
-from frontend.openai.tools import ARGUMENTS, PARAMETERS, ToolCallParser, ToolPlan, calls_schema, tools_system_prompt
+from frontend.openai.parsers import DeepSeekR1ReasoningParser, JsonToolsParser, Llama3JsonParser
+from frontend.openai.tools import ARGUMENTS, PARAMETERS, ToolPlan, calls_schema, tools_system_prompt
 from llama_triton.text.compile_worker import run_job
 from tests.engine_guides import engine_accepts, engine_compiler
 
@@ -40,9 +41,13 @@ def request(**kw) -> ChatCompletionRequest:
 
 # ---- the incremental parser ------------------------------------------------------------------
 
+FAMILY = {ARGUMENTS: JsonToolsParser, PARAMETERS: Llama3JsonParser}
+
+
 def parse(chunks, mode="calls", key=ARGUMENTS, named=None):
     counter = itertools.count()
-    parser = ToolCallParser(mode, key, named=named, id_factory=lambda: f"call_{next(counter)}")
+    parser = FAMILY[key](arguments_of=named if mode == "named" else None,
+                         id_factory=lambda: f"call_{next(counter)}")
     items = []
     for chunk in chunks:
         items += parser.feed(chunk)
@@ -122,7 +127,7 @@ def test_plain_text_is_content_at_once():
 
 def test_leading_whitespace_waits_for_the_first_character():
     counter = itertools.count()
-    parser = ToolCallParser("calls", ARGUMENTS, id_factory=lambda: f"call_{next(counter)}")
+    parser = JsonToolsParser(id_factory=lambda: f"call_{next(counter)}")
     assert parser.feed(" \n") == []
     assert parser.feed(" hi") == [("content", " \n hi")]
     assert parse(["  "])[0] == [("content", "  ")]
@@ -366,7 +371,7 @@ def test_deepseek_gets_the_tool_text_in_its_system_prompt(reasoning_tokenizer):
 # ---- ChatOutput: reasoning + tools over any chunking -------------------------------------------
 
 def run_output(plan, reasoning, chunks):
-    out = ChatOutput(plan, reasoning)
+    out = ChatOutput(plan, DeepSeekR1ReasoningParser(reasoning == "inside") if reasoning is not None else None)
     items = []
     for c in chunks:
         items += out.feed(c)
