@@ -26,6 +26,7 @@ from frontend.decoder import (DecoderBusy, DecoderCapabilities, DecoderError, De
                               DecoderResponse, DecoderUnavailable)
 from frontend import ttft_stamps
 from frontend.logging_setup import current_request
+from llama_triton.contract import stop_request_arrays
 from llama_triton.trtllm import backend_contract
 from llama_triton.trtllm import decoder_errors
 from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS, PERF_METRIC_OUTPUTS
@@ -403,10 +404,8 @@ class TritonDecoder:
 
     async def stop(self, request_id: str) -> None:
         """TensorRT-LLM's cancellation: a request with stop=true and the same id."""
-        arrays = {"input_ids": np.zeros((1, 1), np.int32), "input_lengths": np.ones((1, 1), np.int32),
-                  "request_output_len": np.ones((1, 1), np.int32), "stop": np.ones((1, 1), bool)}
         done = asyncio.Event()
-        inputs = self._inputs(arrays)
+        inputs = self._inputs(stop_request_arrays())
 
         async def requests():
             yield {"model_name": self.model_name, "inputs": inputs, "request_id": request_id,

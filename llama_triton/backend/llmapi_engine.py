@@ -53,8 +53,8 @@ from typing import Any, Callable, Optional
 import yaml
 
 from llama_triton.backend.llmapi_sampling import to_llmapi, word_text_for
-from llama_triton.engine.types import (GenerationRequest, OutputCallback, QueueFull, RequestError,
-                                       SequenceOutput)
+from llama_triton.contract import QueueFull, RequestError
+from llama_triton.engine.types import GenerationRequest, OutputCallback, SequenceOutput
 
 logger = logging.getLogger(__name__)
 

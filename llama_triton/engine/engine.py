@@ -22,16 +22,19 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..llama import AttentionMetadata, Llama, ModelConfig, load_model
+from ..contract import EngineStopped, QueueFull, RequestError
 from ..llama.checkpoint import read_json_file
+from ..llama.config import ModelConfig
 from ..llama.dtype import resolve_dtype
 from ..llama.linear import configure_matmul
+from ..llama.loader import load_model
+from ..llama.model import AttentionMetadata, Llama
 from .config import EngineConfig, auto_num_threads
 from .kv_cache import BlockManager, allocate_kv_cache, copy_blocks
 from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence, SequenceStatus
 from .stop_words import StopWords
-from .types import EngineStopped, GenerationRequest, OutputCallback, QueueFull, RequestError, SequenceOutput
+from .types import GenerationRequest, OutputCallback, SequenceOutput
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import pytest
 from frontend.errors import APIError
 from frontend.openapi import build_openapi
 from frontend.request_models import ChatCompletionRequest, CompletionRequest, parse_request
-from llama_triton.trtllm.request_decoding import parse_request as parse_tensors
+from llama_triton.backend.request_decoding import parse_request as parse_tensors
 from llama_triton.trtllm.request_encoding import DecodeSettings, decoder_arrays
 from llama_triton.trtllm.tensor_contract import decoder_io
 
