@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from llama_triton.contract import GUIDE_TYPES
+from llama_triton.contract import GUIDE_TYPES, STOP_INPUT
 
 # The release this repository targets, and the NGC Triton image that carries it (NGC 26.04-26.07
 # ship TensorRT-LLM 1.2.1: triton-inference-server/server docs/introduction/compatibility.md).
@@ -183,7 +183,7 @@ def request_problems(inputs: Iterable[tuple[str, str, tuple[int, ...]]], outputs
         want = UPSTREAM_INPUTS[name][0]
         if want is not None and WIRE_DATATYPE[want] != datatype:
             problems.append(f"input '{name}' is {datatype}, the backend declares {WIRE_DATATYPE[want]}")
-    stop = "stop" in names
+    stop = STOP_INPUT in names
     if outputs is not None and not stop:
         asked = set(outputs)
         for name in REQUIRED_OUTPUTS:
