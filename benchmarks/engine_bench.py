@@ -41,7 +41,7 @@ from llama_triton.engine.config import EngineConfig
 from llama_triton.engine.engine import Engine
 from llama_triton.engine.kv_cache import allocate_kv_cache
 from llama_triton.engine.types import GenerationRequest, SamplingParams
-from llama_triton.llama import AttentionMetadata
+from llama_triton.llama.model import AttentionMetadata
 
 NAME = "engine"
 

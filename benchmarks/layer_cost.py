@@ -113,7 +113,7 @@ class EngineLayer:
         self.engine.shutdown()
 
     def _batch(self, items: list[tuple[list[int], RequestSpec]], conc: int) -> tuple[list[_Rec], float, float]:
-        from llama_triton.trtllm.request_decoding import parse_request
+        from llama_triton.backend.request_decoding import parse_request
         slots = threading.Semaphore(conc)
         done = threading.Event()
         recs: list[_Rec] = []

@@ -31,7 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import ROOT, log, rel
-from llama_triton.serve.launcher import free_port
+from llama_triton.serve.common import free_port
 
 PEERS_DIR = ROOT / "var" / "peers"
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"

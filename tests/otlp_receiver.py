@@ -11,7 +11,7 @@ from typing import Optional
 
 from aiohttp import web
 
-from llama_triton.serve.launcher import free_port
+from llama_triton.serve.common import free_port
 
 
 @dataclass(frozen=True)

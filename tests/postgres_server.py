@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_triton.serve.launcher import free_port
+from llama_triton.serve.common import free_port
 
 PACKAGE = "postgresql"
 

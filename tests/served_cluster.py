@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from llama_triton.serve.cluster import CLUSTER_SERVING_LINE, RouterKeys
-from llama_triton.serve.launcher import free_port, http_ok
+from llama_triton.serve.common import free_port, http_ok
 
 
 def scrape(url: str, timeout: float = 5.0, headers: Optional[dict] = None) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Optional
 
-from llama_triton.serve.launcher import SERVING_LINE, free_port, http_ok
+from llama_triton.serve.common import SERVING_LINE, free_port, http_ok
 
 
 @dataclass

@@ -18,6 +18,7 @@ from frontend.decoder.health import DecoderHealth, ProbeFailed, probe_request_id
 from frontend.decoder.interface import DecoderBusy
 from frontend.decoder.request_stream import RequestStream
 from frontend.decoder.triton_client import EMPTY_FINAL_RESPONSE, TritonDecoder, classify_error
+from llama_triton.contract import stop_request_arrays
 from llama_triton.trtllm.request_encoding import DecodeSettings, decoder_arrays
 
 PROBE_PROMPT = [1]      # one token id that every Llama vocabulary has (BOS)
@@ -49,8 +50,7 @@ async def _one_request(decoder: TritonDecoder, arrays: dict[str, np.ndarray]) ->
 
 
 async def reach(decoder: TritonDecoder) -> None:
-    await _one_request(decoder, {"input_ids": np.zeros((1, 1), np.int32), "input_lengths": np.ones((1, 1), np.int32),
-                                 "request_output_len": np.ones((1, 1), np.int32), "stop": np.ones((1, 1), bool)})
+    await _one_request(decoder, stop_request_arrays())
 
 
 async def work(decoder: TritonDecoder) -> None:

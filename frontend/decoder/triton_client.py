@@ -26,6 +26,7 @@ from frontend.decoder.interface import (DecoderBusy, DecoderCapabilities, Decode
                                         DecoderResponse, DecoderUnavailable)
 from frontend.decoder.request_stream import RequestStream
 from frontend.telemetry import current_request, ttft_stamps
+from llama_triton.contract import stop_request_arrays
 from llama_triton.trtllm import backend_contract
 from llama_triton.trtllm import decoder_errors
 from llama_triton.trtllm.tensor_contract import COMMON_OUTPUTS, CPU_ONLY_OUTPUTS, PERF_METRIC_OUTPUTS
@@ -387,9 +388,7 @@ class TritonDecoder:
 
     async def stop(self, request_id: str) -> None:
         """TensorRT-LLM's cancellation: a request with stop=true and the same id."""
-        arrays = {"input_ids": np.zeros((1, 1), np.int32), "input_lengths": np.ones((1, 1), np.int32),
-                  "request_output_len": np.ones((1, 1), np.int32), "stop": np.ones((1, 1), bool)}
-        call = RequestStream(self.model_name, request_id, arrays, EMPTY_FINAL_RESPONSE)
+        call = RequestStream(self.model_name, request_id, stop_request_arrays(), EMPTY_FINAL_RESPONSE)
         try:
             async with asyncio.timeout(STOP_TIMEOUT_S):
                 async for _result, _error in call.open(self.client):

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 from aiohttp import web
 
@@ -27,27 +28,24 @@ from frontend.openai import CompletionService
 from frontend.settings import Settings, parse_args
 from frontend.telemetry import FrontendMetrics, configure_logging, tracing, ttft_stamps
 from frontend.tenancy import FairShareGate, SharedAdmission
+from llama_triton import failure_file
 from llama_triton.startup_heap import freeze_startup_heap
 from llama_triton.text.tokenization import Tokenizer
 
 log = logging.getLogger("frontend")
 
 
-def decoder_health_for(decoder: TritonDecoder, settings: Settings) -> DecoderHealth:
-    def report(reason: str) -> None:
-        if settings.decoder_failure_file:
-            from llama_triton.serve.supervisor import write_failure_report
-            try:
-                write_failure_report(settings.decoder_failure_file, reason)
-            except OSError as e:
-                log.error("could not report the broken decoder to the launcher: %s", e)
+def decoder_health_for(decoder: TritonDecoder, report: Optional[Callable[[str], None]]) -> DecoderHealth:
     return probed_health(decoder, report)
 
 
 def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
-               decoder: DecoderClient | None = None, tracer_provider=None) -> web.Application:
+               decoder: DecoderClient | None = None, tracer_provider=None,
+               report_decoder_failure: Optional[Callable[[str], None]] = None) -> web.Application:
     """`decoder`: Triton's (the default) or any other DecoderClient (the handler tests' fake).
-    `tracer_provider`: an OpenTelemetry TracerProvider (default: OTLP to --otlp-traces-endpoint, or none)."""
+    `tracer_provider`: an OpenTelemetry TracerProvider (default: OTLP to --otlp-traces-endpoint, or none).
+    `report_decoder_failure`: called with the reason when Triton's decoder is broken though Triton
+    calls it ready (the launcher's callback, `serve` below; none: nobody is told)."""
     app = web.Application(middlewares=[context_middleware, tracing.tracing_middleware, metrics_middleware,
                                        error_middleware, auth_middleware],
                           client_max_size=settings.max_body_bytes)
@@ -56,7 +54,7 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
     metrics = FrontendMetrics(settings.served_model_name)
     if decoder is None:
         decoder = TritonDecoder(settings.triton_grpc, metrics=metrics)
-        decoder.health = decoder_health_for(decoder, settings)
+        decoder.health = decoder_health_for(decoder, report_decoder_failure)
     # The 429 gate: this replica's decoder places (shared by its workers), shared fairly by keys
     admission = (SharedAdmission(settings.admission_file, settings.admission_slot)
                  if settings.admission_file else None)
@@ -87,7 +85,7 @@ def create_app(settings: Settings, tokenizer: Tokenizer | None = None,
 
 
 async def serve(settings: Settings) -> int:
-    app = create_app(settings)
+    app = create_app(settings, report_decoder_failure=failure_file.reporter(settings.decoder_failure_file))
     refusal = await startup_refusal(app[SERVICE].decoder)
     if refusal:
         log.error("refusing to serve: %s", refusal)

@@ -35,7 +35,7 @@ log = logging.getLogger("frontend.tenants")   # its name before the move
 RELOAD_CHECK_S = 1.0
 KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # The frontend workers of one replica share its decoder, so they must salt alike: the launcher
-# generates this once per replica (llama_triton/serve/launcher.py) unless the operator sets it.
+# generates this once per replica (llama_triton/serve/supervisor.py) unless the operator sets it.
 HASH_SECRET_ENV = "LLAMA_TRITON_HASH_SECRET"
 # The id the router's own key has in a replica's keys file (`router:KEY`: llama-triton cluster and
 # deploy/ write it so). Besides the API, it may read the replica's load gauges on /metrics, which

@@ -2,7 +2,7 @@
 
 model_repository/tensorrt_llm/1/model.py is a shell around `DecoderModel`; Triton's module
 (`triton_python_backend_utils`) is passed in, so this runs without Triton in the unit tests.
-Tensor parsing lives in llama_triton.trtllm.request_decoding, batching in the engine. A request
+Tensor parsing lives in llama_triton.backend.request_decoding, batching in the engine. A request
 with `stop=true` cancels the in-flight request with the same id (TensorRT-LLM's way); Triton's own
 cancellation is honoured too, checked before every engine step.
 """
@@ -17,12 +17,13 @@ from typing import Callable, Optional
 
 from llama_triton.backend import trtllm_emulation as trtllm
 from llama_triton.backend.engine_setup import EngineMetrics, build_engine
+from llama_triton.backend.request_decoding import StopRequest, output_arrays, parse_request
 from llama_triton.backend.response_pump import ResponsePump
 from llama_triton.startup_heap import freeze_startup_heap
 from llama_triton import ttft_stamps
-from llama_triton.engine.types import DecoderEngine, EngineStopped, QueueFull, RequestError
+from llama_triton.contract import EngineStopped, QueueFull, RequestError
+from llama_triton.engine.types import DecoderEngine
 from llama_triton.trtllm import decoder_errors as codes
-from llama_triton.trtllm.request_decoding import StopRequest, output_arrays, parse_request
 
 
 # Triton request parameter (not a tensor: TensorRT-LLM's input list stays as it is) by which a

@@ -53,8 +53,8 @@ from typing import Any, Callable, Optional
 import yaml
 
 from llama_triton.backend.llmapi_sampling import to_llmapi, word_text_for
-from llama_triton.engine.types import (GenerationRequest, OutputCallback, QueueFull, RequestError,
-                                       SequenceOutput)
+from llama_triton.contract import QueueFull, RequestError
+from llama_triton.engine.types import GenerationRequest, OutputCallback, SequenceOutput
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,9 @@ def load_api(kind: str) -> Api:
                 pass
         return Api(LLM, SamplingParams, GuidedDecodingParams, TrtllmRequestError)
     if kind == "cpu":
-        from llama_triton.backend import llmapi_standin as s
-        return Api(s.LLM, s.SamplingParams, s.GuidedDecodingParams, s.RequestError)
+        from llama_triton.backend.llmapi_standin import LLM, RequestError
+        from llama_triton.backend.llmapi_standin_params import GuidedDecodingParams, SamplingParams
+        return Api(LLM, SamplingParams, GuidedDecodingParams, RequestError)
     raise ValueError(f"llm_api {kind!r}: choose one of {', '.join(LLM_APIS)}")
 
 

@@ -1,6 +1,6 @@
 """Our decoder request -> the arguments of TensorRT-LLM 1.2.1's `SamplingParams` (LLM API).
 
-The `tensorrt_llm` tensors are parsed by llama_triton/trtllm/request_decoding.py into the CPU
+The `tensorrt_llm` tensors are parsed by llama_triton/backend/request_decoding.py into the CPU
 decoder's `SamplingParams` (llama_triton/engine/types.py); this module maps every field of it onto
 the LLM API's, and nothing else: no tensorrt_llm import, so it runs and is tested everywhere.
 docs/GPU.md section 8.2 is the same table, row by row.
@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from llama_triton.engine.types import RequestError, SamplingParams
+from llama_triton.contract import RequestError
+from llama_triton.engine.types import SamplingParams
 
 # Our guided_decoding_guide_type -> GuidedDecodingParams field (SP:26-30; SP:511-540 maps them onto
 # the executor's GuideType JSON, JSON_SCHEMA, REGEX, EBNF_GRAMMAR, the C++ backend's four types).

@@ -91,7 +91,7 @@ def counters_of(engine: Any) -> dict[str, float]:
 def serve(channel: Channel, model_dir: str, config: dict[str, Any]) -> int:
     """Runs the engine until the parent closes the socket."""
     from llama_triton.engine.config import EngineConfig
-    from llama_triton.engine.types import QueueFull, RequestError
+    from llama_triton.contract import QueueFull, RequestError
     try:
         from llama_triton.engine.engine import Engine
         engine = Engine(model_dir, EngineConfig(**config))

@@ -52,8 +52,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from llama_triton.contract import RequestError
 from llama_triton.text.grammar import DEFAULT_COMPILE_TIMEOUT_S, GuideCompiler, GuideMatcher
-from .types import RequestError, SamplingParams
+from .types import SamplingParams
 
 MAX_TOP_LOGPROBS = 20
 GREEDY_TEMPERATURE = 1e-5          # temperatures below this are greedy

@@ -1,4 +1,5 @@
-"""The engine's request and output types: the only things that cross the engine boundary.
+"""The engine's request and output types: with its errors (llama_triton/contract.py), the only
+things that cross the engine boundary.
 
 The Triton `tensorrt_llm` model (llama_triton/backend/decoder_model.py) turns TensorRT-LLM
 tensors into a `GenerationRequest` and each `SequenceOutput` back into response tensors.
@@ -9,20 +10,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
 
 import numpy as np
-
-GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")
-
-
-class RequestError(ValueError):
-    """A request that cannot be served as asked; fails that request alone."""
-
-
-class QueueFull(RuntimeError):
-    """The engine's bounded queue is full; the caller should retry later (HTTP 429)."""
-
-
-class EngineStopped(RuntimeError):
-    """The engine has shut down (Triton is unloading the model): nothing more is admitted."""
 
 
 @dataclass
@@ -44,7 +31,7 @@ class SamplingParams:
     return_log_probs: bool = False
     top_logprobs: int = 0             # number of alternatives per token (extra, CPU decoder only)
     embedding_bias: Optional[np.ndarray] = None  # [vocab] float32, added to the logits
-    guide_type: Optional[str] = None  # one of GUIDE_TYPES
+    guide_type: Optional[str] = None  # one of llama_triton.contract.GUIDE_TYPES
     guide: Optional[str] = None
 
 
@@ -86,7 +73,7 @@ OutputCallback = Callable[[SequenceOutput], None]
 class DecoderEngine(Protocol):
     """What the Triton decoder model (llama_triton/backend/decoder_model.py) drives: `Engine` (the
     model) and `ZeroCostEngine` (no model) both implement it. `submit` raises RequestError, QueueFull
-    or EngineStopped (after `shutdown`); outputs arrive on the engine thread through `callback`, and
+    or EngineStopped (after `shutdown`; llama_triton/contract.py); outputs arrive on the engine thread through `callback`, and
     every submitted request gets exactly one `finished` output per sequence, also when the engine
     shuts down with it unfinished. Counters (`num_steps`, ...) are optional:
     llama_triton/backend/engine_setup.py exports those an engine has."""

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from llama_triton.contract import EngineStopped, QueueFull, RequestError
 from llama_triton.engine.config import EngineConfig
-from llama_triton.engine.types import (EngineStopped, GenerationRequest, OutputCallback, QueueFull, RequestError,
-                                       SequenceOutput)
+from llama_triton.engine.types import GenerationRequest, OutputCallback, SequenceOutput
 
 logger = logging.getLogger(__name__)
 

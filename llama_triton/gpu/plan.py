@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from llama_triton.defaults import MAX_BATCH_SIZE
+from llama_triton.llama.known_models import KNOWN_MODELS, known_model_key
 from llama_triton.trtllm.tensor_contract import TRTLLM_RELEASE
 
 GiB = 1 << 30
@@ -36,8 +37,7 @@ MiB = 1 << 20
 KiB = 1 << 10
 GB = 10 ** 9
 
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-KNOWN_MODELS = {"llama-2-7b": "llama-2-7b.json", "llama-2-70b": "llama-2-70b.json"}
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"      # <known model name>.json
 
 QUANTS = ("none", "fp8", "int4_awq")
 KV_DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
@@ -148,15 +148,8 @@ def load_model_shape(model: str, configs_dir: Path = CONFIGS_DIR) -> ModelShape:
         if key is None:
             raise ValueError(f"{model}: not a checkpoint directory, a config.json, or a known model "
                              f"({', '.join(sorted(KNOWN_MODELS))})")
-        path, name = configs_dir / KNOWN_MODELS[key], key
+        path, name = configs_dir / f"{key}.json", key
     return ModelShape.from_config(json.loads(path.read_text()), name=name)
-
-
-def known_model_key(model: str) -> Optional[str]:
-    key = model.strip().lower().rsplit("/", 1)[-1]
-    for suffix in ("-hf", "-chat"):
-        key = key[: -len(suffix)] if key.endswith(suffix) else key
-    return key if key in KNOWN_MODELS else None
 
 
 def default_kv_dtype(quant: str, dtype: str = "float16") -> str:

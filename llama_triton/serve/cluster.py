@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Optional
 
-from llama_triton.serve.launcher import DEFAULT_MODEL_DIR, SERVING_LINE, LaunchError, free_port, http_ok, log, port_free
+from llama_triton.serve.common import DEFAULT_MODEL_DIR, SERVING_LINE, LaunchError, free_port, http_ok, log, port_free
 
 # Logged once the router answers and every replica serves: what a supervising process waits for.
 CLUSTER_SERVING_LINE = b"cluster serving the OpenAI API at"

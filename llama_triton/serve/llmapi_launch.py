@@ -23,13 +23,11 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from llama_triton.llama.known_models import HF_IDS, known_model_key
 from llama_triton.serve.repository import LLM_APIS, RepositorySettings
 from llama_triton.serve.tritonserver import NGC_BIN
 
 LAUNCH = "trtllm-llmapi-launch"
-# Known sizing names (llama_triton/gpu/plan.py KNOWN_MODELS) -> the Hugging Face checkpoint an LLM
-# can load by id, for dry runs on a machine without the weights.
-HF_IDS = {"llama-2-7b": "meta-llama/Llama-2-7b-chat-hf", "llama-2-70b": "meta-llama/Llama-2-70b-chat-hf"}
 
 
 class LlmApiLaunchError(ValueError):
@@ -61,7 +59,6 @@ def yaml_model(model_dir: str, *, dry_run: bool) -> str:
     path = Path(model_dir)
     if (path / "config.json").is_file():
         return str(path.resolve())
-    from llama_triton.gpu.plan import known_model_key
     key = known_model_key(model_dir)
     if dry_run and key in HF_IDS:
         return HF_IDS[key]

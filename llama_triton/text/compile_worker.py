@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from llama_triton.text.grammar import _clean_error, compile_like_engine, tokenizer_info_from_payload
+from llama_triton.text.grammar import clean_error, compile_like_engine, tokenizer_info_from_payload
 from llama_triton.text.guide_forms import engine_form, plain_form
 
 WHAT = {"json": "JSON grammar", "json_schema": "JSON schema", "regex": "regex", "ebnf_grammar": "EBNF grammar"}
@@ -40,7 +40,7 @@ def run_job(compiler, job: dict, say) -> dict:
         return {"ok": [guide_type, guide]}
     except Exception as e:  # noqa: BLE001 - xgrammar's conversion and compile errors
         what = WHAT.get(job.get("guide_type"), "grammar") if param == job["param"] else "JSON schema"
-        return {"error": f"invalid {what}: {_clean_error(e)}", "param": param}
+        return {"error": f"invalid {what}: {clean_error(e)}", "param": param}
 
 
 NICE = 10      # compiles yield the CPU to decoding (the frontend and a CPU decoder share the cores)

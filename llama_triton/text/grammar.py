@@ -5,7 +5,7 @@ and the one project-wide: the frontend builds guides with it, the CPU decoder co
 and `compile_like_engine` compiles a guide exactly as the engine does (docs/GPU.md, "Guides").
 
 Shared by the CPU decoder's sampler and the frontend's request checks (frontend/openai/structured.py), so it
-lives outside the engine package and imports no torch (only the engine's plain request types): a
+lives outside the engine package and imports no torch (its errors are llama_triton/contract.py's): a
 frontend worker that checks a grammar must not load torch.
 
 Guide types are exactly TensorRT-LLM's (`guided_decoding_guide_type`):
@@ -51,8 +51,8 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Optional
 
+from llama_triton.contract import GUIDE_TYPES, RequestError
 from llama_triton.defaults import DECODER_GRAMMAR_COMPILE_TIMEOUT_S
-from llama_triton.engine.types import GUIDE_TYPES, RequestError
 
 if TYPE_CHECKING:   # the bitmask helpers take the sampler's tensors; only the engine imports torch
     import torch
@@ -64,7 +64,9 @@ DEFAULT_CACHE_LIMIT_BYTES = 512 * 1024 * 1024
 _XGR_ERROR_PREFIX = re.compile(r"^\s*(\[[0-9:]+\]\s*)?\S+\.(cc|h|cpp):\d+:\s*")
 
 
-def _clean_error(exc: BaseException) -> str:
+def clean_error(exc: BaseException) -> str:
+    """xgrammar's error text without its C++ source prefix, first line only (the compile worker's
+    answers word errors the same way)."""
     text = str(exc).strip()
     text = _XGR_ERROR_PREFIX.sub("", text)
     return text.splitlines()[0] if text else type(exc).__name__
@@ -227,7 +229,7 @@ class GuideCompiler:
                 raise err
             what = {"json": "JSON grammar", "json_schema": "JSON schema", "regex": "regex",
                     "ebnf_grammar": "EBNF grammar"}[guide_type]
-            raise RequestError(f"invalid {what}: {_clean_error(err)}") from None
+            raise RequestError(f"invalid {what}: {clean_error(err)}") from None
         return box["result"]
 
     def new_matcher(self, compiled: Any,

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
+from llama_triton.contract import GUIDE_TYPES, STOP_INPUT
+
 # The release this repository targets, and the NGC Triton image that carries it (NGC 26.04-26.07
 # ship TensorRT-LLM 1.2.1: triton-inference-server/server docs/introduction/compatibility.md).
 TRTLLM_RELEASE = "v1.2.1"
@@ -40,8 +42,7 @@ ENGINE_XGRAMMAR = "0.1.32"
 # Every request must ask for both, whatever else it reads: the backend throws at the first
 # response otherwise, and that response is the request's last.
 REQUIRED_OUTPUTS = ("output_ids", "sequence_length")
-# The guide types the backend maps (utils.cc getGuidedDecodingParamsFromTensors); any other is ignored.
-GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")
+# The backend maps only GUIDE_TYPES (utils.cc getGuidedDecodingParamsFromTensors); any other is ignored.
 
 ANY = None      # a data type the upstream template leaves to a ${placeholder}
 _S, _V, _M = (1,), (-1,), (-1, -1)
@@ -182,7 +183,7 @@ def request_problems(inputs: Iterable[tuple[str, str, tuple[int, ...]]], outputs
         want = UPSTREAM_INPUTS[name][0]
         if want is not None and WIRE_DATATYPE[want] != datatype:
             problems.append(f"input '{name}' is {datatype}, the backend declares {WIRE_DATATYPE[want]}")
-    stop = "stop" in names
+    stop = STOP_INPUT in names
     if outputs is not None and not stop:
         asked = set(outputs)
         for name in REQUIRED_OUTPUTS:

@@ -8,7 +8,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 
-from llama_triton.serve.launcher import free_port
+from llama_triton.serve.common import free_port
 from tests.integration.stack import ROOT
 
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from llama_triton.serve.cluster import ROUTING_KEY_HEADER, router_command, smg_flags
-from llama_triton.serve.launcher import free_port, http_ok
+from llama_triton.serve.common import free_port, http_ok
 from tests.served_cluster import scrape
 from tests.integration.cluster_fixtures import CLUSTER_KEYS, auth, openai_client
 from tests.integration.stack import wait_for

@@ -256,7 +256,7 @@ def test_auth_and_limits(stack, default_model_dir):
 
 
 def test_decoder_down_is_503(stack, default_model_dir):
-    from llama_triton.serve.launcher import free_port
+    from llama_triton.serve.common import free_port
     with extra_frontend(str(default_model_dir), f"127.0.0.1:{free_port()}", "--served-model-name",
                         stack.model_name, expect_healthy=False) as (base, _):
         with pytest.raises(urllib.error.HTTPError) as e:

@@ -17,8 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llama_triton.serve import launcher
-from llama_triton.serve.launcher import free_port
+from llama_triton.serve import launcher, triton_launch
+from llama_triton.serve.common import free_port
+from llama_triton.serve.supervisor import Supervisor
 from llama_triton.serve.tritonserver import ADMIN_HEADER, GRPC_ADMIN_METADATA, find_tritonserver, restricted_args, \
     server_command
 from tests.integration.frontends import extra_frontend
@@ -199,11 +200,11 @@ def supervisor_command(model_dir, tmp_path, *extra) -> list[str]:
         ["serve", "--model-dir", str(Path(model_dir).resolve()), "--work-dir", str(tmp_path),
          "--tritonserver", sys.executable, "--port", str(free_port()), "--triton-grpc-port", str(free_port()),
          "--triton-http-port", str(free_port()), "--triton-metrics-port", str(free_port()), *extra])
-    return launcher.Supervisor(args).prepare()
+    return Supervisor(args).prepare()
 
 
 def test_expose_triton_command(tmp_path, capsys, monkeypatch, default_model_dir):
-    monkeypatch.delenv(launcher.ADMIN_KEY_ENV, raising=False)
+    monkeypatch.delenv(triton_launch.ADMIN_KEY_ENV, raising=False)
     plain = supervisor_command(default_model_dir, tmp_path)
     assert "--grpc-address=127.0.0.1" in plain and not any("restricted" in p for p in plain)
     capsys.readouterr()
@@ -224,11 +225,11 @@ def test_expose_triton_command(tmp_path, capsys, monkeypatch, default_model_dir)
     assert grpc_flag not in again, "a new key for each start"
 
     # An operator's key would only ever go on that command line: it is not taken (and it says so).
-    monkeypatch.setenv(launcher.ADMIN_KEY_ENV, "operator-chosen-key-123")
+    monkeypatch.setenv(triton_launch.ADMIN_KEY_ENV, "operator-chosen-key-123")
     chosen = supervisor_command(default_model_dir, tmp_path, "--expose-triton")
     assert not any("operator-chosen-key-123" in part for part in chosen)
     err = capsys.readouterr().err
-    assert "operator-chosen-key-123" not in err and f"${launcher.ADMIN_KEY_ENV} is not used" in err
+    assert "operator-chosen-key-123" not in err and f"${triton_launch.ADMIN_KEY_ENV} is not used" in err
 
 
 def test_restricted_protocol_flags_work_on_the_real_tritonserver(stack, tmp_path):

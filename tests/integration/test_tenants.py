@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from llama_triton.serve.launcher import free_port
+from llama_triton.serve.common import free_port
 from tests.integration.frontends import extra_frontend
 
 pytestmark = pytest.mark.timeout(300)

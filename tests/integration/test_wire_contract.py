@@ -18,6 +18,7 @@ import sys
 import openai
 import pytest
 
+from llama_triton.contract import GUIDE_TYPES
 from llama_triton.trtllm import backend_contract
 from tests.engine_guides import engine_compile
 from tests.integration.frontends import extra_frontend
@@ -137,7 +138,7 @@ def assert_guides_compile_on_the_engine(records, tokenizer) -> None:
     for guide_type, guide in guides:
         compile_with_engine_xgrammar(tokenizer, guide_type, guide)
     assert {t for t, _ in guides} == {"ebnf_grammar", "regex"}
-    assert {t for t, _ in guides} <= set(backend_contract.GUIDE_TYPES)
+    assert {t for t, _ in guides} <= set(GUIDE_TYPES)
 
 
 def test_every_request_to_the_decoder_keeps_the_backend_contract(wire, default_tokenizer):

@@ -20,7 +20,7 @@ import transformers
 from llama_triton.engine.config import EngineConfig
 from llama_triton.engine.engine import Engine
 from llama_triton.engine.types import GenerationRequest, SamplingParams
-from llama_triton.llama import load_model
+from llama_triton.llama.loader import load_model
 from llama_triton.llama.checkpoint import CheckpointError, inspect_checkpoint
 from llama_triton.text.tokenization import Tokenizer
 

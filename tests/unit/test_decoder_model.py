@@ -1,7 +1,7 @@
 """The decoder model's request bookkeeping (llama_triton/backend/decoder_model.py), without Triton.
 
 A stand-in `triton_python_backend_utils` and a recording engine replace the stub process and the
-CPU engine; the tensor parsing (llama_triton/trtllm/request_decoding.py) is the real one.
+CPU engine; the tensor parsing (llama_triton/backend/request_decoding.py) is the real one.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ class RecordingEngine:
         self.stopped = True
 
     def submit(self, request, callback):
-        from llama_triton.engine.types import EngineStopped
+        from llama_triton.contract import EngineStopped
         if self.stopped:
             raise EngineStopped("the engine has shut down")
         self.submitted.append((request, callback))
@@ -210,7 +210,8 @@ def test_request_id_is_free_again_after_the_original_ends(model):
 
 
 def test_both_engines_implement_the_one_engine_protocol():
-    from llama_triton.engine import DecoderEngine, Engine
+    from llama_triton.engine.engine import Engine
+    from llama_triton.engine.types import DecoderEngine
     from llama_triton.engine.zero_cost import ZeroCostEngine
     members = [name for name in vars(DecoderEngine) if not name.startswith("_")]
     assert set(members) == {"submit", "cancel", "add_step_listener", "start", "shutdown"}

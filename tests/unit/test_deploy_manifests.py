@@ -70,7 +70,7 @@ def test_replica_pod(objects):
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health/live"
     # The kubelet waits for the launcher's whole drain: --shutdown-grace, then 15 s for the frontend
-    # to exit and 30 s for tritonserver (llama_triton/serve/launcher.py: Supervisor.shutdown).
+    # to exit and 30 s for tritonserver (llama_triton/serve/supervisor.py: Supervisor.shutdown).
     grace = float(flag(args, "--shutdown-grace"))
     assert pod["terminationGracePeriodSeconds"] == grace + 15 + 30
     # The frontend's API port and its metrics-only port; Triton's stay on the pod's loopback.

@@ -9,8 +9,10 @@ from collections import defaultdict
 import pytest
 import torch
 
-from llama_triton.engine import (Engine, EngineConfig, GenerationRequest, QueueFull, RequestError, SamplingParams,
-                                 SequenceOutput)
+from llama_triton.contract import QueueFull, RequestError
+from llama_triton.engine.config import EngineConfig
+from llama_triton.engine.engine import Engine
+from llama_triton.engine.types import GenerationRequest, SamplingParams, SequenceOutput
 from tests.unit.tiny_models import tiny_llama, torch_threads
 
 VOCAB = 1000

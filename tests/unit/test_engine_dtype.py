@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llama_triton.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from llama_triton.engine.config import auto_num_threads
+from llama_triton.engine.config import EngineConfig, auto_num_threads
+from llama_triton.engine.engine import Engine
+from llama_triton.engine.types import GenerationRequest, SamplingParams
 from llama_triton.llama import dtype as dtypes
 from llama_triton.llama.config import ModelConfig
 from tests.unit.tiny_models import tiny_llama, torch_threads

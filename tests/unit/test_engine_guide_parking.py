@@ -8,7 +8,9 @@ import threading
 
 import pytest
 
-from llama_triton.engine import Engine, EngineConfig, GenerationRequest, SamplingParams, SequenceOutput
+from llama_triton.engine.config import EngineConfig
+from llama_triton.engine.engine import Engine
+from llama_triton.engine.types import GenerationRequest, SamplingParams, SequenceOutput
 from llama_triton.engine.sampler import Sampler
 from llama_triton.text.grammar import GuideCompiler
 from tests.unit.tiny_models import tiny_llama, torch_threads

@@ -12,7 +12,7 @@ from tritonclient.utils import InferenceServerException
 from frontend.decoder import DecoderBusy
 from frontend.decoder.triton_client import TritonDecoder, classify_error
 from llama_triton.backend import trtllm_emulation as trtllm
-from llama_triton.trtllm.request_decoding import parse_request
+from llama_triton.backend.request_decoding import parse_request
 from llama_triton.engine.types import SequenceOutput
 from llama_triton.serve.repository import RepositorySettings, render_repository
 from llama_triton.trtllm.request_encoding import DecodeSettings, decoder_arrays

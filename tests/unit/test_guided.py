@@ -12,7 +12,8 @@ import torch
 
 from llama_triton.text.grammar import GuideCompiler
 from llama_triton.engine.sampler import Sampler
-from llama_triton.engine.types import RequestError, SamplingParams
+from llama_triton.contract import RequestError
+from llama_triton.engine.types import SamplingParams
 
 V = 32000
 EOS = 2

@@ -9,7 +9,7 @@ from frontend.errors import APIError
 from frontend.http.openapi import build_openapi
 from frontend.openai.request_models import ChatCompletionRequest, CompletionRequest
 from frontend.openai.request_base import parse_request
-from llama_triton.trtllm.request_decoding import parse_request as parse_tensors
+from llama_triton.backend.request_decoding import parse_request as parse_tensors
 from llama_triton.trtllm.request_encoding import DecodeSettings, decoder_arrays
 from llama_triton.trtllm.tensor_contract import decoder_io
 

@@ -3,7 +3,7 @@ import socket
 import subprocess
 import sys
 
-from llama_triton.serve.launcher import free_port
+from llama_triton.serve.common import free_port
 
 
 def serve(*args: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llama_triton.engine.config import MATMULS, EngineConfig
-from llama_triton.llama import load_model
+from llama_triton.llama.loader import load_model
 from llama_triton.llama.linear import MATMUL_CHOICES, Linear, configure_matmul, prepacked_supported, weight_bytes
 from tests.unit.test_llama_forward import BF16_TOL, hf_logits, make_checkpoint, new_cache, run
 from tests.unit.tiny_models import torch_threads

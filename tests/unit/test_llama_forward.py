@@ -9,7 +9,9 @@ import torch
 import transformers
 
 from llama_triton.engine.kv_cache import allocate_kv_cache
-from llama_triton.llama import AttentionMetadata, ModelConfig, load_model
+from llama_triton.llama.config import ModelConfig
+from llama_triton.llama.loader import load_model
+from llama_triton.llama.model import AttentionMetadata
 
 TOL = 1e-4  # max abs logit difference in float32
 BLOCK = 4

@@ -15,7 +15,8 @@ import pytest
 from llama_triton.backend import llmapi_standin as s
 from llama_triton.backend.llmapi_engine import LlmApiEngine, load_api
 from llama_triton.backend.llmapi_standin import Logprob, _Response
-from llama_triton.engine.types import GenerationRequest, QueueFull, RequestError, SamplingParams
+from llama_triton.contract import QueueFull, RequestError
+from llama_triton.engine.types import GenerationRequest, SamplingParams
 
 
 class Tok:

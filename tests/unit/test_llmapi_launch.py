@@ -10,8 +10,10 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from llama_triton.serve.launcher import LaunchError, Supervisor, build_parser, free_port, main
+from llama_triton.serve.common import LaunchError, free_port
+from llama_triton.serve.launcher import build_parser, main
 from llama_triton.serve.repository import MODELS, RepositorySettings, TemplateError, render_repository
+from llama_triton.serve.supervisor import Supervisor
 from llama_triton.trtllm.tensor_contract import decoder_io
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llama_triton.backend import llmapi_standin as standin
+from llama_triton.backend import llmapi_standin_params as standin
 from llama_triton.backend.llmapi_sampling import to_llmapi, word_text_for
-from llama_triton.engine.types import RequestError, SamplingParams
+from llama_triton.contract import RequestError
+from llama_triton.engine.types import SamplingParams
 
 
 def no_text(ids):

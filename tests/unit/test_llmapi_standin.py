@@ -1,6 +1,7 @@
 """The LLM-API stand-in reproduces what a client of TensorRT-LLM 1.2.1's LLM sees
-(llama_triton/backend/llmapi_standin.py; the upstream lines are cited there): SamplingParams
-validation and its texts, how results carry new tokens and log-probs, finish reasons, abort."""
+(llama_triton/backend/llmapi_standin.py and llmapi_standin_params.py; the upstream lines are cited
+there): SamplingParams validation and its texts, how results carry new tokens and log-probs,
+finish reasons, abort."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,8 @@ import asyncio
 import pytest
 
 from llama_triton.backend import llmapi_standin as s
-from llama_triton.backend.llmapi_standin import Logprob, RequestError, SamplingParams, _Response
+from llama_triton.backend.llmapi_standin import Logprob, RequestError, _Response
+from llama_triton.backend.llmapi_standin_params import GuidedDecodingParams, SamplingParams
 
 
 @pytest.mark.parametrize("kwargs,text", [
@@ -36,7 +38,7 @@ def test_greedy_with_several_returns_needs_the_environment_switch(monkeypatch):
 
 def test_one_guide_per_request():
     with pytest.raises(ValueError, match=r"^Only one guide can be used for a request, but got 2\.$"):
-        SamplingParams(guided_decoding=s.GuidedDecodingParams(regex="a", json_object=True))
+        SamplingParams(guided_decoding=GuidedDecodingParams(regex="a", json_object=True))
 
 
 def test_defaults_and_coercions():

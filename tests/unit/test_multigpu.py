@@ -6,8 +6,10 @@ import pytest
 
 from llama_triton.gpu.build import EngineSpec, plan_build, write_repository
 from llama_triton.gpu.plan import load_model_shape
-from llama_triton.serve.launcher import LaunchError, Supervisor, build_parser, free_port
+from llama_triton.serve.common import LaunchError, free_port
+from llama_triton.serve.launcher import build_parser
 from llama_triton.serve.multigpu import MultiGpuError, mpirun_command, rank_command, resolve_world_size
+from llama_triton.serve.supervisor import Supervisor
 from llama_triton.serve.tritonserver import TritonInstall
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from llama_triton.trtllm.request_decoding import StopRequest, parse_request
-from llama_triton.engine.types import RequestError
+from llama_triton.backend.request_decoding import StopRequest, parse_request
+from llama_triton.contract import RequestError
 from llama_triton.trtllm.request_encoding import DecodeSettings, UnsupportedField, decoder_arrays, normalize_seed
 from llama_triton.trtllm.tensor_contract import decoder_io
 from llama_triton.trtllm.word_lists import WordListError, from_word_list, to_word_list

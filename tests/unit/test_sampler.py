@@ -9,7 +9,8 @@ import torch
 
 from llama_triton.engine.sampler import (MAX_TOP_LOGPROBS, Sampler, _top_p_threshold,
                                          derive_seed)
-from llama_triton.engine.types import RequestError, SamplingParams
+from llama_triton.contract import RequestError
+from llama_triton.engine.types import SamplingParams
 
 
 def mk(**kw) -> SamplingParams:

@@ -14,7 +14,8 @@ import pytest
 
 from frontend.decoder import health as decoder_health
 from frontend.decoder.health import DecoderHealth, ProbeFailed
-from llama_triton.serve.supervisor import CrashLoop, RestartPolicy, dead, failure_report, write_failure_report
+from llama_triton.failure_file import failure_report, write_failure_report
+from llama_triton.serve.supervisor import CrashLoop, RestartPolicy, dead
 
 # ----------------------------------------------------------------------------- restart policy
 
@@ -191,7 +192,8 @@ def test_suspect_probes_at_once():
 
 def test_launcher_restarts_tritonserver_for_a_dead_stub_or_a_reported_decoder(tmp_path):
     """Supervisor.triton_failure on a stand-in tritonserver with a stand-in stub under it."""
-    from llama_triton.serve.launcher import Supervisor, build_parser
+    from llama_triton.serve.launcher import build_parser
+    from llama_triton.serve.supervisor import Supervisor
     args = build_parser().parse_args(["serve", "--work-dir", str(tmp_path), "--decoder-restart-delay", "0.5"])
     sup = Supervisor(args)
     sup.state_dir.mkdir(parents=True)
@@ -222,7 +224,8 @@ def test_launcher_restarts_tritonserver_for_a_dead_stub_or_a_reported_decoder(tm
 
 
 def test_launcher_restarts_a_dead_frontend_worker_alone_then_gives_up(tmp_path, monkeypatch, capsys):
-    from llama_triton.serve.launcher import Supervisor, build_parser
+    from llama_triton.serve.launcher import build_parser
+    from llama_triton.serve.supervisor import Supervisor
     args = build_parser().parse_args(["serve", "--work-dir", str(tmp_path), "--frontend-workers", "2",
                                       "--max-restarts", "1"])
     sup = Supervisor(args)

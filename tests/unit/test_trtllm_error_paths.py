@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from llama_triton.backend import trtllm_emulation as trtllm
-from llama_triton.engine.types import RequestError, SequenceOutput
-from llama_triton.trtllm.request_decoding import parse_request
+from llama_triton.backend.request_decoding import parse_request
+from llama_triton.contract import RequestError
+from llama_triton.engine.types import SequenceOutput
 from llama_triton.trtllm.word_lists import to_word_list
 from tests.unit.test_decoder_model import FINAL, RecordingEngine, Request, _fake_pb_utils
 

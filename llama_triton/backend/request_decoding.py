@@ -1,7 +1,8 @@
-"""Mapping between TensorRT-LLM's `tensorrt_llm` tensors and the engine's request/output types.
+"""Decoder side of the wire: TensorRT-LLM's `tensorrt_llm` input tensors -> the engine's request,
+the engine's outputs -> response tensors (the frontend's side is llama_triton/trtllm/request_encoding.py).
 
-Kept out of model.py so it is tested without Triton: the model passes a getter for its inputs
-and gets plain numpy arrays back.
+Kept out of the decoder model so it is tested without Triton: the model passes a getter for its
+inputs and gets plain numpy arrays back.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from llama_triton.backend import trtllm_emulation
-from llama_triton.engine.types import GUIDE_TYPES, GenerationRequest, RequestError, SamplingParams, SequenceOutput
+from llama_triton.contract import GUIDE_TYPES, STOP_INPUT, RequestError
+from llama_triton.engine.types import GenerationRequest, SamplingParams, SequenceOutput
 from llama_triton.trtllm.word_lists import WordListError, from_word_list
 
 Getter = Callable[[str], Optional[np.ndarray]]
@@ -74,7 +76,7 @@ def parse_request(get: Getter, request_id: str, *, exclude_input_default: bool =
 
     `trtllm`: TensorRT-LLM's defaults and error texts (llama_triton/backend/trtllm_emulation.py).
     """
-    if _scalar(get, "stop", bool, False):
+    if _scalar(get, STOP_INPUT, bool, False):
         return StopRequest(request_id), True
     if trtllm:
         # TensorRT-LLM's refusals first, in its words; the CPU engine's stricter checks follow.
