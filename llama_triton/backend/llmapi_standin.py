@@ -49,6 +49,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from llama_triton.backend.llmapi_worker import Channel
+from llama_triton.defaults import TRTLLM_MAX_NUM_TOKENS
 from llama_triton.engine.types import GenerationRequest, SequenceOutput
 from llama_triton.engine.types import SamplingParams as EngineSamplingParams
 
@@ -405,7 +406,7 @@ class LLM:
             "max_queue_size": UNBOUNDED_QUEUE,
             # LlmArgs.max_num_tokens bounds the tokens one iteration runs: the CPU engine's prefill
             # budget per step plays that part.
-            "prefill_chunk_size": int(kwargs.get("max_num_tokens", 8192)),
+            "prefill_chunk_size": int(kwargs.get("max_num_tokens", TRTLLM_MAX_NUM_TOKENS)),
             "enable_prefix_reuse": bool(kv.get("enable_block_reuse", True)),
             "dtype": str(kwargs.get("dtype", "auto")),
             "num_threads": int(cpu_threads),
