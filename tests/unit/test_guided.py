@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from llama_triton.text.grammar import GuideCompiler
+from llama_triton.engine.logit_processors import process_logits
 from llama_triton.engine.sampler import Sampler
 from llama_triton.engine.types import RequestError, SamplingParams
 
@@ -154,7 +155,7 @@ def test_json_object_mode_allows_objects_only(sampler, hf_tokenizer, force_text)
     # a top-level array is not a JSON object
     fresh = sampler.new_sequence(params, 0, [1])
     bracket = hf_tokenizer.convert_tokens_to_ids("[")
-    x = sampler.process_logits(torch.zeros(1, V), [fresh])[0]
+    x = process_logits(torch.zeros(1, V), [fresh], sampler.vocab_size).logits[0]
     assert x[bracket] == float("-inf")
     assert x[hf_tokenizer.convert_tokens_to_ids("{")] == 0.0
 
@@ -163,7 +164,7 @@ def test_terminated_grammar_allows_only_end_id(sampler, hf_tokenizer, force_text
     seq = force_text(sampler, hf_tokenizer, guided("regex", "ok", temperature=1.0, seed=1), "ok")
     assert sampler.sample(torch.zeros(1, V), [seq])[0].token_id == EOS
     assert seq.is_grammar_terminated
-    x = sampler.process_logits(torch.randn(1, V), [seq])[0]
+    x = process_logits(torch.randn(1, V), [seq], sampler.vocab_size).logits[0]
     assert torch.isfinite(x).nonzero()[:, 0].tolist() == [EOS]
 
 
