@@ -432,10 +432,6 @@ class LLM:
         self._reader = threading.Thread(target=self._read, name="llmapi-standin-reader", daemon=True)
         self._reader.start()
 
-    @property
-    def executor_pid(self) -> int:
-        return self._proc.pid
-
     def generate_async(self, inputs: Union[list[int], dict], sampling_params: Optional[SamplingParams] = None,
                        streaming: bool = False, cache_salt: Optional[str] = None) -> RequestOutput:
         """Token ids in; the result to iterate. Must be called on a running event loop's thread

@@ -397,7 +397,6 @@ def test_error_helpers():
              (errors.not_found_model("nope"), 404, "not_found_error"),
              (errors.payload_too_large(1024), 413, "invalid_request_error"),
              (errors.queue_full(2.4), 429, "rate_limit_error"),
-             (errors.not_ready(), 503, "server_error"),
              (errors.internal(), 500, "server_error")]
     for err, status, kind in cases:
         body = orjson.loads(err.to_json())
