@@ -24,6 +24,10 @@ MAX_SEQ_LEN = 4096           # prompt + output tokens per sequence
 PREFILL_CHUNK_SIZE = 2048
 TOKENS_PER_BLOCK = 16        # the CPU engine's KV block, in tokens
 DTYPE = "auto"               # CPU decoder weights and KV cache; auto: bfloat16 where the CPU has native bf16
+# An EngineConfig made directly (tests that compare with Hugging Face's float32 forward, benchmarks)
+# computes in float32 on every CPU, so its tokens do not depend on the machine; the served decoder
+# (launcher flag, config.pbtxt, the decoder's parameter fallback) takes DTYPE.
+ENGINE_CONFIG_DTYPE = "float32"
 
 # ---- TensorRT-LLM (GPU) ----------------------------------------------------------------------
 # Tokens per engine iteration (chunked context splits longer prompts): trtllm-build's default since

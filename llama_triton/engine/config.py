@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from llama_triton.defaults import (DTYPE, MAX_BATCH_SIZE, MAX_NUM_TOKENS, MAX_QUEUE_SIZE, PREFILL_CHUNK_SIZE,
+from llama_triton.defaults import (ENGINE_CONFIG_DTYPE, MAX_BATCH_SIZE, MAX_NUM_TOKENS, MAX_QUEUE_SIZE, PREFILL_CHUNK_SIZE,
                                    TOKENS_PER_BLOCK)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: llama_triton.llama.dtype.resolve_dtype
@@ -21,7 +21,7 @@ class EngineConfig:
     max_queue_size: int = MAX_QUEUE_SIZE  # requests waiting for admission before QueueFull
     prefill_chunk_size: int = PREFILL_CHUNK_SIZE  # prompt tokens prefilled per step, across sequences
     enable_prefix_reuse: bool = True   # reuse cached KV blocks of shared prompt prefixes
-    dtype: str = DTYPE                 # model and KV cache dtype; "auto": bf16 where the CPU has native bf16
+    dtype: str = ENGINE_CONFIG_DTYPE   # model and KV cache dtype; "auto": bf16 where the CPU has native bf16
     num_threads: Optional[int] = None  # torch intra-op threads, process-wide; None leaves torch's default,
                                        # 0 picks by model size (auto_num_threads)
     matmul: str = "auto"               # kernels of the linear layers (llama_triton.llama.linear): auto, plain,
