@@ -293,11 +293,6 @@ class Sampler:
             return None
         return self.guides.compile(params.guide_type, params.guide)
 
-    def validate(self, params: SamplingParams, prompt_ids: Optional[Sequence[int]] = None) -> None:
-        """`check`, and compiles the guide too (which warms the grammar cache). Raises RequestError."""
-        self.check(params, prompt_ids)
-        self.compile_guide(params)
-
     def new_sequence(self, params: SamplingParams, sequence_index: int,
                      prompt_ids: Sequence[int], compiled: Any = None) -> SequenceSampling:
         """Validates ``params`` and makes the sampling state of one sequence of a request.

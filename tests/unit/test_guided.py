@@ -198,7 +198,7 @@ def test_n_sequences_share_the_compiled_grammar(sampler):
     schema = json.dumps({"type": "object", "properties": {"k": {"type": "string",
                                                                "maxLength": 300}}})
     params = guided("json_schema", schema, num_return_sequences=3)
-    sampler.validate(params)                       # compiles once, into the cache
+    sampler.compile_guide(params)                  # compiles once, into the cache
     size = sampler.guides._compiler.get_cache_size_bytes()
     seqs = [sampler.new_sequence(params, i, [1]) for i in range(3)]
     assert sampler.guides._compiler.get_cache_size_bytes() == size
@@ -221,8 +221,10 @@ def test_invalid_guides_raise_request_error(sampler, guide_type, guide, match):
     with pytest.raises(RequestError, match=match) as info:
         sampler.new_sequence(guided(guide_type, guide), 0, [1])
     assert ".cc:" not in str(info.value)
-    with pytest.raises(RequestError):
-        sampler.validate(guided(guide_type, guide))
+    with pytest.raises(RequestError):              # as the engine meets it: checked at submit, compiled after
+        params = guided(guide_type, guide)
+        sampler.check(params)
+        sampler.compile_guide(params)
 
 
 def test_compile_time_limit(hf_tokenizer, monkeypatch):
