@@ -23,6 +23,7 @@ MAX_SEQ_LEN = 4096           # prompt + output tokens per sequence
 # the last waited that long for its first token.
 PREFILL_CHUNK_SIZE = 2048
 TOKENS_PER_BLOCK = 16        # the CPU engine's KV block, in tokens
+STREAM_STATE_IDLE_S = 600    # postprocessing drops a stream's detokenizer after this long without a response
 DTYPE = "auto"               # CPU decoder weights and KV cache; auto: bfloat16 where the CPU has native bf16
 # An EngineConfig made directly (tests that compare with Hugging Face's float32 forward, benchmarks)
 # computes in float32 on every CPU, so its tokens do not depend on the machine; the served decoder

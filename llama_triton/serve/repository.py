@@ -98,7 +98,7 @@ class RepositorySettings:
     enable_kv_cache_reuse: bool = True
     exclude_input_in_output: bool = True
     preprocessing_instance_count: int = 1
-    stream_state_idle_seconds: int = 600
+    stream_state_idle_seconds: int = defaults.STREAM_STATE_IDLE_S
     add_special_tokens: bool = True
     # GPU only
     engine_dir: str = ""

@@ -72,3 +72,9 @@ def test_the_frontend_flags_read_their_defaults_from_settings(clean_env):
     # api_keys: a key ring object per instance (empty in both); hash_secret: random per instance
     compared = [f.name for f in fields(Settings) if f.name not in ("api_keys", "hash_secret")]
     assert {n: getattr(parsed, n) for n in compared} == {n: getattr(built, n) for n in compared}
+
+
+def test_postprocessing_keeps_a_stream_as_long_as_the_rendered_config_says(default_tokenizer):
+    from llama_triton.backend.text_steps import StreamDetokenizers
+    rendered = RepositorySettings(model_dir="m").values()
+    assert StreamDetokenizers(default_tokenizer).idle_seconds == rendered["stream_state_idle_seconds"]
