@@ -181,8 +181,8 @@ def test_stream_options_need_stream():
     assert chat_error(stream=False, stream_options={}).param == "stream_options"
     assert completion_error(stream_options={"include_usage": False}).param == "stream_options"
     r = chat(stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
-    assert r.include_usage and r.continuous_usage
-    assert chat(stream=True, stream_options=None).include_usage is False
+    assert r.stream_options.include_usage and r.stream_options.continuous_usage_stats
+    assert chat(stream=True, stream_options=None).stream_options is None
 
 
 # ----------------------------------------------------------------------------------------------------
