@@ -95,11 +95,12 @@ def read_bandwidth(threads: int, buffer_mib: Optional[int] = None, passes: int =
 def weight_bytes_per_token(model_dir: str, dtype: str) -> int:
     """Bytes of weights one decode step reads: every linear layer and the LM head (the embedding
     table is read one row per token, the norms are a few KB)."""
+    from llama_triton.llama.checkpoint import read_json_file
     from llama_triton.llama.config import ModelConfig
     from llama_triton.llama.dtype import DTYPES, resolve_dtype
     import torch
     element = torch.empty(0, dtype=DTYPES[resolve_dtype(dtype)]).element_size()
-    return ModelConfig.from_model_dir(model_dir).macs_per_token * element
+    return ModelConfig.from_hf(read_json_file(model_dir, "config.json")).macs_per_token * element
 
 
 def roofline(bandwidth: dict[str, Any], model_dir: str, dtype: str, c1: Optional[dict]) -> dict[str, Any]:

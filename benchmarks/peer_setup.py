@@ -121,10 +121,6 @@ AIPERF_DIR = PEERS_DIR / "aiperf"
 AIPERF_CLI = AIPERF_DIR / "bin" / "aiperf"
 
 
-def aiperf_installed() -> bool:
-    return (AIPERF_DIR / ".installed").exists() and AIPERF_CLI.exists()
-
-
 def install_aiperf() -> InstallReport:
     def steps(log_path: Path) -> None:
         py = _venv(AIPERF_DIR)

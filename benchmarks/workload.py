@@ -71,10 +71,6 @@ def make_prompt(model_dir: str, num_tokens: int, rng: random.Random) -> str:
     return tok.decode(ids[:num_tokens]).strip()
 
 
-def count_tokens(model_dir: str, text: str) -> int:
-    return len(_tokenizer(model_dir).encode(text, add_special_tokens=False))
-
-
 def encode(model_dir: str, text: str, bos: bool = True) -> list[int]:
     return _tokenizer(model_dir).encode(text, add_special_tokens=bos)
 

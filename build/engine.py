@@ -28,6 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))   # runs with the NGC image's python3, without installing the package
 
+from llama_triton import defaults  # noqa: E402
 from llama_triton.gpu.build import (DEFAULT_EXAMPLES_DIR, NGC_IMAGE, BuildError, BuildPlan,  # noqa: E402
                                        EngineSpec, format_command, plan_build, write_repository,
                                        xgrammar_tokenizer_info)
@@ -54,10 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16"), help="default: the checkpoint's")
     p.add_argument("--gpu", default=None, choices=sorted(GPUS),
                    help="check the layout against this GPU's memory first (the `make plan` figures)")
-    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-batch-size", type=int, default=defaults.MAX_BATCH_SIZE)
     p.add_argument("--max-input-len", type=int, default=None, help="default: --max-seq-len")
     p.add_argument("--max-seq-len", type=int, default=None, help="default: the model's max_position_embeddings")
-    p.add_argument("--max-num-tokens", type=int, default=8192, help="tokens per engine step")
+    p.add_argument("--max-num-tokens", type=int, default=defaults.TRTLLM_MAX_NUM_TOKENS, help="tokens per engine step")
     p.add_argument("--workers", type=int, default=None,
                    help="trtllm-build ranks built in parallel, one GPU each (default: TP x PP, at most the GPUs here)")
     p.add_argument("--convert-workers", type=int, default=1,
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-cache-max-tokens", type=int, default=None,
                    help="cap the KV cache at this many tokens (max_tokens_in_paged_kv_cache; "
                         "default: unset, kv_cache_free_gpu_mem_fraction decides)")
-    p.add_argument("--kv-cache-fraction", type=float, default=0.9, help="kv_cache_free_gpu_mem_fraction")
+    p.add_argument("--kv-cache-fraction", type=float, default=defaults.KV_CACHE_FREE_GPU_MEM_FRACTION, help="kv_cache_free_gpu_mem_fraction")
     p.add_argument("--deploy-dir", default=None,
                    help="where --out is mounted when serving, if not where it is now (paths in the configs)")
     p.add_argument("--deploy-model-dir", default=None,

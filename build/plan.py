@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # runs without installing the package
 
-from llama_triton.gpu.plan import (DEFAULT_KV_FRACTION, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_NUM_TOKENS,  # noqa: E402
-                                   GPUS, KV_DTYPE_BYTES, QUANTS, PlanError, load_model_shape, make_plan)
+from llama_triton.defaults import KV_CACHE_FREE_GPU_MEM_FRACTION, MAX_BATCH_SIZE, TRTLLM_MAX_NUM_TOKENS  # noqa: E402
+from llama_triton.gpu.plan import GPUS, KV_DTYPE_BYTES, QUANTS, PlanError, load_model_shape, make_plan  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,9 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-dtype", default=None, choices=sorted(KV_DTYPE_BYTES),
                    help="KV cache dtype (default: fp8 with fp8 weights, int8 with int4_awq, else the model's)")
     p.add_argument("--max-seq-len", type=int, default=None, help="default: the model's max_position_embeddings")
-    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE)
-    p.add_argument("--max-num-tokens", type=int, default=DEFAULT_MAX_NUM_TOKENS)
-    p.add_argument("--kv-fraction", type=float, default=DEFAULT_KV_FRACTION,
+    p.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE)
+    p.add_argument("--max-num-tokens", type=int, default=TRTLLM_MAX_NUM_TOKENS)
+    p.add_argument("--kv-fraction", type=float, default=KV_CACHE_FREE_GPU_MEM_FRACTION,
                    help="kv_cache_free_gpu_mem_fraction of the deployed repository")
     p.add_argument("--backend", default="engine", choices=("engine", "llmapi"),
                    help="engine: a TensorRT-LLM engine build (`make engine`); llmapi: TensorRT-LLM's LLM API "

@@ -111,10 +111,6 @@ def queue_full(retry_after: float, why: str = "") -> APIError:
                     {"Retry-After": str(seconds)})
 
 
-def not_ready(message: str = "The model is not ready yet; retry later.") -> APIError:
-    return APIError(503, message, SERVER, None, "not_ready", {"Retry-After": "1"})
-
-
 def internal(message: str = "Internal server error.") -> APIError:
     return APIError(500, message, SERVER, None, "internal_error")
 

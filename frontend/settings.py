@@ -3,24 +3,24 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
 from frontend.tenancy import KEY_ID, KeyRing, KeysInvalid, hash_secret, parse_share_groups
+from llama_triton import defaults
 
 
 @dataclass
 class Settings:
     model_dir: str
     served_model_name: str
-    triton_grpc: str = "127.0.0.1:8001"
-    triton_http: str = "127.0.0.1:8000"
+    triton_grpc: str = f"127.0.0.1:{defaults.TRITON_GRPC_PORT}"
     triton_metrics: Optional[str] = None    # Triton's Prometheus host:port (vllm:kv_cache_usage_perc)
     otlp_traces_endpoint: Optional[str] = None  # OTLP/HTTP traces URL; None: no tracing
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_tokens_cap: int = 16384             # the seed's cap for max_tokens: null
+    host: str = defaults.HOST
+    port: int = defaults.PORT
+    max_tokens_cap: int = defaults.MAX_TOKENS_CAP   # the seed's cap for max_tokens: null
     max_context: Optional[int] = None       # default: the decoder's max_seq_len, else the model's
     max_body_bytes: int = 8 * 1024 * 1024
     api_keys: KeyRing = field(default_factory=KeyRing)     # clients' keys, reloaded when the file changes
@@ -36,7 +36,7 @@ class Settings:
     hash_secret: bytes = field(default_factory=hash_secret, repr=False)
     cors_origins: tuple[str, ...] = ()
     request_timeout: float = 600.0          # seconds; the Triton request is cancelled after it
-    shutdown_grace: float = 30.0            # seconds in-flight requests get on SIGTERM
+    shutdown_grace: float = defaults.SHUTDOWN_GRACE_S   # seconds in-flight requests get on SIGTERM
     write_timeout: float = 30.0             # seconds one SSE write may wait on a client that does not read
     log_format: str = "json"                # json (one object per line) or text
     reuse_port: bool = False                # one of several workers on the same port (SO_REUSEPORT)
@@ -54,6 +54,11 @@ class Settings:
     fair_share_wait: float = 600.0
     key_max_concurrent: dict[str, int] = field(default_factory=dict)   # key id -> open requests allowed
     key_max_tokens_per_s: dict[str, float] = field(default_factory=dict)   # key id -> tokens per second
+
+
+def _default(name: str):
+    """`Settings`' default for a field: the flags below read theirs from it, so they cannot drift apart."""
+    return next(f.default for f in fields(Settings) if f.name == name)
 
 
 RESPONSES_STORE_ENV = "LLAMA_TRITON_RESPONSES_STORE"
@@ -110,19 +115,21 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p = argparse.ArgumentParser(prog="python -m frontend", description="OpenAI-compatible HTTP frontend for Triton")
     p.add_argument("--model-dir", required=True, help="checkpoint dir with the tokenizer and chat template")
     p.add_argument("--served-model-name", default=None, help="model name clients use (default: directory name)")
-    p.add_argument("--triton-grpc", default="127.0.0.1:8001")
-    p.add_argument("--triton-http", default="127.0.0.1:8000")
+    p.add_argument("--triton-grpc", default=_default("triton_grpc"))
+    p.add_argument("--triton-http", default=f"127.0.0.1:{defaults.TRITON_HTTP_PORT}",
+                   help="unused: the frontend reaches Triton over gRPC alone (accepted so that existing command "
+                        "lines still start)")
     p.add_argument("--otlp-traces-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
                    help="OpenTelemetry traces over OTLP/HTTP to this URL (e.g. http://collector:4318/v1/traces); "
                         "default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else no tracing")
-    p.add_argument("--triton-metrics", default=None,
+    p.add_argument("--triton-metrics", default=_default("triton_metrics"),
                    help="Triton's Prometheus endpoint host:port, read for vllm:kv_cache_usage_perc (the launcher "
                         "passes it)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--max-tokens-cap", type=int, default=16384)
-    p.add_argument("--max-context", type=int, default=None)
-    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    p.add_argument("--host", default=_default("host"))
+    p.add_argument("--port", type=int, default=_default("port"))
+    p.add_argument("--max-tokens-cap", type=int, default=_default("max_tokens_cap"))
+    p.add_argument("--max-context", type=int, default=_default("max_context"))
+    p.add_argument("--max-body-bytes", type=int, default=_default("max_body_bytes"))
     p.add_argument("--api-keys-file", default=os.environ.get("API_KEYS_FILE"),
                    help="file with one API key per line (also: API_KEYS env, comma-separated)")
     p.add_argument("--cache-share-group", action="append", default=[], metavar="NAME=KEY_ID,...",
@@ -131,31 +138,31 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     p.add_argument("--metrics-keys-file", default=os.environ.get("METRICS_KEYS_FILE"),
                    help="file with the bearer tokens that may read /metrics on the API port when API keys are "
                         "on (also: METRICS_KEYS env); client keys may not")
-    p.add_argument("--metrics-port", type=int, default=None,
+    p.add_argument("--metrics-port", type=int, default=_default("metrics_port"),
                    help="also serve /metrics, and only it, without a key on this port (for Prometheus; keep it "
                         "off the public network)")
-    p.add_argument("--keepalive-timeout", type=float, default=75.0,
+    p.add_argument("--keepalive-timeout", type=float, default=_default("keepalive_timeout"),
                    help="seconds an idle keep-alive connection stays open")
-    p.add_argument("--inline-prompt-chars", type=int, default=0,
+    p.add_argument("--inline-prompt-chars", type=int, default=_default("inline_prompt_chars"),
                    help="prompts without tools of at most this many characters (messages, tool calls, template "
                         "arguments) are templated and tokenized on the event loop, longer ones in a worker "
                         "thread; 0 (default): always in a thread (benchmarks/README.md, TTFT by segment)")
     p.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable)")
-    p.add_argument("--request-timeout", type=float, default=600.0,
+    p.add_argument("--request-timeout", type=float, default=_default("request_timeout"),
                    help="seconds a request may take in all; then its Triton request is cancelled (504)")
-    p.add_argument("--shutdown-grace", type=float, default=30.0,
+    p.add_argument("--shutdown-grace", type=float, default=_default("shutdown_grace"),
                    help="seconds in-flight requests get to finish on SIGTERM before they are cancelled")
-    p.add_argument("--write-timeout", type=float, default=30.0,
+    p.add_argument("--write-timeout", type=float, default=_default("write_timeout"),
                    help="seconds a streamed write may wait on a client that stopped reading; then the "
                         "request is cancelled and the connection closed")
-    p.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("LOG_FORMAT", "json"))
+    p.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("LOG_FORMAT", _default("log_format")))
     p.add_argument("--reuse-port", action="store_true",
                    help="bind with SO_REUSEPORT, for several worker processes on one port")
-    p.add_argument("--ready-file", default=None, help="file created once the frontend is listening")
-    p.add_argument("--decoder-failure-file", default=None,
+    p.add_argument("--ready-file", default=_default("ready_file"), help="file created once the frontend is listening")
+    p.add_argument("--decoder-failure-file", default=_default("decoder_failure_file"),
                    help="file written when the decoder fails its work probe while Triton calls it ready "
                         "(the launcher watches it and restarts tritonserver)")
-    p.add_argument("--liveness-timeout", type=float, default=900.0,
+    p.add_argument("--liveness-timeout", type=float, default=_default("liveness_timeout"),
                    help="seconds the decoder may stay down (the launcher restarting it, a GPU engine "
                         "loading) before GET /health/live answers 503 (docs/OPERATIONS.md)")
     p.add_argument("--responses-store", default=None,
@@ -163,17 +170,17 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
                         "its work dir) or postgresql://user@host:port/db for a cluster (no password here: use "
                         f"${RESPONSES_STORE_ENV} or PGPASSWORD); default: ${RESPONSES_STORE_ENV}, else SQLite in "
                         "memory (this process only)")
-    p.add_argument("--responses-ttl", type=float, default=30 * 24 * 3600.0,
+    p.add_argument("--responses-ttl", type=float, default=_default("responses_ttl"),
                    help="seconds a stored response is kept (OpenAI: 30 days)")
-    p.add_argument("--responses-max-bytes", type=int, default=16 * 1024 * 1024,
+    p.add_argument("--responses-max-bytes", type=int, default=_default("responses_max_bytes"),
                    help="largest stored response (input items + response JSON); a larger one is not stored")
-    p.add_argument("--responses-max-per-key", type=int, default=10_000,
+    p.add_argument("--responses-max-per-key", type=int, default=_default("responses_max_per_key"),
                    help="stored responses kept per API key; the oldest go first")
-    p.add_argument("--admission-file", default=None,
+    p.add_argument("--admission-file", default=_default("admission_file"),
                    help="with several workers: the file holding every worker's count of open decoder "
                         "requests, so the 429 gate admits the decoder's capacity across all of them "
                         "(the launcher makes it)")
-    p.add_argument("--admission-slot", type=int, default=0, help="this worker's counter in --admission-file")
+    p.add_argument("--admission-slot", type=int, default=_default("admission_slot"), help="this worker's counter in --admission-file")
     p.add_argument("--fair-share-wait", type=float, default=None,
                    help="seconds a key below its fair share of a full decoder waits for a place before it "
                         "gets 429 (default: --request-timeout); a key at or over its share gets 429 at once")
@@ -213,7 +220,7 @@ def parse_args(argv: Optional[list[str]] = None) -> Settings:
     except (OSError, KeysInvalid) as e:
         p.error(str(e))
     return Settings(model_dir=a.model_dir, served_model_name=a.served_model_name or Path(a.model_dir).name,
-                    triton_grpc=a.triton_grpc, triton_http=a.triton_http, triton_metrics=a.triton_metrics,
+                    triton_grpc=a.triton_grpc, triton_metrics=a.triton_metrics,
                     otlp_traces_endpoint=a.otlp_traces_endpoint or None,
                     host=a.host, port=a.port,
                     max_tokens_cap=a.max_tokens_cap, max_context=a.max_context, max_body_bytes=a.max_body_bytes,

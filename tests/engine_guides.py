@@ -14,7 +14,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-ENGINE_XGRAMMAR = "0.1.32"
+from llama_triton.trtllm.backend_contract import ENGINE_XGRAMMAR
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

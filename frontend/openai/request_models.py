@@ -117,15 +117,6 @@ class _SamplingRequest(RequestBase):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
-    @property
-    def include_usage(self) -> bool:
-        """A final `choices: []` chunk with usage before `[DONE]` (seed default: true once given)."""
-        return self.stream and self.stream_options is not None and self.stream_options.include_usage
-
-    @property
-    def continuous_usage(self) -> bool:
-        return self.stream and self.stream_options is not None and self.stream_options.continuous_usage_stats
-
 
 class ChatCompletionRequest(_SamplingRequest):
     """`POST /v1/chat/completions` (seed: `OpenAIChatCompletionsIn`)."""

@@ -135,8 +135,7 @@ def _node(node: Any, where: str, depth: int) -> Any:
 def _integer_bounds(node: dict, where: str) -> None:
     """Whole-number inclusive bounds for an integer: what xgrammar enforces exactly."""
     low, high = [], []
-    for key, is_low in (("minimum", True), ("exclusiveMinimum", True), ("maximum", False),
-                        ("exclusiveMaximum", False)):
+    for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         if key not in node:
             continue
         value = node.pop(key)

@@ -72,55 +72,49 @@ def _json(value: Any) -> bytes:
     return b"null" if value is None else orjson.dumps(value)
 
 
-def _stream_head(id: str, object: str, model: str, created: int, system_fingerprint: Optional[str]) -> bytes:
-    """`data: {"id":..,"object":..,"created":..,"model":..[,"system_fingerprint":..],"choices":[` with any
-    `%` doubled, ready to be the start of a bytes %-format template."""
+def _usage(usage: Optional[dict]) -> bytes:
+    """A chunk's usage member: none without usage."""
+    return b"" if usage is None else b',"usage":' + orjson.dumps(usage)
+
+
+def _stream_head(id: str, object: str, model: str, created: int) -> bytes:
+    """`data: {"id":..,"object":..,"created":..,"model":..,"choices":[` with any `%` doubled, ready
+    to be the start of a bytes %-format template."""
     head = (b'data: {"id":' + orjson.dumps(id) + b',"object":"' + object.encode() + b'","created":'
             + str(int(created)).encode() + b',"model":' + orjson.dumps(model))
-    if system_fingerprint is not None:
-        head += b',"system_fingerprint":' + orjson.dumps(system_fingerprint)
     return head.replace(b"%", b"%%") + b',"choices":['
 
 
 class ChatChunkEncoder:
     """Renders the SSE events of one chat stream. Every method returns one whole `data: ...\n\n` event.
 
-    The output is byte-identical to `b"data: " + ChatCompletionChunk(...).model_dump_json() + b"\n\n"`,
-    plus `"usage":null` on every chunk when `usage_null` (OpenAI's shape under include_usage). The
-    constant part is rendered once per stream into bytes %-format templates, so a content chunk costs
-    one orjson call and one format (about 1 us against about 15 us for a pydantic chunk).
+    The output is byte-identical to `b"data: " + ChatCompletionChunk(...).model_dump_json() + b"\n\n"`
+    (a chunk without usage leaves the key out). The constant part is rendered once per stream into
+    bytes %-format templates, so a content chunk costs one orjson call and one format (about 1 us
+    against about 15 us for a pydantic chunk).
     """
 
-    def __init__(self, id: str, model: str, created: int, *, system_fingerprint: Optional[str] = None,
-                 usage_null: bool = False):
-        head = _stream_head(id, "chat.completion.chunk", model, created, system_fingerprint)
+    def __init__(self, id: str, model: str, created: int):
+        head = _stream_head(id, "chat.completion.chunk", model, created)
         choice = b'{"index":%d,"delta":%b,"logprobs":%b,"finish_reason":%b}]%b}\n\n'
         self._fmt = head + choice
         self._content_fmt = head + choice.replace(b'"delta":%b', b'"delta":{"content":%b}')
         self._usage_fmt = head + b'],"usage":%b}\n\n'
-        self._no_usage = b',"usage":null' if usage_null else b""
-
-    def _usage(self, usage: Optional[dict]) -> bytes:
-        return self._no_usage if usage is None else b',"usage":' + orjson.dumps(usage)
-
-    def role(self, index: int = 0) -> bytes:
-        """First chunk of a choice: `{"role":"assistant","content":""}`."""
-        return self._fmt % (index, b'{"role":"assistant","content":""}', b"null", b"null", self._no_usage)
 
     def content(self, text: str, index: int = 0, logprobs: Optional[dict] = None,
                 finish_reason: Optional[str] = None, usage: Optional[dict] = None) -> bytes:
         """`logprobs` is `{"content": [token_logprob(...), ...]}` or None."""
         return self._content_fmt % (index, orjson.dumps(text), _json(logprobs), _FINISH[finish_reason],
-                                    self._usage(usage))
+                                    _usage(usage))
 
     def delta(self, delta: dict, index: int = 0, logprobs: Optional[dict] = None,
               finish_reason: Optional[str] = None, usage: Optional[dict] = None) -> bytes:
         """Any delta (reasoning_content, tool_calls, ...), given in its wire shape."""
-        return self._fmt % (index, orjson.dumps(delta), _json(logprobs), _FINISH[finish_reason], self._usage(usage))
+        return self._fmt % (index, orjson.dumps(delta), _json(logprobs), _FINISH[finish_reason], _usage(usage))
 
     def finish(self, finish_reason: str, index: int = 0, usage: Optional[dict] = None) -> bytes:
         """The closing chunk of a choice: empty delta + finish_reason."""
-        return self._fmt % (index, b"{}", b"null", _FINISH[finish_reason], self._usage(usage))
+        return self._fmt % (index, b"{}", b"null", _FINISH[finish_reason], _usage(usage))
 
     def usage(self, usage: dict) -> bytes:
         """The include_usage chunk: `choices: []` + usage, sent right before `[DONE]`."""
@@ -130,18 +124,16 @@ class ChatChunkEncoder:
 class CompletionChunkEncoder:
     """Same as ChatChunkEncoder for /v1/completions (`object: text_completion`, choices carry `text`)."""
 
-    def __init__(self, id: str, model: str, created: int, *, system_fingerprint: Optional[str] = None,
-                 usage_null: bool = False):
-        head = _stream_head(id, "text_completion", model, created, system_fingerprint)
+    def __init__(self, id: str, model: str, created: int):
+        head = _stream_head(id, "text_completion", model, created)
         self._fmt = head + b'{"index":%d,"text":%b,"logprobs":%b,"finish_reason":%b}]%b}\n\n'
         self._usage_fmt = head + b'],"usage":%b}\n\n'
-        self._no_usage = b',"usage":null' if usage_null else b""
 
     def text(self, text: str, index: int = 0, logprobs: Optional[dict] = None,
              finish_reason: Optional[str] = None, usage: Optional[dict] = None) -> bytes:
         """`logprobs` is the legacy `{tokens, token_logprobs, top_logprobs, text_offset}` object or None."""
-        tail = self._no_usage if usage is None else b',"usage":' + orjson.dumps(usage)
-        return self._fmt % (index, orjson.dumps(text), _json(logprobs), _FINISH[finish_reason], tail)
+        return self._fmt % (index, orjson.dumps(text), _json(logprobs), _FINISH[finish_reason],
+                            _usage(usage))
 
     def finish(self, finish_reason: str, index: int = 0, usage: Optional[dict] = None) -> bytes:
         return self.text("", index, None, finish_reason, usage)

@@ -20,7 +20,7 @@ from llama_triton.backend.engine_setup import EngineMetrics, build_engine
 from llama_triton.backend.request_decoding import StopRequest, output_arrays, parse_request
 from llama_triton.backend.response_pump import ResponsePump
 from llama_triton.startup_heap import freeze_startup_heap
-from llama_triton import ttft_stamps
+from llama_triton import defaults, ttft_stamps
 from llama_triton.contract import EngineStopped, QueueFull, RequestError
 from llama_triton.engine.types import DecoderEngine
 from llama_triton.trtllm import decoder_errors as codes
@@ -69,7 +69,7 @@ class DecoderModel:
         self.exclude_input_default = params.get("exclude_input_in_output", "true") == "true"
         # GPU mode: behave as TensorRT-LLM's C++ backend does (llama_triton/backend/trtllm_emulation.py).
         self.trtllm = params.get("emulate_tensorrt_llm", "false") == "true"
-        self.block_size = int(params.get("tokens_per_block", "16"))
+        self.block_size = int(params.get("tokens_per_block", defaults.TOKENS_PER_BLOCK))
         self.engine = (engine_factory or build_engine)(params)
         # Responses leave from their own thread; a request that asks for it (MERGE_PARAMETER) gets
         # several tokens per response when sending falls behind. Others, and every request in GPU

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
+from llama_triton import defaults
 from llama_triton.engine.config import EngineConfig
 from llama_triton.engine.types import DecoderEngine
 
@@ -17,17 +17,17 @@ from llama_triton.engine.types import DecoderEngine
 def build_engine(params: dict[str, str]) -> DecoderEngine:
     kind = params.get("decoder_kind", "llama")
     config = EngineConfig(
-        max_batch_size=int(params.get("max_batch_size", MAX_BATCH_SIZE)),
-        max_num_tokens=int(params.get("max_num_tokens", "65536")),
-        max_seq_len=int(params.get("max_seq_len", "4096")),
-        max_queue_size=int(params.get("max_queue_size", MAX_QUEUE_SIZE)),
-        prefill_chunk_size=int(params.get("prefill_chunk_size", "2048")),
-        block_size=int(params.get("tokens_per_block", "16")),
+        max_batch_size=int(params.get("max_batch_size", defaults.MAX_BATCH_SIZE)),
+        max_num_tokens=int(params.get("max_num_tokens", defaults.MAX_NUM_TOKENS)),
+        max_seq_len=int(params.get("max_seq_len", defaults.MAX_SEQ_LEN)),
+        max_queue_size=int(params.get("max_queue_size", defaults.MAX_QUEUE_SIZE)),
+        prefill_chunk_size=int(params.get("prefill_chunk_size", defaults.PREFILL_CHUNK_SIZE)),
+        block_size=int(params.get("tokens_per_block", defaults.TOKENS_PER_BLOCK)),
         enable_prefix_reuse=params.get("enable_kv_cache_reuse", "true") == "true",
         # 0: one intra-op thread for small models (tiny matmuls across threads cost more than they
         # save, and the frontend and Triton share the cores), every core for real sizes.
         num_threads=int(params.get("num_threads", "0")),
-        dtype=params.get("dtype", "auto"),
+        dtype=params.get("dtype", defaults.DTYPE),
         matmul=params.get("matmul", "auto"),
     )
     if kind == "zero_cost":

@@ -48,6 +48,7 @@ from typing import Any, Optional, Union
 
 from llama_triton.backend.llmapi_standin_params import SamplingParams
 from llama_triton.backend.llmapi_worker import Channel
+from llama_triton.defaults import TRTLLM_MAX_NUM_TOKENS
 from llama_triton.engine.types import GenerationRequest, SequenceOutput
 from llama_triton.engine.types import SamplingParams as EngineSamplingParams
 
@@ -274,7 +275,7 @@ class LLM:
             "max_queue_size": UNBOUNDED_QUEUE,
             # LlmArgs.max_num_tokens bounds the tokens one iteration runs: the CPU engine's prefill
             # budget per step plays that part.
-            "prefill_chunk_size": int(kwargs.get("max_num_tokens", 8192)),
+            "prefill_chunk_size": int(kwargs.get("max_num_tokens", TRTLLM_MAX_NUM_TOKENS)),
             "enable_prefix_reuse": bool(kv.get("enable_block_reuse", True)),
             "dtype": str(kwargs.get("dtype", "auto")),
             "num_threads": int(cpu_threads),
@@ -299,10 +300,6 @@ class LLM:
         self.counters = first[1]
         self._reader = threading.Thread(target=self._read, name="llmapi-standin-reader", daemon=True)
         self._reader.start()
-
-    @property
-    def executor_pid(self) -> int:
-        return self._proc.pid
 
     def generate_async(self, inputs: Union[list[int], dict], sampling_params: Optional[SamplingParams] = None,
                        streaming: bool = False, cache_salt: Optional[str] = None) -> RequestOutput:

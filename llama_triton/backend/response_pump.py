@@ -55,7 +55,6 @@ class ResponsePump:
         self._pending: dict[tuple[Handler, int], tuple[bool, list[SequenceOutput]]] = {}
         self._closed = False
         self._stopped = False       # the thread has sent everything and exited
-        self._busy = False          # the thread is sending a batch it took
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -86,15 +85,9 @@ class ResponsePump:
                     self._cond.notify_all()
                     return
                 batch, self._pending = self._pending, {}
-                self._busy = True
-            try:
-                for (handler, _), (merge, outs) in batch.items():
-                    for out in merge_outputs(outs) if merge and len(outs) > 1 else outs:
-                        self._send(handler, out)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+            for (handler, _), (merge, outs) in batch.items():
+                for out in merge_outputs(outs) if merge and len(outs) > 1 else outs:
+                    self._send(handler, out)
 
     @staticmethod
     def _send(handler: Handler, out: SequenceOutput) -> None:
@@ -102,11 +95,6 @@ class ResponsePump:
             handler(out)
         except Exception:
             logger.exception("sending a response of request %s failed", out.request_id)
-
-    def drain(self, timeout: float = 5.0) -> bool:
-        """Waits until everything queued so far has been sent; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Sends what is queued, then stops the thread."""

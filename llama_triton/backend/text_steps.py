@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from llama_triton.defaults import STREAM_STATE_IDLE_S
 from llama_triton.text.detokenize import IncrementalDetokenizer, decode
 from llama_triton.text.tokenization import Tokenizer
 from llama_triton.trtllm.word_lists import to_word_list
@@ -60,7 +61,7 @@ class StreamDetokenizers:
     the request's `stream` flag; a non-streamed response is simply a sequence's only response.
     """
 
-    def __init__(self, tokenizer: Tokenizer, idle_seconds: float = 600.0, max_streams: int = 65536):
+    def __init__(self, tokenizer: Tokenizer, idle_seconds: float = STREAM_STATE_IDLE_S, max_streams: int = 65536):
         self.tokenizer = tokenizer
         self.idle_seconds = idle_seconds
         self.max_streams = max_streams

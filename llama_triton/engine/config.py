@@ -5,7 +5,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
+from llama_triton.defaults import (ENGINE_CONFIG_DTYPE, MAX_BATCH_SIZE, MAX_NUM_TOKENS, MAX_QUEUE_SIZE, PREFILL_CHUNK_SIZE,
+                                   TOKENS_PER_BLOCK)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: llama_triton.llama.dtype.resolve_dtype
 MATMULS = ("auto", "plain", "swapped", "prepacked")    # llama_triton.llama.linear (kept in step by a test)
@@ -14,13 +15,13 @@ MATMULS = ("auto", "plain", "swapped", "prepacked")    # llama_triton.llama.line
 @dataclass(frozen=True)
 class EngineConfig:
     max_batch_size: int = MAX_BATCH_SIZE  # running sequences (batch slots)
-    max_num_tokens: int = 16384        # KV cache capacity in tokens; num_blocks = max_num_tokens // block_size
-    block_size: int = 16               # tokens per KV block
+    max_num_tokens: int = MAX_NUM_TOKENS  # KV cache capacity in tokens; num_blocks = max_num_tokens // block_size
+    block_size: int = TOKENS_PER_BLOCK  # tokens per KV block
     max_seq_len: Optional[int] = None  # prompt + output; None: the model's max_position_embeddings
     max_queue_size: int = MAX_QUEUE_SIZE  # requests waiting for admission before QueueFull
-    prefill_chunk_size: int = 2048     # prompt tokens prefilled per step, across sequences
+    prefill_chunk_size: int = PREFILL_CHUNK_SIZE  # prompt tokens prefilled per step, across sequences
     enable_prefix_reuse: bool = True   # reuse cached KV blocks of shared prompt prefixes
-    dtype: str = "float32"             # model and KV cache dtype; "auto": bf16 where the CPU has native bf16
+    dtype: str = ENGINE_CONFIG_DTYPE   # model and KV cache dtype; "auto": bf16 where the CPU has native bf16
     num_threads: Optional[int] = None  # torch intra-op threads, process-wide; None leaves torch's default,
                                        # 0 picks by model size (auto_num_threads)
     matmul: str = "auto"               # kernels of the linear layers (llama_triton.llama.linear): auto, plain,

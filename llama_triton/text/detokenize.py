@@ -61,23 +61,15 @@ class IncrementalDetokenizer:
             generated sequence: the strip applies to its first text only.
     """
 
-    __slots__ = ("_table", "_size", "_strip_pending", "_utf8")
+    __slots__ = ("_table", "_strip_pending", "_utf8")
 
     def __init__(self, source: TokenizerOrBytes, strip_leading_space: bool | None = None) -> None:
         self._table, self._strip_pending = _table_and_strip(source, strip_leading_space)
-        self._size = len(self._table)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def add(self, ids: Iterable[int]) -> str:
         """Feed new token ids; return the text they complete (possibly "")."""
         return self._emit(self._utf8.decode(_join(self._table, ids)))
-
-    def add_one(self, token_id: int) -> str:
-        """`add([token_id])` without building a list: the per-step fast path."""
-        raw = self._table[token_id] if 0 <= token_id < self._size else b""
-        if not raw:
-            return ""
-        return self._emit(self._utf8.decode(raw))
 
     def finish(self) -> str:
         """End of sequence: flush held-back bytes (an incomplete character becomes U+FFFD)."""

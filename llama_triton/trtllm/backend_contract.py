@@ -33,8 +33,7 @@ from llama_triton.contract import GUIDE_TYPES, STOP_INPUT
 
 # The release this repository targets, and the NGC Triton image that carries it (NGC 26.04-26.07
 # ship TensorRT-LLM 1.2.1: triton-inference-server/server docs/introduction/compatibility.md).
-TRTLLM_RELEASE = "v1.2.1"
-TRTLLM_TAG_COMMIT = "376f7e1"
+TRTLLM_RELEASE = "v1.2.1"               # the tag is commit 376f7e1 (what the citations name)
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
 # The xgrammar TensorRT-LLM v1.2.1 pins (requirements.txt at the tag): the engine compiles guides with it.
 ENGINE_XGRAMMAR = "0.1.32"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks import goals, membw, report
+from llama_triton.llama.checkpoint import read_json_file
 from llama_triton.llama.config import ModelConfig
 
 
@@ -78,7 +79,7 @@ def test_real_size_goals_roofline_and_c8_against_vllm():
 
 def test_roofline_is_bandwidth_over_the_weight_bytes_of_a_decode_step(tmp_path):
     model_dir = os.environ.get("LLAMA_TRITON_MODEL_DIR", "var/models/llama2-tiny")
-    cfg = ModelConfig.from_model_dir(model_dir)
+    cfg = ModelConfig.from_hf(read_json_file(model_dir, "config.json"))
     per_token = membw.weight_bytes_per_token(model_dir, "bfloat16")
     layer = cfg.hidden_size * ((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
                                + cfg.num_attention_heads * cfg.head_dim + 3 * cfg.intermediate_size)

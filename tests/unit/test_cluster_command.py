@@ -57,7 +57,7 @@ def test_keys_reach_the_router_from_files_as_tenants(key_files):
     assert cmd[:3] == [sys.executable, "-m", "llama_triton.serve.router_launch"]
     for secret in ("k-admin", "k-worker", "k-alice", "k-bob", "k-bare", "k-env"):
         assert not any(secret in part for part in cmd)
-    a = router_launch.router_args(cmd[3:])
+    _, a = router_launch.parse(cmd[3:])
     assert a.worker_urls == WORKERS and a.policy == "cache_aware"
     # clients: tenants (the frontend's key ids), never the control plane's
     tenants = dict(a.tenant_api_keys)
@@ -75,7 +75,7 @@ def test_router_launch_refuses_keys_on_its_command_line_and_a_missing_admin_key(
         assert router_launch.main(cmd[3:]) == 2
         assert "may not be given on the command line" in capsys.readouterr().err
     with pytest.raises(SystemExit):     # --admin-key-file is required
-        router_launch.router_args(["--", *flags])
+        router_launch.parse(["--", *flags])
     capsys.readouterr()
     (tmp_path / "empty").write_text("# nothing\n")
     cmd = router_command(RouterKeys(tmp_path / "empty"), flags)
@@ -88,7 +88,7 @@ def test_router_launch_refuses_keys_on_its_command_line_and_a_missing_admin_key(
 def test_without_client_keys_smg_has_no_data_plane_key(tmp_path, monkeypatch):
     monkeypatch.delenv("API_KEYS", raising=False)
     (tmp_path / "admin").write_text("k-admin-only\n")
-    a = router_launch.router_args(router_command(RouterKeys(tmp_path / "admin"), smg_flags(
+    _, a = router_launch.parse(router_command(RouterKeys(tmp_path / "admin"), smg_flags(
         "127.0.0.1", 8080, 29000, WORKERS))[3:])
     assert a.api_key is None and a.tenant_api_keys == []
     assert a.control_plane_api_keys == [("admin", "admin", "k-admin-only", "admin")]

@@ -201,7 +201,7 @@ def test_request_id_is_free_again_after_the_original_ends(model):
     (_, callback), = engine.submitted
     from llama_triton.engine.types import SequenceOutput
     callback(SequenceOutput("r2", 0, [5], finished=True, finish_reason="length"))
-    assert model.pump.drain()       # the final response has gone out: the id is free from then on
+    model.pump.close()              # sends what is queued (the final response): the id is free from then on
     (_, flags), = first.sender.sent
     assert flags == FINAL
     again = _generate("r2")
@@ -266,7 +266,7 @@ def test_engine_error_with_two_sequences_answers_once(model):
     (_, callback), = model.engine_under_test.submitted
     for index in (0, 1):
         callback(SequenceOutput("n2", index, [], finished=True, finish_reason="error", error="internal error: boom"))
-    assert model.pump.drain()
+    model.pump.close()              # sends what is queued, then stops
     assert request.sender.refused == []
     (response, flags), = request.sender.sent
     assert flags == FINAL and response.error.message == "[llama-triton:internal_error] internal error: boom"
@@ -327,12 +327,14 @@ def test_a_request_is_never_polled_once_its_final_response_is_out(model):
     assert entered.wait(30)
     model.execute([_generate("q2")])                     # admission goes on meanwhile
     assert len(model.engine_under_test.submitted) == 2
-    polled.sender.send = (lambda send: lambda *a, **kw: (order.append("final"), send(*a, **kw)))(polled.sender.send)
+    final_out = threading.Event()
+    polled.sender.send = (lambda send: lambda *a, **kw: (order.append("final"), final_out.set(),
+                                                         send(*a, **kw)))(polled.sender.send)
     callback(SequenceOutput("q1", 0, [5], finished=True, finish_reason="length"))
-    model.pump.drain(timeout=1.0)                        # the final waits on the poll (or, unguarded, goes out)
+    final_out.wait(timeout=1.0)                          # the final waits on the poll (or, unguarded, goes out)
     release.set()
     poll.join(30)
-    assert model.pump.drain()
+    model.pump.close()                                   # sends what is queued, then stops
     assert order == ["poll", "poll done", "final"]
     model.last_cancel_poll = 0.0
     model._before_step()                                 # q1 is not polled again

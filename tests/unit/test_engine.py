@@ -323,7 +323,7 @@ class ScriptedSampler:
         return ScriptedSampling(params.seed)
 
     def sample(self, logits, seqs, **_):
-        from llama_triton.engine.sampler import SampleResult
+        from llama_triton.engine.draw import SampleResult
         tokens = logits.argmax(-1).tolist()
         for token, s in zip(tokens, seqs):
             s.accept(token)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from llama_triton.text.grammar import GuideCompiler
+from llama_triton.engine.logit_processors import process_logits
 from llama_triton.engine.sampler import Sampler
 from llama_triton.contract import RequestError
 from llama_triton.engine.types import SamplingParams
@@ -155,7 +156,7 @@ def test_json_object_mode_allows_objects_only(sampler, hf_tokenizer, force_text)
     # a top-level array is not a JSON object
     fresh = sampler.new_sequence(params, 0, [1])
     bracket = hf_tokenizer.convert_tokens_to_ids("[")
-    x = sampler.process_logits(torch.zeros(1, V), [fresh])[0]
+    x = process_logits(torch.zeros(1, V), [fresh], sampler.vocab_size).logits[0]
     assert x[bracket] == float("-inf")
     assert x[hf_tokenizer.convert_tokens_to_ids("{")] == 0.0
 
@@ -164,7 +165,7 @@ def test_terminated_grammar_allows_only_end_id(sampler, hf_tokenizer, force_text
     seq = force_text(sampler, hf_tokenizer, guided("regex", "ok", temperature=1.0, seed=1), "ok")
     assert sampler.sample(torch.zeros(1, V), [seq])[0].token_id == EOS
     assert seq.is_grammar_terminated
-    x = sampler.process_logits(torch.randn(1, V), [seq])[0]
+    x = process_logits(torch.randn(1, V), [seq], sampler.vocab_size).logits[0]
     assert torch.isfinite(x).nonzero()[:, 0].tolist() == [EOS]
 
 
@@ -198,7 +199,7 @@ def test_n_sequences_share_the_compiled_grammar(sampler):
     schema = json.dumps({"type": "object", "properties": {"k": {"type": "string",
                                                                "maxLength": 300}}})
     params = guided("json_schema", schema, num_return_sequences=3)
-    sampler.validate(params)                       # compiles once, into the cache
+    sampler.compile_guide(params)                  # compiles once, into the cache
     size = sampler.guides._compiler.get_cache_size_bytes()
     seqs = [sampler.new_sequence(params, i, [1]) for i in range(3)]
     assert sampler.guides._compiler.get_cache_size_bytes() == size
@@ -221,8 +222,10 @@ def test_invalid_guides_raise_request_error(sampler, guide_type, guide, match):
     with pytest.raises(RequestError, match=match) as info:
         sampler.new_sequence(guided(guide_type, guide), 0, [1])
     assert ".cc:" not in str(info.value)
-    with pytest.raises(RequestError):
-        sampler.validate(guided(guide_type, guide))
+    with pytest.raises(RequestError):              # as the engine meets it: checked at submit, compiled after
+        params = guided(guide_type, guide)
+        sampler.check(params)
+        sampler.compile_guide(params)
 
 
 def test_compile_time_limit(hf_tokenizer, monkeypatch):

@@ -126,7 +126,7 @@ def test_defaults_follow_the_seed():
     assert (r.stream, r.temperature, r.top_p, r.min_p, r.top_k, r.n) == (False, 1.0, 1.0, 0.0, 0, 1)
     assert (r.presence_penalty, r.frequency_penalty, r.repetition_penalty) == (0.0, 0.0, 1.0)
     assert r.max_tokens is None and r.max_new_tokens is None and r.parallel_tool_calls is True
-    assert r.stop_strings == [] and r.include_usage is False and r.tool_choice_mode == "none"
+    assert r.stop_strings == [] and r.stream_options is None and r.tool_choice_mode == "none"
     opts = chat(stream=True, stream_options={}).stream_options
     assert opts.include_usage is True and opts.continuous_usage_stats is False
 
@@ -183,8 +183,8 @@ def test_stream_options_need_stream():
     assert chat_error(stream=False, stream_options={}).param == "stream_options"
     assert completion_error(stream_options={"include_usage": False}).param == "stream_options"
     r = chat(stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
-    assert r.include_usage and r.continuous_usage
-    assert chat(stream=True, stream_options=None).include_usage is False
+    assert r.stream_options.include_usage and r.stream_options.continuous_usage_stats
+    assert chat(stream=True, stream_options=None).stream_options is None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -399,7 +399,6 @@ def test_error_helpers():
              (errors.not_found_model("nope"), 404, "not_found_error"),
              (errors.payload_too_large(1024), 413, "invalid_request_error"),
              (errors.queue_full(2.4), 429, "rate_limit_error"),
-             (errors.not_ready(), 503, "server_error"),
              (errors.internal(), 500, "server_error")]
     for err, status, kind in cases:
         body = orjson.loads(err.to_json())
@@ -441,14 +440,13 @@ def sse(model) -> bytes:
     return b"data: " + model.model_dump_json().encode() + b"\n\n"
 
 
-@pytest.mark.parametrize("fingerprint", [None, "fp_1"])
-def test_chat_chunk_encoder_matches_models(fingerprint):
+def test_chat_chunk_encoder_matches_models():
     ident, name, created = 'chatcmpl-"%s"', "llama/70%b ü", 1700000000
-    enc = ChatChunkEncoder(ident, name, created, system_fingerprint=fingerprint)
+    enc = ChatChunkEncoder(ident, name, created)
 
     def chunk(delta=None, logprobs=None, finish=None, usage=None, index=0, choices=True):
         return ChatCompletionChunk(
-            id=ident, created=created, model=name, system_fingerprint=fingerprint, usage=usage,
+            id=ident, created=created, model=name, usage=usage,
             choices=[ChatCompletionChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish)]
             if choices else [])
 
@@ -456,7 +454,7 @@ def test_chat_chunk_encoder_matches_models(fingerprint):
     usage = usage_dict(10, 3, cached_tokens=4)
     tool = {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                             "function": {"name": "get", "arguments": ""}}]}
-    assert enc.role() == sse(chunk(DeltaMessage(role="assistant", content="")))
+    assert enc.delta({"role": "assistant", "content": ""}) == sse(chunk(DeltaMessage(role="assistant", content="")))
     assert enc.content("a \"q\" \n ✓", index=1) == sse(chunk(DeltaMessage(content="a \"q\" \n ✓"), index=1))
     assert enc.content(" hé", logprobs=lp) == sse(chunk(DeltaMessage(content=" hé"),
                                                         ChoiceLogprobs.model_validate(lp)))
@@ -472,14 +470,14 @@ def test_chat_chunk_encoder_matches_models(fingerprint):
     assert body["choices"] == [] and body["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
 
 
-def test_usage_null_on_every_chunk_under_include_usage():
-    enc = ChatChunkEncoder("id", "m", 1, usage_null=True)
-    for event in (enc.role(), enc.content("x"), enc.finish("stop")):
+def test_usage_only_where_given_and_the_done_event():
+    enc = ChatChunkEncoder("id", "m", 1)
+    for event in (enc.delta({"role": "assistant", "content": ""}), enc.content("x"), enc.finish("stop")):
         body = orjson.loads(event[6:])
-        assert "usage" in body and body["usage"] is None
+        assert "usage" not in body
         assert body["choices"][0]["logprobs"] is None and "finish_reason" in body["choices"][0]
     assert orjson.loads(enc.usage(usage_dict(1, 2))[6:])["usage"]["total_tokens"] == 3
-    assert "usage" not in orjson.loads(ChatChunkEncoder("id", "m", 1).content("x")[6:])
+    assert orjson.loads(enc.content("x", usage=usage_dict(1, 2))[6:])["usage"]["total_tokens"] == 3
     assert SSE_DONE == b"data: [DONE]\n\n"
 
 

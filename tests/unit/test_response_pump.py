@@ -36,9 +36,8 @@ def test_a_slow_sender_gets_several_tokens_per_response_and_loses_none():
         for t in range(1, 10):
             pump.put(handler, _out([t], finished=t == 9, reason="length" if t == 9 else None))
         gate.set()
-        assert pump.drain()
     finally:
-        pump.close()
+        pump.close()            # sends what is queued, then stops
     assert [t for o in got for t in o.token_ids] == list(range(10))
     assert len(got) < 10 and [o.finished for o in got] == [False] * (len(got) - 1) + [True]
 
@@ -56,9 +55,8 @@ def test_a_request_that_did_not_ask_for_merging_gets_every_output_as_its_own_res
         for t in range(5):
             pump.put(handler, _out([t]), merge=False)
         gate.set()
-        assert pump.drain()
     finally:
-        pump.close()
+        pump.close()            # sends what is queued, then stops
     assert got == [[0], [1], [2], [3], [4]]
 
 
@@ -77,9 +75,8 @@ def test_sequences_of_one_request_are_separate_streams():
             pump.put(handler, _out([t], seq=0))
             pump.put(handler, _out([10 + t], seq=1))
         gate.set()
-        assert pump.drain()
     finally:
-        pump.close()
+        pump.close()            # sends what is queued, then stops
     assert [t for ids in got[0] for t in ids] == [0, 1, 2]
     assert [t for ids in got[1] for t in ids] == [9, 10, 11, 12]
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from llama_triton.engine.sampler import (MAX_TOP_LOGPROBS, Sampler, _top_p_threshold,
-                                         derive_seed)
 from llama_triton.contract import RequestError
+from llama_triton.engine.draw import derive_seed
+from llama_triton.engine.logit_processors import process_logits
+from llama_triton.engine.sampler import MAX_TOP_LOGPROBS, Sampler
+from llama_triton.engine.truncation import _top_p_threshold
 from llama_triton.engine.types import SamplingParams
 
 
@@ -269,7 +271,7 @@ def drive(s: Sampler, params: SamplingParams, prompt, forced):
     seq = s.new_sequence(params, 0, prompt)
     for t in forced:
         seq.accept(t)
-    return s.process_logits(torch.from_numpy(HAND_LOGITS)[None], [seq])[0].numpy()
+    return process_logits(torch.from_numpy(HAND_LOGITS)[None], [seq], s.vocab_size).logits[0].numpy()
 
 
 @pytest.mark.parametrize("penalty", [1.3, 0.7])
@@ -327,7 +329,7 @@ def test_min_tokens_masks_end_id_and_single_token_stop_words():
     params = mk(temperature=0.0, end_id=4, stop_words=[[8], [6, 7]], min_tokens=2)
     seq = s.new_sequence(params, 0, [0])
     x = torch.from_numpy(HAND_LOGITS)[None]
-    p = s.process_logits(x, [seq])[0]
+    p = process_logits(x, [seq], s.vocab_size).logits[0]
     assert p[4] == -np.inf and p[8] == -np.inf and p[6] == 1.5
     assert s.sample(x, [seq])[0].token_id == 0       # best after 4 (4.0) and 8 (3.0)
     assert s.sample(x, [seq])[0].token_id == 0
@@ -346,7 +348,7 @@ def test_penalty_state_is_incremental_across_steps():
     for _ in range(25):
         logits = torch.randn(1, V, generator=gen) * 2
         want = ref_process(logits[0].numpy(), params, prompt, seq.generated, V)
-        got = s.process_logits(logits, [seq])[0].numpy()
+        got = process_logits(logits, [seq], s.vocab_size).logits[0].numpy()
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
         s.sample(logits, [seq])
     assert len(seq.generated) == 25

@@ -15,8 +15,9 @@ from llama_triton.text.tokenization import Tokenizer
 class TritonPythonModel:
     def initialize(self, args):
         params = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        idle = params.get("stream_state_idle_seconds")      # rendered always; a hand-written config may leave it out
         self.streams = StreamDetokenizers(Tokenizer.from_dir(params["tokenizer_dir"]),
-                                          idle_seconds=float(params.get("stream_state_idle_seconds", "600")))
+                                          **({"idle_seconds": float(idle)} if idle else {}))
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
