@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import jsonschema
 import openai
@@ -108,9 +107,8 @@ def test_pathological_schema_is_a_quick_400(stack, openai_client):
     # compile workers to start, so its latency says nothing about the deadline)
     assert body["error"]["code"] == "grammar_too_complex"
     # the stack still serves (the abandoned compilation runs in the frontend, not the decoder)
-    t0 = time.monotonic()
     r = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, seed=1, max_tokens=4)
-    assert r.choices[0].finish_reason == "length" and time.monotonic() - t0 < 30
+    assert r.choices[0].finish_reason == "length"
     # a timeout is not cached (issue 24): the second time it is compiled again, and refused again
     status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES,
                                 "response_format": {"type": "json_schema",
