@@ -5,6 +5,8 @@ and compiled for real (the compile workers of one app, shared by the module). Wh
 holds the output to them is tests/integration/test_structured_outputs.py's."""
 from __future__ import annotations
 
+import pytest
+
 from tests.handlers.conftest import Harness, error_of
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
@@ -55,9 +57,16 @@ def test_regex_is_sent_as_the_regex_itself(shared_harness: Harness):
     assert (guide_type, guide) == (b"regex", b"[ab]{3}")
 
 
-def test_an_invalid_regex_is_a_400_naming_response_format(shared_harness: Harness):
-    status, _, body = shared_harness.chat({"response_format": {"type": "regex", "regex": "("}})
-    error_of(status, body, 400, "response_format")
+@pytest.mark.parametrize("response_format,fragment", [
+    ({"type": "regex", "regex": "(unclosed"}, "regex"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
+        "a": {"$ref": "#/$defs/missing"}}}}}, "schema"),
+])
+def test_invalid_guides_are_400(shared_harness: Harness, response_format, fragment):
+    """Moved: test_structured_outputs.py::test_invalid_guides_are_400 (the frontend's compile, once per
+    decoder mode there); test_bad_input.py keeps invalid regexes end to end."""
+    status, _, body = shared_harness.chat({"response_format": response_format})
+    assert fragment in error_of(status, body, 400, "response_format")["message"].lower()
     assert shared_harness.decoder.requests == []
 
 

@@ -230,3 +230,20 @@ def test_tool_choice_errors_name_their_field(harness: Harness):
         assert code is None or err["code"] == code, (fields, err)
         assert err["type"] == "invalid_request_error"
     assert harness.decoder.requests == []                                # none reached the decoder
+
+
+# Compiling this schema takes xgrammar 0.1.32 over a minute, far longer than the frontend's 5 s limit.
+PATHOLOGICAL = {"type": "object", "properties": {f"p{i}": {"type": "string", "minLength": 2000 + i, "maxLength": 2000 + i}
+                                                 for i in range(30)},
+                "required": [f"p{i}" for i in range(30)]}
+
+
+def test_pathological_tool_parameters_are_a_400_naming_the_tool(shared_harness: Harness):
+    """Moved: test_structured_outputs.py::test_pathological_tool_parameters_are_a_400_naming_the_tool
+    (the frontend's compile deadline, once per decoder mode there); test_pathological_schema_is_a_quick_400
+    keeps the deadline end to end."""
+    tools = [{"type": "function", "function": {"name": "ok", "parameters": {"type": "object", "properties": {}}}},
+             {"type": "function", "function": {"name": "slow", "parameters": PATHOLOGICAL}}]
+    status, _, body = shared_harness.chat({"tools": tools, "tool_choice": "required"})
+    assert error_of(status, body, 400, "tools[1].function.parameters")["code"] == "grammar_too_complex"
+    assert shared_harness.decoder.requests == []
