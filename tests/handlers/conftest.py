@@ -83,8 +83,11 @@ class FakeDecoder:
          an embedding_bias that is not finite;
       D4 a guide type not in GUIDE_TYPES, or no guide for one that needs it.
       A stop request (`stop`: true) for an id that is not in flight is answered with an empty final
-      response and changes nothing (decoder_model.py _admit's StopRequest branch): not an error there
-      either; `stopped` records each stop and whether its request was still being handled.
+      response and changes nothing, in the CPU decoder (decoder_model.py _admit's StopRequest branch)
+      as in TensorRT-LLM's backend (tensorrtllm_backend inflight_batcher_llm/src/model_instance_state.cc
+      :883-906@c2e65b8, handleStopRequest; only a stop without an id is an error there, which
+      TritonDecoder.stop never sends): so it is no error here either; `stopped` records each stop
+      and whether its request was still being handled.
     TritonDecoder itself:
       C1 a stream that ends without a final response is DecoderUnavailable("the decoder stream ended
          early"); a final response without outputs is DecoderResponse(0, [], None, None, None, None, True);
