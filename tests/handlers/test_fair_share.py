@@ -37,7 +37,8 @@ class HeldDecoder(FakeDecoder):
         self.arrived.set()
         yield DecoderResponse(0, [self.tokenizer.encode("ok")[0]], None, None, None, None, False)
         await release.wait()
-        yield DecoderResponse(0, [], None, None, None, None, True)     # the end token ends it, unreturned
+        # A second token with the final flag (never the end token: the decoder does not return it)
+        yield DecoderResponse(0, [self.tokenizer.encode("ok")[0]], None, None, None, None, True)
 
     def finish(self, n: int) -> None:
         self.held[n].set()
