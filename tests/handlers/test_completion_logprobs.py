@@ -13,15 +13,17 @@ TEXT = " Hello world, again"
 PROMPT = "Say it:"
 
 
-def _script(harness: Harness, top: int = 2):
-    """One response per token, each with its log-prob and `top` alternatives (ids 100, 101, ...)."""
+def _script(harness: Harness):
+    """One response per token, each with its log-prob and as many alternatives as the request asks
+    for (num_top_log_probs: the token itself, then ids 100, 101, ...), as the decoder sends them."""
     ids = harness.tokenizer.encode(TEXT)
 
     def script(rid, arrays):
+        top = int(arrays["num_top_log_probs"].item()) if "num_top_log_probs" in arrays else 0
         out = []
         for i, t in enumerate(ids):
-            alts = np.array([[t] + list(range(100, 100 + top - 1))], np.int32)
-            lps = np.array([[-0.25] + [-2.0] * (top - 1)], np.float32)
+            alts = np.array([[t] + list(range(100, 100 + top - 1))], np.int32) if top else None
+            lps = np.array([[-0.25] + [-2.0] * (top - 1)], np.float32) if top else None
             out.append(DecoderResponse(0, [t], [-0.25], alts, lps, None, i == len(ids) - 1))
         return out
     harness.decoder.script = script

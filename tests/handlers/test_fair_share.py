@@ -29,12 +29,16 @@ class HeldDecoder(FakeDecoder):
 
     async def generate(self, request_id: str, arrays: dict):
         self.requests.append((request_id, arrays))
+        refused = self.refusal(request_id, arrays)      # as strict as FakeDecoder about the request
+        if refused is not None:
+            raise refused
         release = asyncio.Event()
         self.held.append(release)
         self.arrived.set()
         yield DecoderResponse(0, [self.tokenizer.encode("ok")[0]], None, None, None, None, False)
         await release.wait()
-        yield DecoderResponse(0, [self.tokenizer.eos_id], None, None, None, None, True)
+        # A second token with the final flag (never the end token: the decoder does not return it)
+        yield DecoderResponse(0, [self.tokenizer.encode("ok")[0]], None, None, None, None, True)
 
     def finish(self, n: int) -> None:
         self.held[n].set()

@@ -67,9 +67,11 @@ def test_a_client_that_stops_reading_is_given_up_and_its_decoder_request_stopped
     receive buffer shrunk to a few KiB, so that a few MB fill every buffer on the way); past
     --write-timeout the frontend gives up, closing the generators from outside, at a yield, and the
     decoder's stop goes out while the request is still being handled."""
-    h = Harness(default_model_dir, default_tokenizer, "--write-timeout", "0.2", "--max-tokens-cap", "1000000")
+    # Room for the whole script (4000 x 400 words of at most two tokens): the decoder would end the
+    # request at request_output_len (FakeDecoder R2), and the stream must not end before it stalls.
+    h = Harness(default_model_dir, default_tokenizer, "--write-timeout", "0.2", "--max-tokens-cap", "4000000")
     try:
-        h.decoder.caps.parameters["max_seq_len"] = "2000000"       # room for ~10 MB of stream
+        h.decoder.caps.parameters["max_seq_len"] = "8000000"       # room for ~10 MB of stream
         word = default_tokenizer.encode(" hello")
         h.decoder.script = lambda rid, arrays: [_many(word, 400) for _ in range(4000)] + [HANG]
 

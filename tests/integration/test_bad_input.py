@@ -12,12 +12,19 @@ import urllib.request
 import pytest
 
 from frontend.openai.request_base import MAX_MESSAGES
+from llama_triton.defaults import DECODER_GRAMMAR_COMPILE_TIMEOUT_S, GRAMMAR_COMPILE_TIMEOUT_S
 from tests.integration.frontends import extra_frontend
 
 pytestmark = pytest.mark.timeout(300)
 
 CHAT = "/v1/chat/completions"
-CASE_TIMEOUT = 30.0        # seconds any single bad request may take
+# The hang guard of every request here (its socket timeout): an answer that does not come within it
+# fails the test with a timeout. Timing is never asserted beyond that (a loaded machine is slow).
+CASE_TIMEOUT = 30.0
+# A guide is compiled twice at most: the frontend's check (its deadline covers waiting for a worker
+# and compiling) and the decoder's own compile; a guide request is answered within both deadlines
+# and the hang guard (llama_triton/defaults.py).
+GUIDE_TIMEOUT = GRAMMAR_COMPILE_TIMEOUT_S + DECODER_GRAMMAR_COMPILE_TIMEOUT_S + CASE_TIMEOUT
 # An external stack (LLAMA_TRITON_EXTERNAL_URL) may require a key; extra frontends here have none.
 AUTH = {"Authorization": f"Bearer {os.environ['LLAMA_TRITON_API_KEY']}"} if os.environ.get("LLAMA_TRITON_API_KEY") else {}
 AUTH_LINE = "".join(f"{k}: {v}\r\n" for k, v in AUTH.items()).encode()
@@ -73,9 +80,8 @@ MALFORMED = [
 
 @pytest.mark.parametrize("raw", MALFORMED, ids=lambda r: repr(r[:24]))
 def test_malformed_json(stack, raw):
-    status, body, took = send(stack.base_url, CHAT, raw)
+    status, body, _ = send(stack.base_url, CHAT, raw)
     assert_error_envelope(status, body, expected=(400,))
-    assert took < CASE_TIMEOUT
     assert_still_serving(stack)
 
 
@@ -157,9 +163,8 @@ def test_huge_declared_body_is_refused_before_it_is_read(stack):
     # Content-Length says 100 MB; we send 10 bytes and wait: the 413 must come without the body.
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + AUTH_LINE
             + b"Content-Length: 100000000\r\n\r\n{\"model\":")
-    t0 = time.monotonic()
+    # Unanswered until the body came, raw_http would time out with no response (status 0).
     status, response, _ = raw_http(stack.port, head)
-    assert time.monotonic() - t0 < 5
     assert_error_envelope(status, response, expected=(413,), code="payload_too_large")
     assert_still_serving(stack)
 
@@ -200,7 +205,6 @@ def test_thousands_of_messages(stack):
     status, body, _ = send(stack.base_url, CHAT, over)
     assert_error_envelope(status, body, expected=(400,), param="messages", code="array_above_max_length")
     print(f"\n{count} messages: 400 in {took:.2f} s")
-    assert took < 20
     assert_still_serving(stack)
 
 
@@ -273,47 +277,42 @@ def test_deeply_nested_json(stack):
         ]
         for raw in raws:
             json.loads(raw) if depth < 500 else None
-            status, body, took = send(stack.base_url, CHAT, raw.encode())
+            status, body, _ = send(stack.base_url, CHAT, raw.encode())
             assert_error_envelope(status, body, expected=(400,))
-            assert took < 10, took
     # Nesting the JSON parser accepts but a grammar compiler might choke on: bounded, never a 500.
     for depth in (20, 60):
         schema = nested_schema(depth)
         for fields in ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}},
                        {"tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
                         "tool_choice": "required"}):
-            status, body, took = send(stack.base_url, CHAT, chat(stack.model_name, max_tokens=4, **fields))
+            status, body, took = send(stack.base_url, CHAT, chat(stack.model_name, max_tokens=4, **fields),
+                                      timeout=GUIDE_TIMEOUT)
             print(f"\nschema nested {depth} levels in {list(fields)[0]}: {status} in {took:.2f} s")
             assert status in (200, 400, 429), (depth, status, body[:300])
             if status != 200:
                 assert_error_envelope(status, body, expected=(400, 429))
-            assert took < CASE_TIMEOUT
     assert_still_serving(stack)
 
 
-def regex_wired(stack) -> bool:
-    """True when response_format {type: regex} reaches the grammar compiler (the service wires it)."""
+def test_regexes_that_blow_up_a_grammar_compiler(stack):
+    # response_format {type: regex} reaches the grammar compiler: the output is held to the regex.
+    # (This was a self-skip "when regex is not wired", which could pass with regex guides broken.)
     status, body, _ = send(stack.base_url, CHAT, chat(stack.model_name, max_tokens=3,
                                                       response_format={"type": "regex", "regex": "[ab]{3}"}))
-    if status != 200:
-        return False
+    assert status == 200, body[:300]
     content = json.loads(body)["choices"][0]["message"]["content"]
-    return set(content) <= {"a", "b"}
-
-
-def test_regexes_that_blow_up_a_grammar_compiler(stack):
-    if not regex_wired(stack):
-        pytest.skip("response_format of type regex is not wired in this build of the service")
+    assert set(content) <= {"a", "b"} and len(content) <= 3, content
     bombs = ["((a{1,100}){1,100}){1,100}", "(" * 5000 + "a" + ")" * 5000, "[a-z]{1,100000}",
              "(a|b|c|d|e|f|g|h){1000}(x{1000}){1000}"]
     for regex in bombs:
+        # Bounded by the compile deadlines (GUIDE_TIMEOUT, the socket timeout), never unbounded.
         status, body, took = send(stack.base_url, CHAT, chat(
-            stack.model_name, max_tokens=2, response_format={"type": "regex", "regex": regex}), timeout=60)
+            stack.model_name, max_tokens=2, response_format={"type": "regex", "regex": regex}),
+            timeout=GUIDE_TIMEOUT)
         print(f"\nregex {regex[:30]!r}...: {status} in {took:.2f} s")
         assert status in (200, 400, 429), (status, body[:300])
         if status != 200:
             assert_error_envelope(status, body, expected=(400, 429))
-        assert took < 30, took     # the compile time limit (5 s) plus queueing, not unbounded
     for regex in ("(", "a{2,1}", "[z-a]", "\\"):
         status, body, _ = send(stack.base_url, CHAT, chat(
             stack.model_name, response_format={"type": "regex", "regex": regex}))

@@ -1,5 +1,9 @@
 """Every range of the seed contract through raw HTTP and the official client: the edge is accepted,
-just past it is a 400 naming the field, with one error envelope for every failure."""
+just past it is a 400 naming the field, with one error envelope for every failure.
+
+Checks of the frontend alone (bad bodies, the stop count, the stream usage options, the context limit,
+the OpenAPI document) run once, in tests/handlers/test_errors_handlers.py and test_usage_handlers.py,
+not once per decoder mode here."""
 import json
 import urllib.request
 
@@ -87,16 +91,6 @@ def test_top_logprobs_edges(stack):
     assert_envelope(body, "top_logprobs")
 
 
-def test_stop_count_edges(stack):
-    ok = post(stack.base_url, "/v1/chat/completions",
-              {"model": stack.model_name, "messages": USER, "max_tokens": 2, "stop": [f"s{i}" for i in range(16)]})
-    assert ok[0] == 200
-    status, body, _ = post(stack.base_url, "/v1/chat/completions",
-                           {"model": stack.model_name, "messages": USER, "stop": [f"s{i}" for i in range(17)]})
-    assert status == 400
-    assert_envelope(body, "stop")
-
-
 def test_max_tokens_zero_returns_empty_completion_with_usage(stack, openai_client):
     r = openai_client.chat.completions.create(model=stack.model_name, messages=USER, max_tokens=0)
     assert r.choices[0].message.content == ""
@@ -114,14 +108,6 @@ def test_null_max_tokens_uses_the_server_cap(stack):
     status, body, _ = post(stack.base_url, "/v1/chat/completions",
                            {"model": stack.model_name, "messages": USER, "max_tokens": None, "seed": 4})
     assert status == 200 and body["usage"]["completion_tokens"] == 48   # the test server's cap
-
-
-def test_prompt_longer_than_context_is_400(stack):
-    status, body, _ = post(stack.base_url, "/v1/chat/completions",
-                           {"model": stack.model_name, "messages": [{"role": "user", "content": "word " * 1200}]})
-    assert status == 400
-    assert_envelope(body, "messages")
-    assert body["error"]["code"] == "context_length_exceeded"
 
 
 def test_n_choices_are_indexed_and_usage_sums(stack, openai_client):
@@ -154,31 +140,6 @@ def test_stop_strings_are_never_emitted(stack, openai_client):
         assert reason == ["stop"]
 
 
-def test_stream_usage_options(stack):
-    def events(stream_options):
-        body = {"model": stack.model_name, "messages": USER, "max_tokens": 3, "stream": True}
-        if stream_options is not None:
-            body["stream_options"] = stream_options
-        req = urllib.request.Request(f"{stack.base_url}/v1/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req) as r:
-            raw = r.read().decode()
-        parts = [p[len("data: "):] for p in raw.split("\n\n") if p]
-        assert parts[-1] == "[DONE]"
-        return [json.loads(p) for p in parts[:-1]]
-
-    default = events(None)
-    assert [("usage" in e) for e in default] == [False] * (len(default) - 1) + [True]
-    assert default[-1]["choices"][0]["finish_reason"] == "length"
-    explicit = events({"include_usage": True})
-    assert explicit[-1]["choices"] == [] and explicit[-1]["usage"]["completion_tokens"] == 3
-    assert "usage" in explicit[-2]
-    none = events({"include_usage": False})
-    assert not any("usage" in e for e in none)
-    continuous = events({"include_usage": False, "continuous_usage_stats": True})
-    assert all("usage" in e for e in continuous)
-
-
 def test_completions_endpoint(stack, openai_client):
     if decoder_mode(stack) == "gpu":
         # logprobs=2 asks for two alternatives per token, which TensorRT-LLM cannot return.
@@ -199,22 +160,6 @@ def test_completions_endpoint(stack, openai_client):
         assert json.loads(r.read())["data"][0]["id"] == stack.model_name
 
 
-@pytest.mark.parametrize("raw,param", [
-    (b"{not json", None),
-    (b"[]", None),
-    (b'{"model": "llama2-tiny"}', "messages"),
-    (b'{"model": "llama2-tiny", "messages": "hi"}', "messages"),
-    (b'{"model": "llama2-tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}',
-     "messages[0].content[0]"),
-    (b'{"model": "llama2-tiny", "messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}',
-     "functions"),
-])
-def test_bad_bodies_get_400_envelopes(stack, raw, param):
-    status, body, _ = post(stack.base_url, "/v1/chat/completions", None, raw=raw)
-    assert status == 400
-    assert_envelope(body, param)
-
-
 def test_unknown_fields_are_ignored_not_422(stack):
     status, body, _ = post(stack.base_url, "/v1/chat/completions",
                            {"model": stack.model_name, "messages": USER, "max_tokens": 1, "store": False,
@@ -227,12 +172,6 @@ def test_unknown_route_and_method(stack):
         urllib.request.urlopen(f"{stack.base_url}/v1/nothing")
     assert e.value.code == 404
     assert_envelope(json.loads(e.value.read()))
-
-
-def test_openapi_document(stack):
-    with urllib.request.urlopen(f"{stack.base_url}/openapi.json") as r:
-        doc = json.loads(r.read())
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(doc["paths"])
 
 
 def test_auth_and_limits(stack, default_model_dir):

@@ -24,7 +24,7 @@ import urllib.request
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis (the test extra)")
+import schemathesis  # the test extra (pyproject.toml): a missing one is an error, not a skip
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from jsonschema import Draft202012Validator  # noqa: E402

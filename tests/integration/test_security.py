@@ -146,10 +146,9 @@ def test_requests_cannot_choose_files(stack, tmp_path, default_model_dir):
     schema = {"type": "object", "properties": {"a": {"$ref": fifo.as_uri()}}}
     for fields in ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}},
                    {"tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]}):
-        t0 = time.monotonic()
+        # A blocked open would hold the request forever: the request's timeout is the hang guard.
         status, raw, _ = request(stack.base_url, "/v1/chat/completions", chat(stack.model_name, **fields), timeout=30)
         assert status in (200, 400), raw
-        assert time.monotonic() - t0 < 15
 
 
 def test_chat_template_kwargs_cannot_replace_the_template(stack):

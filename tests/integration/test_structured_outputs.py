@@ -2,13 +2,13 @@
 
 Schemas are bounded (enums, small integer ranges, maxLength, additionalProperties false) so that
 a random model finishes inside the cap; whenever finish_reason is "stop" the output must parse
-and validate.
+and validate. The frontend's guide refusals that need no decoder (invalid guides, a tool's schema
+past the compile deadline) run once, in tests/handlers/, not once per decoder mode here.
 """
 from __future__ import annotations
 
 import json
 import re
-import time
 
 import jsonschema
 import openai
@@ -108,36 +108,13 @@ def test_pathological_schema_is_a_quick_400(stack, openai_client):
     # compile workers to start, so its latency says nothing about the deadline)
     assert body["error"]["code"] == "grammar_too_complex"
     # the stack still serves (the abandoned compilation runs in the frontend, not the decoder)
-    t0 = time.monotonic()
     r = openai_client.chat.completions.create(model=stack.model_name, messages=MESSAGES, seed=1, max_tokens=4)
-    assert r.choices[0].finish_reason == "length" and time.monotonic() - t0 < 30
+    assert r.choices[0].finish_reason == "length"
     # a timeout is not cached (issue 24): the second time it is compiled again, and refused again
     status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES,
                                 "response_format": {"type": "json_schema",
                                                     "json_schema": {"name": "p", "schema": PATHOLOGICAL}}})
     assert status == 400 and body["error"]["code"] == "grammar_too_complex"
-
-
-def test_pathological_tool_parameters_are_a_400_naming_the_tool(stack):
-    tools = [{"type": "function", "function": {"name": "ok", "parameters": {"type": "object", "properties": {}}}},
-             {"type": "function", "function": {"name": "slow", "parameters": PATHOLOGICAL}}]
-    status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES, "tools": tools,
-                                "tool_choice": "required"})
-    assert status == 400, body
-    assert body["error"]["param"] == "tools[1].function.parameters"
-    assert body["error"]["code"] == "grammar_too_complex"
-
-
-@pytest.mark.parametrize("response_format,fragment", [
-    ({"type": "regex", "regex": "(unclosed"}, "regex"),
-    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
-        "a": {"$ref": "#/$defs/missing"}}}}}, "schema"),
-])
-def test_invalid_guides_are_400(stack, response_format, fragment):
-    status, body = post_chat(stack.base_url, {"model": stack.model_name, "messages": MESSAGES, "response_format": response_format})
-    assert status == 400, body
-    assert body["error"]["param"] == "response_format"
-    assert fragment in body["error"]["message"].lower()
 
 
 def test_response_format_with_auto_tools_is_refused(stack, openai_client):

@@ -96,7 +96,8 @@ def test_compiles_cancelled_while_queued_give_their_worker_back():
         first = asyncio.create_task(s.resolve(spec("first")))
         await asyncio.wait_for(pool.job_started.wait(), WAIT_S)
         queued = [asyncio.create_task(s.resolve(spec(f"q{i}"))) for i in range(3)]
-        await asyncio.sleep(0)                     # let them reach the pool's queue
+        while len(pool._waiters) < 3:              # all three wait in the pool's queue: what this is about
+            await asyncio.sleep(0)
         for t in queued:
             t.cancel()
         await asyncio.gather(*queued, return_exceptions=True)

@@ -49,9 +49,8 @@ def test_dead_sees_killed_and_zombie_processes():
         watched = {child.pid: "tensorrt_llm"}
         assert dead(watched) == {}
         child.kill()
-        deadline = time.monotonic() + 10
-        while not dead(watched) and time.monotonic() < deadline:   # a zombie until reaped
-            time.sleep(0.01)
+        # Waits for the exit without reaping it (WNOWAIT): the child is a zombie now, not polled for.
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
         assert dead(watched) == watched
     finally:
         child.kill()
@@ -69,6 +68,20 @@ def test_failure_report_is_read_only_when_newer(tmp_path):
 
 
 # ----------------------------------------------------------------------------- decoder health
+
+
+class FakeClock:
+    """DecoderHealth's clock, moved by the test: silence, probe spacing and rechecks are decided by
+    it, so a check that must not probe yet is asserted at a known time, not after a sleep."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class FakeDecoder:
@@ -93,44 +106,68 @@ class FakeDecoder:
         await self._answer("work", self.work_answer)
 
 
-def make_health(fake, reports=None):
-    return DecoderHealth(fake.reach, fake.work, (reports.append if reports is not None else None))
+def make_health(fake, reports=None, clock=None):
+    return DecoderHealth(fake.reach, fake.work, (reports.append if reports is not None else None),
+                         **({"clock": clock} if clock is not None else {}))
 
 
 @pytest.fixture(autouse=True)
-def fast_timings(monkeypatch):
+def short_probe_timeouts(monkeypatch):
+    # The probe timeouts run on the event loop's clock (asyncio.timeout): short, so a hung probe
+    # is given up in a fraction of a second. Every other timing below is the FakeClock's.
     monkeypatch.setattr(decoder_health, "REACH_TIMEOUT_S", 0.2)
     monkeypatch.setattr(decoder_health, "WORK_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(decoder_health, "SILENCE_S", 0.05)
-    monkeypatch.setattr(decoder_health, "PROBE_EVERY_S", 0.05)
-    monkeypatch.setattr(decoder_health, "RECHECK_S", 0.05)
-    monkeypatch.setattr(decoder_health, "TICK_S", 0.01)
-
-
-async def until(predicate, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.005)
 
 
 def test_a_silent_stream_and_a_failed_probe_end_every_open_request_then_recovery():
+    """One watchdog step at a time (DecoderHealth.check) on a fake clock."""
     async def scenario():
-        fake = FakeDecoder()
-        h = make_health(fake)
+        fake, clock = FakeDecoder(), FakeClock()
+        h = make_health(fake, clock=clock)
         ended = []
         a = h.track(lambda reason: ended.append(("a", reason)))
         h.track(lambda reason: ended.append(("b", reason)))
-        await until(lambda: fake.calls)            # silent streams: the watchdog probes
+        clock.advance(decoder_health.SILENCE_S / 2)
+        await h.check()
+        assert fake.calls == []                    # quiet, but not yet for SILENCE_S: no probe
+        clock.advance(decoder_health.SILENCE_S)
+        await h.check()
+        assert fake.calls == ["reach"]             # silent streams: the watchdog probes
         assert h.ready and not ended               # probe passed: a quiet stream is no failure
         fake.reach_answer = "fail"
-        await until(lambda: len(ended) == 2)
+        clock.advance(decoder_health.PROBE_EVERY_S / 2)
+        await h.check()
+        assert fake.calls == ["reach"] and h.ready   # probes are spaced PROBE_EVERY_S apart
+        clock.advance(decoder_health.PROBE_EVERY_S)
+        await h.check()
+        assert len(ended) == 2
         assert not h.ready and "reach failed" in h.down_reason
         assert {name for name, _ in ended} == {"a", "b"}
         h.untrack(a)
         fake.reach_answer = "ok"
-        await until(lambda: h.ready)               # rechecked while down
+        clock.advance(decoder_health.RECHECK_S / 2)
+        await h.check()
+        assert not h.ready and fake.calls.count("reach") == 2   # down: rechecked only every RECHECK_S
+        clock.advance(decoder_health.RECHECK_S)
+        await h.check()
+        assert h.ready                             # rechecked while down
         assert h.open_requests == 0
+        await h.stop()
+    asyncio.run(scenario())
+
+
+def test_the_watchdog_task_runs_the_checks():
+    """The same steps, run by the watchdog task itself: a silent stream is probed without a call
+    to check(); the probe's failure ends the open request, which the test waits for (an event)."""
+    async def scenario():
+        fake, clock = FakeDecoder(), FakeClock()
+        fake.reach_answer = "fail"
+        h = make_health(fake, clock=clock)
+        ended = asyncio.Event()
+        h.track(lambda reason: ended.set())
+        clock.advance(2 * decoder_health.SILENCE_S)
+        await ended.wait()
+        assert fake.calls == ["reach"] and not h.ready
         await h.stop()
     asyncio.run(scenario())
 
@@ -151,9 +188,9 @@ def test_hung_decoder_is_down_after_repeated_unanswered_probes():
 
 def test_is_broken_tells_a_refusal_from_a_broken_decoder():
     async def scenario():
-        fake = FakeDecoder()
+        fake, clock = FakeDecoder(), FakeClock()
         reports = []
-        h = make_health(fake, reports)
+        h = make_health(fake, reports, clock)
         assert await h.is_broken() is False               # both probes pass: the request's fault
         fake.work_answer = "hang"
         assert await h.is_broken() is False and h.ready   # a slow queue is a decoder at work
@@ -161,11 +198,14 @@ def test_is_broken_tells_a_refusal_from_a_broken_decoder():
         assert await h.is_broken() is True and not h.ready
         assert reports and "cannot generate" in reports[0]   # told to the launcher
         # Back only when the work probe passes again, not the reach probe alone.
-        h.ensure_watchdog()
-        await asyncio.sleep(0.2)
-        assert not h.ready
+        clock.advance(2 * decoder_health.RECHECK_S)
+        fake.calls.clear()
+        await h.check()
+        assert fake.calls == ["reach", "work"] and not h.ready
         fake.work_answer = "ok"
-        await until(lambda: h.ready)
+        clock.advance(2 * decoder_health.RECHECK_S)
+        await h.check()
+        assert h.ready
         fake.reach_answer = "fail"
         reports.clear()
         assert await h.is_broken() is True and not reports    # dead stub: the launcher sees it itself
@@ -175,14 +215,18 @@ def test_is_broken_tells_a_refusal_from_a_broken_decoder():
 
 def test_suspect_probes_at_once():
     async def scenario():
-        fake = FakeDecoder()
-        h = make_health(fake)
-        h.ensure_watchdog()
-        await asyncio.sleep(0.05)
+        fake, clock = FakeDecoder(), FakeClock()
+        h = make_health(fake, clock=clock)
+        await h.check()
+        clock.advance(3600)
+        await h.check()
         assert fake.calls == []                   # nothing open, nothing suspected: no probes
         fake.reach_answer = "fail"
-        h.suspect()
-        await until(lambda: not h.ready)
+        ended = asyncio.Event()
+        h.track(lambda reason: ended.set())       # not silent on the fake clock: only suspect() probes
+        h.suspect()                               # the watchdog task wakes at once
+        await ended.wait()
+        assert fake.calls == ["reach"] and not h.ready
         await h.stop()
     asyncio.run(scenario())
 
@@ -310,13 +354,16 @@ def test_requests_that_fail_together_share_one_work_probe():
         fake = FakeDecoder()
         release = asyncio.Event()
 
+        working = asyncio.Event()
+
         async def slow_work():
             fake.calls.append("work")
+            working.set()
             await release.wait()
 
         h = DecoderHealth(fake.reach, slow_work)
         judges = [asyncio.create_task(h.is_broken()) for _ in range(8)]
-        await until(lambda: "work" in fake.calls)
+        await working.wait()                    # the work probe is under way
         judges[0].cancel()                      # its client hung up
         release.set()
         verdicts = await asyncio.gather(*judges[1:])
