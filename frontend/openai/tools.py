@@ -53,12 +53,10 @@ from typing import Any, Optional
 
 from frontend import errors
 from frontend.openai.message_models import ChatTool
-from frontend.openai.parsers import TOOL_PARSERS, JsonToolsParser, Llama3JsonParser, ToolParser, tool_parser_for
+from frontend.openai.parsers import TOOL_PARSERS, ToolParser, tool_parser_for
 from frontend.openai.request_models import ChatCompletionRequest
 from frontend.openai.structured import MAX_TOOLS, GuideSpec, checked_schema
 
-ARGUMENTS = JsonToolsParser.key      # our key (Llama-2 and other templates without a tool list)
-PARAMETERS = Llama3JsonParser.key    # Llama-3.1's key
 EMPTY_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
 # Plain text in auto mode: anything whose first non-whitespace character is not `{` or `[` (so it
 # cannot be taken for a call, also after SentencePiece's leading space is stripped from the text).

@@ -14,7 +14,7 @@ from frontend.openai.request_base import parse_request
 from frontend.openai.chat_output import ChatOutput
 from frontend.openai.structured import GuideSpec, response_format_guide
 from frontend.openai.parsers import DeepSeekR1ReasoningParser, JsonToolsParser, Llama3JsonParser
-from frontend.openai.tools import ARGUMENTS, PARAMETERS, ToolPlan, calls_schema, tools_system_prompt
+from frontend.openai.tools import ToolPlan, calls_schema, tools_system_prompt
 from llama_triton.text.compile_worker import run_job
 from tests.engine_guides import engine_accepts, engine_compiler
 
@@ -41,6 +41,8 @@ def request(**kw) -> ChatCompletionRequest:
 
 # ---- the incremental parser ------------------------------------------------------------------
 
+ARGUMENTS = JsonToolsParser.key      # our key (Llama-2 and other templates without a tool list)
+PARAMETERS = Llama3JsonParser.key    # Llama-3.1's key
 FAMILY = {ARGUMENTS: JsonToolsParser, PARAMETERS: Llama3JsonParser}
 
 
