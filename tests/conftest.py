@@ -24,7 +24,7 @@ os.environ.setdefault("LLAMA_TRITON_DTYPE", "float32")
 
 
 def load_build_script(name: str) -> ModuleType:
-    """Import `build/<name>.py`: build/ holds scripts, not a package (see DESIGN.md)."""
+    """Import `build/<name>.py`: build/ holds command-line scripts run by path (make targets), not a package."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "build" / f"{name}.py")
