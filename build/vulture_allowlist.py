@@ -75,10 +75,8 @@ _.num_preemptions            # TEST-ONLY engine/engine.py counter (tests/unit/te
 _.wait_idle                  # TEST-ONLY frontend/compile_pool.py (tests/unit/test_guide_compiles.py)
 _.worker_pids                # TEST-ONLY frontend/compile_pool.py (tests/unit/test_guide_compiles.py)
 _.num_killed                 # TEST-ONLY frontend/compile_pool.py (tests/unit/test_guide_compiles.py)
-_._starting                  # DEAD frontend/compile_pool.py: counted, never read (the file is moving: issue 28's frontend grouping)
 _.open_requests              # TEST-ONLY frontend/decoder_health.py (tests/unit/test_self_heal_units.py)
 plain_text                   # TEST-ONLY frontend/literal_text.py (tests/unit/test_literal_text.py)
 page_size                    # TEST-ONLY frontend/playground.py (tests/unit/test_playground_files.py, test_playground.py)
 _.reloads                    # TEST-ONLY frontend/tenants.py (tests/unit/test_tenants.py)
 _.ignored_fields             # TEST-ONLY frontend/request_models.py (tests/unit/test_protocol.py); the warning log is the behaviour
-_.frontend_restarts          # DEAD serve/launcher.py Supervisor: counted, never read (the Supervisor is moving: issue 28)

@@ -133,7 +133,6 @@ class CompilePool:
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._up: set[_Worker] = set()         # started and not killed
-        self._starting = 0
         self._waiters: list[asyncio.Future] = []
         self._warm: Optional[asyncio.Future] = None    # set once the first worker is ready
         self._tasks: set[asyncio.Task] = set()
@@ -143,7 +142,6 @@ class CompilePool:
 
     # -- workers ------------------------------------------------------------------------------------
     def _spawn(self) -> None:
-        self._starting += 1
         task = asyncio.get_running_loop().create_task(self._start_one())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -160,7 +158,6 @@ class CompilePool:
             self._all.add(worker)
             await worker.start(self._setup)
         except BaseException as e:
-            self._starting -= 1
             if worker is not None:
                 self._discard(worker)
             if not isinstance(e, asyncio.CancelledError):
@@ -168,7 +165,6 @@ class CompilePool:
                 if self._warm is not None and not self._warm.done():
                     self._warm.set_exception(RuntimeError(f"the guide compile workers cannot start: {e}"))
             raise
-        self._starting -= 1
         self._up.add(worker)
         if self._warm is not None and not self._warm.done():
             self._warm.set_result(None)

@@ -155,7 +155,6 @@ class Supervisor:
         # The Python backend stub runs the first python3 on PATH: make it ours.
         self.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", "")])
         self.restarts = 0
-        self.frontend_restarts = 0
         self.frontend_policies: list[RestartPolicy] = []
         self.frontend_due: list[float] = []
         self.triton_state = "running"             # running | waiting (backoff) | starting
@@ -311,7 +310,6 @@ class Supervisor:
                     admission.clear_slot(self.admission_file, i)
             elif proc is None and now >= self.frontend_due[i]:
                 self.spawn_frontend(i)
-                self.frontend_restarts += 1
                 log(f"frontend worker {i} restarted (pid {self.frontends[i].pid})")
 
     def stop(self, *_):

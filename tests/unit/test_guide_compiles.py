@@ -45,7 +45,6 @@ class GatedPool(CompilePool):
 
     async def _start_one(self) -> None:
         self._n += 1
-        self._starting -= 1
         if not self._warm.done():
             self._warm.set_result(None)
         worker = GatedWorker(self, self._n)
