@@ -141,7 +141,7 @@ class ChatCompletionChunkChoice(ResponseModel):
 
 
 class ChatCompletionChunk(ResponseModel):
-    """`usage` is left out when None, as `ChatChunkEncoder` (frontend/sse.py) writes it."""
+    """`usage` is left out when None, as `ChatChunkEncoder` (frontend/openai/sse.py) writes it."""
     _omit_if_none = frozenset({"system_fingerprint", "usage"})
 
     id: str
