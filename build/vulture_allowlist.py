@@ -13,7 +13,7 @@
 TritonPythonModel            # Triton's Python backend instantiates this class of each 1/model.py
 _.initialize                 # TritonPythonModel.initialize: Triton calls it at model load
 _.forward                    # torch.nn.Module.forward: nn.Module.__call__ runs it
-_.__class__                  # frontend/ttft_stamps.py swaps an aiohttp Server's class in place
+_.__class__                  # frontend/telemetry/ttft_stamps.py swaps an aiohttp Server's class in place
 _.sentencepiece_model_pb2    # set on the sentencepiece module for transformers to import (text/sentencepiece_compat.py)
 _.tenant_api_keys            # set on smg's RouterArgs; smg's launch_router reads them (serve/router_launch.py)
 _.control_plane_api_keys     # as tenant_api_keys
@@ -72,11 +72,11 @@ ENGINE_XGRAMMAR              # trtllm/backend_contract.py: the xgrammar TensorRT
 
 # ---- TEST-ONLY: production API read only by tests (follow-ups; see the header) -----------------
 _.num_preemptions            # TEST-ONLY engine/engine.py counter (tests/unit/test_engine.py); not exported
-_.wait_idle                  # TEST-ONLY frontend/compile_pool.py (tests/unit/test_guide_compiles.py)
-_.worker_pids                # TEST-ONLY frontend/compile_pool.py (tests/unit/test_guide_compiles.py)
-_.num_killed                 # TEST-ONLY frontend/compile_pool.py (tests/unit/test_guide_compiles.py)
-_.open_requests              # TEST-ONLY frontend/decoder_health.py (tests/unit/test_self_heal_units.py)
-plain_text                   # TEST-ONLY frontend/literal_text.py (tests/unit/test_literal_text.py)
-page_size                    # TEST-ONLY frontend/playground.py (tests/unit/test_playground_files.py, test_playground.py)
-_.reloads                    # TEST-ONLY frontend/tenants.py (tests/unit/test_tenants.py)
-_.ignored_fields             # TEST-ONLY frontend/request_models.py (tests/unit/test_protocol.py); the warning log is the behaviour
+_.wait_idle                  # TEST-ONLY frontend/openai/compile_pool.py (tests/unit/test_guide_compiles.py)
+_.worker_pids                # TEST-ONLY frontend/openai/compile_pool.py (tests/unit/test_guide_compiles.py)
+_.num_killed                 # TEST-ONLY frontend/openai/compile_pool.py (tests/unit/test_guide_compiles.py)
+_.open_requests              # TEST-ONLY frontend/decoder/health.py (tests/unit/test_self_heal_units.py)
+plain_text                   # TEST-ONLY frontend/openai/literal_text.py (tests/unit/test_literal_text.py)
+page_size                    # TEST-ONLY frontend/http/playground.py (tests/unit/test_playground_files.py, test_playground.py)
+_.reloads                    # TEST-ONLY frontend/tenancy/tenants.py (tests/unit/test_tenants.py)
+_.ignored_fields             # TEST-ONLY frontend/openai/request_models.py (tests/unit/test_protocol.py); the warning log is the behaviour

@@ -62,7 +62,7 @@ def _dims(shape: tuple[int, ...]) -> str:
 class FakeDecoder:
     """A `DecoderClient` that plays a script per request and records what it was sent.
 
-    As strict as `TritonDecoder` (frontend/triton_client.py) with Triton and the CPU decoder behind
+    As strict as `TritonDecoder` (frontend/decoder/triton_client.py) with Triton and the CPU decoder behind
     it: a request they refuse is refused here, with the same failure type and text, and a scripted
     answer they could not send fails the test (`ScriptError`, also reported at the harness's close).
     What is mirrored, and from where (Triton core read at 73aad7c, not a release tag):

@@ -1,5 +1,5 @@
 """response_format plumbing through the real app against FakeDecoder: which guide reaches the decoder
-for each type (frontend/structured.py's table: JSON guides as the EBNF of exactly what is meant,
+for each type (frontend/openai/structured.py's table: JSON guides as the EBNF of exactly what is meant,
 regexes as `regex`, text as nothing), and the 400s that name `response_format`. The guides are built
 and compiled for real (the compile workers of one app, shared by the module). Whether the engine
 holds the output to them is tests/integration/test_structured_outputs.py's."""

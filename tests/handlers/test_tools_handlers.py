@@ -1,7 +1,7 @@
 """Tool calling through the real app against FakeDecoder: tool_choice modes, the guide that reaches the
 decoder, the tool-call message and its streamed deltas (arguments byte-identical streamed or not),
 n, truncation, the round trip, and the 400s. The default model's Llama-2 template renders no tool
-list, so calls are `{"name": ..., "arguments": {...}}` (frontend/tools.py). The end-to-end checks stay
+list, so calls are `{"name": ..., "arguments": {...}}` (frontend/openai/tools.py). The end-to-end checks stay
 in tests/integration/test_tool_calls.py; these need no real decoder."""
 from __future__ import annotations
 

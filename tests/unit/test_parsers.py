@@ -1,7 +1,7 @@
 """Each parser family on real token streams, and the registry that picks it.
 
 A reply is encoded with the served model's own tokenizer and released by the project's incremental
-detokenizer one token at a time, as frontend/generation.py releases a decoder's tokens; the parser
+detokenizer one token at a time, as frontend/openai/generation.py releases a decoder's tokens; the parser
 fed those pieces (and any grouping of them, as a merged decoder response brings several, and any
 split of the text) must give exactly its whole-text parse, and that must be the expected calls or
 reasoning.

@@ -2,7 +2,7 @@
 llama3_json.py); they differ only in the member that holds the arguments and in what a named
 tool_choice produces.
 
-What it reads. Our guides (frontend/tools.py) constrain a reply to one call object `{"name": ...,
+What it reads. Our guides (frontend/openai/tools.py) constrain a reply to one call object `{"name": ...,
 <key>: {...}}`, a JSON array of such objects (parallel_tool_calls), or, in auto mode, plain text
 whose first non-whitespace character is not `{` or `[`. So the first non-whitespace character
 decides: `{` or `[` is a call, anything else is content (leading whitespace is held until then).
