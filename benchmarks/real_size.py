@@ -39,6 +39,7 @@ from benchmarks import goals, membw, peer_setup
 from benchmarks.common import ROOT, log, machine_info, plt, save_fig, start_stack, write_json
 from benchmarks.openai_load import LoadConfig, describe, run_load, strip_samples
 from benchmarks.workload import Length, make_requests
+from llama_triton.llama.dtype import resolve_dtype
 
 NAME = "real-size"
 RSS_KV_TOKENS = 8192
@@ -144,17 +145,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--prompt-len", default="128")
     ap.add_argument("--output-len", default="32")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--ours-dtype", default="bfloat16", help="auto: float32 on a CPU without native bf16")
+    ap.add_argument("--ours-dtype", default="auto", help="auto: bfloat16 on a CPU with native bf16, else float32")
     ap.add_argument("--ours-matmul", default="auto", choices=("auto", "plain", "swapped", "prepacked"),
                     help="our decoder's linear-layer kernels (--decoder-matmul)")
     ap.add_argument("--runs", type=int, default=2, help="runs per point; the better one counts")
     ap.add_argument("--max-duration", type=float, default=180.0)
     ap.add_argument("--no-install", action="store_true", help="leave vLLM out unless it is installed already")
-    ap.add_argument("--vllm-dtype", default="bfloat16",
-                    help="vLLM's dtype; float32 where its bf16 path has no native kernels (an AVX2-only CPU)")
+    ap.add_argument("--vllm-dtype", default="auto",
+                    help="vLLM's dtype; auto as ours: its bf16 has no native kernels on an AVX2-only CPU")
     ap.add_argument("--no-rss", action="store_true", help="skip the bf16/fp32 resident-memory measurement")
     ap.add_argument("--name", default=NAME, help="results/<name>/: another name keeps the default run's files")
     args = ap.parse_args(argv)
+    args.vllm_dtype = resolve_dtype(args.vllm_dtype)     # the goal line and the JSON name what ran
 
     build_model(ROOT / args.model_dir)
     concurrency = {"ours": (1, 8), "vllm": (1, 8), "llama.cpp": (1,)}   # llama.cpp's server: one at a time
