@@ -22,9 +22,7 @@ from __future__ import annotations
 from typing import Optional
 
 from frontend.openai.parsers.base import ReasoningParser
-
-THINK_START = "<think>"
-THINK_END = "</think>"
+from llama_triton.text.guide_forms import THINK_END, THINK_START   # the markers the guides also wrap
 
 
 def _partial_suffix(text: str, marker: str) -> int:
