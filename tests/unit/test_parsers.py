@@ -22,6 +22,7 @@ from frontend.openai.request_base import parse_request
 from frontend.openai.request_models import ChatCompletionRequest
 from frontend.openai.tools import ToolPlan
 from llama_triton.text.detokenize import IncrementalDetokenizer
+from tests.tool_deltas import reassemble
 
 
 @pytest.fixture(params=["default_tokenizer", "llama3_tokenizer", "reasoning_tokenizer"])
@@ -64,26 +65,10 @@ def run_tools(family: type[ToolParser], chunks: list[str], arguments_of=None):
 
 
 def calls_of(items, parser) -> tuple[str, list[tuple[str, str]]]:
-    """(content, [(name, arguments)]) as a client reassembles the deltas; checks each delta's
-    shape and that the non-streamed message says the same."""
-    content = "".join(value for kind, value in items if kind == "content")
-    calls: dict[int, dict] = {}
-    for kind, value in items:
-        if kind != "tool_calls":
-            continue
-        for delta in value:
-            if delta["index"] not in calls:
-                assert set(delta) == {"index", "id", "type", "function"} and delta["function"]["arguments"] == ""
-                calls[delta["index"]] = {"id": delta["id"], "name": delta["function"]["name"], "arguments": ""}
-            else:
-                assert set(delta) == {"index", "function"} and set(delta["function"]) == {"arguments"}
-                calls[delta["index"]]["arguments"] += delta["function"]["arguments"]
-    assert sorted(calls) == list(range(len(calls)))
-    streamed = [(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())]
-    message = [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in parser.message_calls()]
-    assert streamed == message
+    """(content, [(name, arguments)]) as a client reassembles the deltas (tests/tool_deltas.py)."""
+    content, message = reassemble(items, parser)
     assert parser.produced_calls == bool(message)
-    return content, [(name, args) for _, name, args in message]
+    return content, [(c["name"], c["arguments"]) for c in message]
 
 
 def call_text(key: str, *calls: tuple[str, str]) -> str:

@@ -16,6 +16,7 @@ from frontend.openai.structured import GuideSpec, response_format_guide
 from frontend.openai.parsers import DeepSeekR1ReasoningParser, JsonToolsParser, Llama3JsonParser
 from frontend.openai.tools import ToolPlan, calls_schema, tools_system_prompt
 from llama_triton.text.compile_worker import run_job
+from tests.tool_deltas import reassemble
 from tests.engine_guides import engine_accepts, engine_compiler
 
 WEATHER = {"type": "function", "function": {
@@ -57,32 +58,7 @@ def parse(chunks, mode="calls", key=ARGUMENTS, named=None):
     return items, parser
 
 
-def summary(items, parser):
-    """What a client reassembles from the deltas, plus what the non-streamed message says."""
-    content = "".join(v for k, v in items if k == "content")
-    calls: dict[int, dict] = {}
-    for kind, value in items:
-        if kind != "tool_calls":
-            continue
-        for delta in value:
-            call = calls.get(delta["index"])
-            if call is None:
-                # the first delta of a call: index, id, type, name and arguments ""
-                assert set(delta) == {"index", "id", "type", "function"}, delta
-                assert delta["type"] == "function" and delta["id"].startswith("call_")
-                assert delta["function"]["arguments"] == "" and delta["function"]["name"]
-                calls[delta["index"]] = {"id": delta["id"], "name": delta["function"]["name"], "arguments": ""}
-            else:
-                # later deltas: index and an arguments fragment only
-                assert set(delta) == {"index", "function"} and set(delta["function"]) == {"arguments"}, delta
-                assert delta["function"]["arguments"]
-                call["arguments"] += delta["function"]["arguments"]
-    streamed = [calls[i] for i in sorted(calls)]
-    assert sorted(calls) == list(range(len(calls)))
-    message = [{"id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
-               for c in parser.message_calls()]
-    assert streamed == message          # stream and non-stream agree
-    return content, message
+summary = reassemble     # what a client reassembles from the deltas, checked against the message
 
 
 CALL_TEXTS = [
