@@ -46,27 +46,27 @@ def json_result(request: web.Request, result: dict) -> web.Response:
     return json_response(result)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    service = request.app[SERVICE]
+async def _validated(request: web.Request, model):
+    """The body read and parsed into `model` (the `validate` span, the TTFT stamp, the request's note)."""
     body = await read_body(request, request.app[SETTINGS].max_body_bytes)
     with tracing.span("validate"):
-        req = parse_request(ChatCompletionRequest, body)
+        req = parse_request(model, body)
     if ttft_stamps.ENABLED:
         ttft_stamps.stamp("validated")
     note_request(request, req)
-    result = await service.chat(req)
+    return req
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    req = await _validated(request, ChatCompletionRequest)
+    result = await request.app[SERVICE].chat(req)
     if isinstance(result, dict):
         return json_result(request, result)
     return await stream_sse(request, result)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    body = await read_body(request, request.app[SETTINGS].max_body_bytes)
-    with tracing.span("validate"):
-        req = parse_request(CompletionRequest, body)
-    if ttft_stamps.ENABLED:
-        ttft_stamps.stamp("validated")
-    note_request(request, req)
+    req = await _validated(request, CompletionRequest)
     result = await LegacyCompletions(request.app[SERVICE]).complete(req)
     if isinstance(result, dict):
         return json_result(request, result)
