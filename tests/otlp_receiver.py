@@ -102,6 +102,10 @@ class OTLPReceiver:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
+    def all_spans(self) -> list[SpanRecord]:
+        with self._lock:
+            return list(self.spans)
+
     def trace(self, trace_id: str) -> list[SpanRecord]:
         with self._lock:
             return [s for s in self.spans if s.trace_id == trace_id]

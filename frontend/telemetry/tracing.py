@@ -17,7 +17,9 @@ on with the same endpoint) reads it in its stream handler (`GrpcServerCarrier` o
 client metadata, src/grpc/infer_handler.h:1519 and stream_infer_handler.cc:328 at v2.51.0,
 e0f0734), extracts it with the W3C propagator it installs (src/tracer.cc:459-462) and, since the
 context is valid, samples the request whatever its rate (`force_sample`, src/tracer.cc:295-320):
-its `InferRequest`, model and compute spans carry our trace id.
+its `InferRequest`, model and compute spans carry our trace id. Not always: Triton reads that
+metadata value past its end (docs/OPERATIONS.md, "Tracing"), and a request whose context it
+therefore refuses has no Triton spans.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import urllib.request
 
 import pytest
@@ -13,8 +14,11 @@ import pytest
 from tests.integration.stack import TEST_LIMITS, start_stack, wait_for
 from tests.otlp_receiver import OTLPReceiver
 
-TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
+FRONTEND_SPANS = {"POST /v1/chat/completions", "validate", "template", "decode", "queue"}
+# Triton 2.51 drops the context of a few requests (see the test's docstring); with this many, a
+# run where none of them joins is as good as impossible (at most two of twenty missed in a server).
+REQUESTS = 8
 
 
 @pytest.fixture(scope="module")
@@ -29,30 +33,47 @@ def traced_stack(default_model_dir, tmp_path_factory):
     receiver.stop()
 
 
-def test_one_trace_from_the_client_through_triton(traced_stack):
-    stack, receiver = traced_stack
+def _traced_chat(stack, trace_id: str) -> None:
     req = urllib.request.Request(
         f"{stack.base_url}/v1/chat/completions",
         data=json.dumps({"model": stack.model_name, "messages": [{"role": "user", "content": "Hi"}],
                          "max_tokens": 3}).encode(),
-        headers={"Content-Type": "application/json", "traceparent": f"00-{TRACE_ID}-{PARENT}-01"})
+        headers={"Content-Type": "application/json", "traceparent": f"00-{trace_id}-{PARENT}-01"})
     with urllib.request.urlopen(req, timeout=120) as r:
         assert r.status == 200
 
-    def complete():
-        spans = receiver.trace(TRACE_ID)
-        names = {(s.service, s.name) for s in spans}
-        frontend = {"POST /v1/chat/completions", "validate", "template", "decode", "queue"}
-        ok = frontend <= {n for svc, n in names if svc == "llama-triton-frontend"} and \
-            any(svc == "llama-triton-tritonserver" for svc, _ in names)
-        return spans if ok else None
 
-    spans = wait_for(complete, timeout=60, interval=0.5, what="frontend and Triton spans in one trace")
-    by_name = {s.name: s for s in spans if s.service == "llama-triton-frontend"}
-    root = by_name["POST /v1/chat/completions"]
-    assert root.parent_id == PARENT                          # the client's context, continued
-    decode = by_name["decode"]
-    triton = [s for s in spans if s.service == "llama-triton-tritonserver"]
-    top = [s for s in triton if s.parent_id == decode.span_id]
-    assert top, f"no Triton span under the frontend's decode span: {triton}"
-    assert {s.name for s in triton} >= {"InferRequest"}
+def test_one_trace_from_the_client_through_triton(traced_stack):
+    """Every request's frontend spans continue the client's trace; Triton's spans join it under the
+    decode span, and Triton traces nothing else (rate=0).
+
+    Not every request's Triton spans join: Triton 2.51 reads the stream's `traceparent` past its
+    end and then refuses it, for about one request in twelve, early in a server's life
+    (docs/OPERATIONS.md, "Tracing"). Hence several requests, and the join asserted of every request
+    Triton traced."""
+    stack, receiver = traced_stack
+    trace_ids = [secrets.token_hex(16) for _ in range(REQUESTS)]
+    for trace_id in trace_ids:
+        _traced_chat(stack, trace_id)
+
+    def triton_spans(spans):
+        return [s for s in spans if s.service == "llama-triton-tritonserver"]
+
+    def complete():
+        traces = {t: receiver.trace(t) for t in trace_ids}
+        frontend_done = all(FRONTEND_SPANS <= {s.name for s in spans if s.service == "llama-triton-frontend"}
+                            for spans in traces.values())
+        joined = [spans for spans in traces.values() if triton_spans(spans)]
+        # Triton's root span, InferRequest, ends last and may come in a later export than its children.
+        roots_in = all(any(s.name == "InferRequest" for s in triton_spans(spans)) for spans in joined)
+        return traces if frontend_done and joined and roots_in else None
+
+    traces = wait_for(complete, timeout=60, interval=0.5, what="every trace's frontend spans, and Triton's in one")
+    for spans in traces.values():
+        by_name = {s.name: s for s in spans if s.service == "llama-triton-frontend"}
+        assert by_name["POST /v1/chat/completions"].parent_id == PARENT      # the client's context, continued
+        roots = [s for s in triton_spans(spans) if s.name == "InferRequest"]
+        assert all(s.parent_id == by_name["decode"].span_id for s in roots), \
+            f"Triton's InferRequest is not under the frontend's decode span: {triton_spans(spans)}"
+    strays = [s for s in receiver.all_spans() if s.service == "llama-triton-tritonserver" and s.trace_id not in traces]
+    assert not strays, f"Triton traced requests outside the frontend's traces: {strays}"
