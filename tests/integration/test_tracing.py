@@ -48,7 +48,7 @@ def test_one_trace_from_the_client_through_triton(traced_stack):
     decode span, and Triton traces nothing else (rate=0).
 
     Not every request's Triton spans join: Triton 2.51 reads the stream's `traceparent` past its
-    end and then refuses it, for about one request in twelve, early in a server's life
+    end and then refuses it, for about one request in fourteen, early in a server's life
     (docs/OPERATIONS.md, "Tracing"). Hence several requests, and the join asserted of every request
     Triton traced."""
     stack, receiver = traced_stack
