@@ -361,6 +361,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "setup": {"client": f"aiperf {peer_setup.AIPERF_VERSION}", "model_dir": args.model_dir,
                   "prompt_tokens": args.prompt_len, "output_tokens": args.output_len,
                   "extra_inputs": eos, "concurrency": concurrencies, "seed": args.seed,
+                  "seed_per_run": "seed + run index (0, 1, ...)",
                   "request_counts": {c: settings_for(args, "", c, args.output_len, eos).request_count
                                      for c in concurrencies},
                   "warmup_request_counts": {c: settings_for(args, "", c, args.output_len, eos).warmup_request_count
